@@ -1,0 +1,204 @@
+"""The Python face of lmforge: LM bundles a model, its tokenizer and its config."""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, ConfigError, ModelConfig, build_config, to_toml
+from .data.corpus import iter_texts
+from .files import atomic_write_text
+from .modeldir import load_model_dir, save_model_dir
+from .models import build_model, count_parameters
+from .tokenizer import Tokenizer
+from .train.checkpoint import list_checkpoints
+from .train.trainer import RunDir, TrainResult, train
+
+# model fields that may differ between a checkpoint and the config that resumes or fine-tunes it
+_FREE_MODEL_FIELDS = {"vocab_size", "labels", "init", "dropout"}
+
+
+def _source_name(paths: list[str]) -> str:
+    return ", ".join(paths) if paths else "built-in corpus (CPython documentation topics, pydoc_data)"
+
+
+class LM:
+    """A language model ready to train and use: LM.new(...) or LM.from_pretrained(path), then fit/generate."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: Config, meta: dict | None = None):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.meta = meta or {}
+
+    # -- making ---------------------------------------------------------------------------------
+    @classmethod
+    def new(cls, arch: str = "gpt", *, tokenizer: str | None = None, vocab_size: int = 4096, corpus=None,
+            lowercase: bool = False, tokenizer_path: str | None = None, **model: Any) -> "LM":
+        """A fresh model of `arch` ('gpt', 'llama', 'bert'); the tokenizer is trained on `corpus`
+        (files, folders, globs; the built-in corpus when None) unless `tokenizer_path` is given."""
+        paths = [str(corpus)] if isinstance(corpus, (str, Path)) else list(corpus or [])
+        raw = {"model": {"arch": arch, **model},
+               "tokenizer": {"kind": tokenizer, "vocab_size": vocab_size, "lowercase": lowercase, "path": tokenizer_path},
+               "data": {"paths": paths}}
+        raw["tokenizer"] = {k: v for k, v in raw["tokenizer"].items() if v is not None}
+        return cls.from_config(build_config(raw, "LM.new arguments"))
+
+    @classmethod
+    def from_config(cls, config: Config) -> "LM":
+        """Build the model a config describes: from model.init when set, else fresh with a new tokenizer."""
+        if config.model.init:
+            base = cls.from_pretrained(config.model.init)
+            _check_same_model(base.config.model, config.model, f"model.init={config.model.init}")
+            model_cfg = base.config.model.model_copy(update={"dropout": config.model.dropout})
+            for module in base.model.modules():  # the new run's dropout, not the saved one
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = config.model.dropout
+                elif isinstance(getattr(module, "dropout", None), float):
+                    module.dropout = config.model.dropout
+            config = config.model_copy(update={"model": model_cfg.model_copy(update={"init": config.model.init})})
+            return cls(base.model, base.tokenizer, config, base.meta)
+        tokenizer = make_tokenizer(config)
+        model_cfg = config.model.model_copy(update={"vocab_size": tokenizer.vocab_size})
+        config = config.model_copy(update={"model": model_cfg})
+        return cls(build_model(model_cfg), tokenizer, config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "LM":
+        """Load a model directory (final/, checkpoints/step-N/ or one written by LM.save)."""
+        model, tokenizer, model_cfg, meta = load_model_dir(path, device)
+        config = Config(model=model_cfg, tokenizer={"kind": tokenizer.kind})
+        return cls(model, tokenizer, config, meta)
+
+    def save(self, path: str | Path) -> Path:
+        """Write a model directory: config.json, model.safetensors, tokenizer.json, README.md."""
+        return save_model_dir(path, self.model, self.tokenizer, self.config.model, self.meta)
+
+    # -- training -------------------------------------------------------------------------------
+    def fit(self, data=None, *, objective: str | None = None, run_dir: str | Path | None = None, resume: bool = False,
+            progress: bool = True, hooks=(), **train_options: Any) -> TrainResult:
+        """Train on `data` (files, folders, globs; labeled .csv/.jsonl for classification).
+
+        Keyword options are train.* settings (max_steps=500, lr=3e-4, ...). With `run_dir`, checkpoints,
+        metrics.jsonl and final/ are written there and resume=True continues the newest checkpoint.
+        """
+        from .tasks import make_task
+
+        updates: dict[str, dict] = {"train": dict(train_options)}
+        if objective is not None:
+            updates["train"]["objective"] = objective
+        if data is not None:
+            paths = [str(data)] if isinstance(data, (str, Path)) else [str(p) for p in data]
+            key = "train" if (objective or self.config.train.objective) == "classify" else "paths"
+            updates["data"] = {key: paths[0] if key == "train" else paths}
+        raw = self.config.model_dump()
+        for section, values in updates.items():
+            raw[section].update(values)
+        self.config = build_config(raw, "fit arguments")
+        cfg = self.config.train
+        with tempfile.TemporaryDirectory(prefix="lmforge-") as scratch:
+            work = Path(run_dir) if run_dir is not None else Path(scratch)
+            task = make_task(self, work)
+            self.meta.update({"name": self.config.run.name, "training": {
+                "objective": cfg.objective, "data": _source_name(self.config.data.paths) if cfg.objective != "classify"
+                else self.config.data.train, "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,
+                "lr": cfg.lr, "parameters": count_parameters(self.model)}, "metrics": {}})
+
+            def remember(step: int, record: dict) -> None:
+                if not {"loss", "lr"} <= record.keys():
+                    self.meta["metrics"] = {k: v for k, v in record.items() if k != "step"}
+                    self.meta["metrics"]["step"] = step
+
+            run = None
+            if run_dir is not None:
+                run = RunDir(Path(run_dir), lambda model, path: save_model_dir(path, model, self.tokenizer,
+                                                                                self.config.model, self.meta))
+                atomic_write_text(run.path / "config.toml", to_toml(self.config))
+            result = train(self.model, task, cfg, run, resume=resume, progress=progress, hooks=[remember, *hooks])
+        self.model.eval()
+        return result
+
+    # -- using ----------------------------------------------------------------------------------
+    def generate(self, prompt: str | list[str], *, max_new_tokens: int = 100, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+                 stop: str | list[str] | tuple = (), seed: int | None = None, use_cache: bool = True,
+                 stream: bool = False) -> str | list[str]:
+        """Continue a prompt (or a list of prompts); temperature=0 is greedy. stream=True prints as it goes."""
+        from .infer.generate import SamplingConfig, generate
+
+        if not getattr(self.model, "is_causal", False):
+            raise ValueError(f"generate needs a decoder (gpt, llama); this model is '{self.config.model.arch}' "
+                             "(use fill_mask or classify)")
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        if not prompts:
+            raise ValueError("no prompts given")
+        stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        sampling = SamplingConfig(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stops, seed)
+
+        def on_text(row: int, piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        outputs = generate(self.model, self.tokenizer, prompts, sampling, use_cache=use_cache,
+                           on_text=on_text if stream and single else None)
+        return outputs[0] if single else outputs
+
+    def evaluate(self, data, batch_size: int = 16) -> dict[str, float]:
+        """Loss and perplexity of a decoder over every token of `data` (files, folders, globs)."""
+        from .infer.score import score_tokens
+
+        texts = "".join(iter_texts([str(data)] if isinstance(data, (str, Path)) else list(data)))
+        ids = self.tokenizer.encode(texts)
+        if len(ids) < 2:
+            raise ValueError(f"'{data}' has fewer than 2 tokens: nothing to evaluate")
+        import numpy as np
+        return score_tokens(self.model, np.asarray(ids), batch_size)
+
+    def __repr__(self) -> str:
+        cfg = self.config.model
+        return (f"LM(arch={cfg.arch!r}, layers={cfg.n_layer}, n_embd={cfg.n_embd}, block_size={cfg.block_size}, "
+                f"parameters={count_parameters(self.model):,}, tokenizer={self.tokenizer!r})")
+
+
+def make_tokenizer(config: Config) -> Tokenizer:
+    """Load tokenizer.path, or train one of tokenizer.kind on the training text."""
+    tok = config.tokenizer
+    if tok.path:
+        return Tokenizer.load(tok.path)
+    if config.train.objective == "classify" and config.data.train and not config.data.paths:
+        from .data.labeled import iter_labeled_texts
+        texts = iter_labeled_texts(config.data)
+    else:
+        texts = iter_texts(config.data.paths, config.data.text_field, config.data.encoding_errors)
+    return Tokenizer.train(tok.kind, texts, tok.vocab_size, tok.lowercase)
+
+
+def _check_same_model(saved: ModelConfig, wanted: ModelConfig, where: str) -> None:
+    """A checkpoint's architecture must match the config that resumes or fine-tunes it."""
+    fields_set = wanted.model_fields_set - _FREE_MODEL_FIELDS
+    diffs = [f"model.{key}: saved {getattr(saved, key)!r}, config {getattr(wanted, key)!r}"
+             for key in sorted(fields_set) if getattr(saved, key) != getattr(wanted, key)]
+    if diffs:
+        raise ConfigError(f"the config does not match the model in {where}:\n  " + "\n  ".join(diffs) +
+                          "\n(remove these keys from the config, or start a new run)")
+
+
+def train_from_config(config: Config, resume: bool = False, progress: bool = True, hooks=()) -> tuple[LM, TrainResult]:
+    """What `lmforge train` does: build (or resume) the model a config describes and train it in run.path."""
+    run_path = config.run.path
+    existing = list_checkpoints(run_path / "checkpoints")
+    if resume:
+        if not existing:
+            raise FileNotFoundError(f"cannot resume: '{run_path}' has no complete checkpoint in checkpoints/")
+        lm = LM.from_pretrained(existing[-1])
+        _check_same_model(lm.config.model, config.model, str(existing[-1]))
+        lm.config = config.model_copy(update={"model": lm.config.model})
+    else:
+        if existing:
+            raise FileExistsError(f"run directory '{run_path}' already holds checkpoints; continue it with "
+                                  f"--resume {run_path}, or set run.dir / run.name to start a new run")
+        lm = LM.from_config(config)
+    result = lm.fit(run_dir=run_path, resume=resume, progress=progress, hooks=hooks)
+    return lm, result

@@ -1,0 +1,255 @@
+"""Configuration: one pydantic model per section, loaded from TOML with dotted CLI overrides."""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who wrote the config."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """Architecture. `arch` picks the family; the switches below default from it."""
+
+    arch: Literal["gpt", "llama", "bert"] = "gpt"
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_kv_head: int | None = Field(None, ge=1, description="key/value heads (grouped-query attention); default n_head")
+    n_embd: int = Field(128, ge=1)
+    block_size: int = Field(128, ge=2, description="longest sequence the model sees")
+    intermediate_size: int | None = Field(None, ge=1, description="MLP width; default 4*n_embd (GELU) or ~8/3*n_embd (SwiGLU)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bias: bool | None = None
+    norm: Literal["layernorm", "rmsnorm"] | None = None
+    mlp: Literal["gelu", "swiglu"] | None = None
+    position: Literal["learned", "rope"] | None = None
+    tie_embeddings: bool = True
+    norm_eps: float = Field(1e-5, gt=0)
+    rope_theta: float = Field(10000.0, gt=0)
+    type_vocab_size: int = Field(2, ge=1, description="BERT token-type (segment) embeddings")
+    vocab_size: int = Field(0, ge=0, description="set from the tokenizer; leave 0")
+    labels: list[str] = Field(default_factory=list, description="class names of a classification head (set from the data)")
+    init: str | None = Field(None, description="a model directory to start from (fine-tuning)")
+
+    @model_validator(mode="after")
+    def _fill_arch_defaults(self):
+        llama = self.arch == "llama"
+        defaults = {
+            "bias": not llama,
+            "norm": "rmsnorm" if llama else "layernorm",
+            "mlp": "swiglu" if llama else "gelu",
+            "position": "rope" if llama else "learned",
+        }
+        for key, value in defaults.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        if self.n_kv_head is None:
+            object.__setattr__(self, "n_kv_head", self.n_head)
+        if self.intermediate_size is None:
+            if self.mlp == "swiglu":
+                size = int(8 * self.n_embd / 3)
+                size = 64 * ((size + 63) // 64) if self.n_embd >= 64 else size
+            else:
+                size = 4 * self.n_embd
+            object.__setattr__(self, "intermediate_size", size)
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("rotary positions need an even head size (n_embd / n_head)")
+        if self.arch == "bert" and self.position == "rope":
+            raise ValueError("arch 'bert' uses learned positions; position='rope' is for decoders")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class TokenizerConfig(Section):
+    """Which tokenizer to train on the corpus, or `path` to an existing tokenizer.json."""
+
+    kind: Literal["char", "bpe", "wordpiece"] | None = Field(None, description="default: char for decoders, wordpiece for bert")
+    vocab_size: int = Field(4096, ge=16, description="target size for bpe / wordpiece (char takes what the corpus has)")
+    path: str | None = None
+    lowercase: bool = False
+
+
+class DataConfig(Section):
+    """Where the text comes from. Empty `paths` means the built-in corpus."""
+
+    paths: list[str] = Field(default_factory=list, description="files, folders or globs of .txt/.jsonl/.csv")
+    text_field: str = "text"
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    encoding_errors: Literal["replace", "strict"] = "replace"
+    train: str | None = Field(None, description="labeled training set (.csv/.tsv/.jsonl) for classification")
+    test: str | None = Field(None, description="labeled test/validation set for classification")
+    label_field: str = "label"
+    text_pair_field: str | None = None
+
+
+class TrainConfig(Section):
+    """Optimisation, schedule, evaluation and checkpointing."""
+
+    objective: Literal["clm", "mlm", "classify"] | None = Field(None, description="default: clm for decoders, mlm for bert")
+    max_steps: int = Field(1000, ge=0)
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="global norm clip; 0 disables")
+    eval_every: int = Field(250, ge=0, description="steps between evaluations; 0 disables")
+    eval_steps: int = Field(20, ge=1)
+    save_every: int = Field(500, ge=0, description="steps between checkpoints; 0 saves only at the end")
+    keep_last: int = Field(2, ge=1)
+    patience: int = Field(0, ge=0, description="evaluations without improvement before stopping; 0 disables")
+    log_every: int = Field(10, ge=1)
+    seed: int = 1337
+    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+    mask_prob: float = Field(0.15, gt=0, lt=1, description="MLM: share of tokens masked")
+    whole_word_mask: bool = False
+    head_lr: float | None = Field(None, gt=0, description="classify: learning rate of the new head (default lr)")
+    layer_lr_decay: float = Field(1.0, gt=0, le=1, description="classify: each lower layer's lr is multiplied by this")
+    class_weights: bool = Field(False, description="classify: weight the loss by inverse class frequency")
+
+
+class RunConfig(Section):
+    """Where results go: `dir` is the run directory (default runs/<name>)."""
+
+    name: str = "run"
+    dir: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir) if self.dir else Path("runs") / self.name
+
+
+class Config(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _fill_family_defaults(self):
+        bert = self.model.arch == "bert"
+        if self.tokenizer.kind is None:
+            object.__setattr__(self.tokenizer, "kind", "wordpiece" if bert else "char")
+        if self.train.objective is None:
+            object.__setattr__(self.train, "objective", "mlm" if bert else "clm")
+        if bert and self.train.objective == "clm":
+            raise ValueError("arch 'bert' is an encoder: use train.objective 'mlm' or 'classify', not 'clm'")
+        if not bert and self.train.objective == "mlm":
+            raise ValueError(f"arch '{self.model.arch}' is a decoder: use train.objective 'clm' or 'classify', not 'mlm'")
+        return self
+
+
+def _describe_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            section = item["loc"][0] if len(item["loc"]) > 1 else None
+            allowed = _allowed_keys(section)
+            lines.append(f"  unknown key '{key}'; allowed here: {', '.join(allowed)}")
+        else:
+            value = item.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"  {key}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(section: Any) -> list[str]:
+    model = Config.model_fields.get(section) if section else None
+    if model is None:
+        return list(Config.model_fields)
+    return list(model.annotation.model_fields)
+
+
+def parse_value(text: str) -> Any:
+    """Read an override's value as TOML (numbers, booleans, lists, quoted strings); else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings to a raw config dict (in place; also returned)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value (e.g. train.lr=3e-4)")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"override key '{key}' must be section.key, e.g. train.max_steps=2000 "
+                              f"(sections: {', '.join(Config.model_fields)})")
+        section, name = parts
+        if section not in Config.model_fields:
+            raise ConfigError(f"unknown section '{section}' in override '{item}'; sections: {', '.join(Config.model_fields)}")
+        raw.setdefault(section, {})[name] = parse_value(text.strip())
+    return raw
+
+
+def build_config(raw: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe_error(error, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Load a TOML file (or start from defaults when `path` is None) and apply overrides."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist (ready recipes are in configs/)")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"config file '{path}' is not valid TOML: {error}") from None
+        source = str(path)
+        raw.setdefault("run", {}).setdefault("name", path.stem)
+    apply_overrides(raw, list(overrides))
+    return build_config(raw, source)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def to_toml(config: Config) -> str:
+    """The fully resolved config as TOML text (None values are left out)."""
+    out = []
+    for section, values in config.model_dump().items():
+        out.append(f"[{section}]")
+        out += [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
+        out.append("")
+    return "\n".join(out)

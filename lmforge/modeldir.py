@@ -1,0 +1,103 @@
+"""Model directories: config.json + model.safetensors + tokenizer.json + README.md (a model card)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from . import __version__
+from .config import ModelConfig
+from .files import atomic_directory
+from .models import build_model, count_parameters
+from .tokenizer import Tokenizer
+
+REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+class ModelDirError(ValueError):
+    """A path that is not a usable model directory."""
+
+
+def save_model_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, config: ModelConfig,
+                   info: dict | None = None) -> Path:
+    """Write a model directory atomically. `info` (data, metrics, training) goes into config.json and the card."""
+    path = Path(path)
+    info = info or {}
+    with atomic_directory(path) as temp:
+        save_model(model, str(temp / "model.safetensors"))
+        tokenizer.save(temp / "tokenizer.json")
+        meta = {"format": "lmforge", "lmforge_version": __version__, "arch": config.arch,
+                "model": config.model_dump(exclude={"init"}), "tokenizer": {"kind": tokenizer.kind}, **info}
+        (temp / "config.json").write_text(json.dumps(meta, indent=2))
+        (temp / "README.md").write_text(model_card(model, tokenizer, config, info))
+    return path
+
+
+def read_model_config(path: str | Path) -> tuple[ModelConfig, dict]:
+    """The ModelConfig and the whole config.json of a model directory, with clear errors."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelDirError(f"model directory '{path}' does not exist")
+    if not path.is_dir():
+        raise ModelDirError(f"'{path}' is a file, not a model directory (expected a folder with {', '.join(REQUIRED)})")
+    missing = [name for name in REQUIRED if not (path / name).is_file()]
+    config_path = path / "config.json"
+    meta = {}
+    if config_path.is_file():
+        try:
+            meta = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ModelDirError(f"'{config_path}' is not valid JSON: {error}") from None
+    if "model_type" in meta and "format" not in meta:
+        raise ModelDirError(f"'{path}' is a Hugging Face checkpoint (model_type={meta['model_type']!r}); this version of "
+                            "lmforge reads its own model directories only (made by `lmforge train` or LM.save)")
+    if missing:
+        hint = " (is it a run directory? its model is in final/ or checkpoints/step-N/)" if (path / "final").is_dir() or (path / "checkpoints").is_dir() else ""
+        raise ModelDirError(f"'{path}' is not a model directory: missing {', '.join(missing)}{hint}")
+    if "model" not in meta:
+        raise ModelDirError(f"'{config_path}' has no 'model' section; it was not written by lmforge")
+    return ModelConfig.model_validate(meta["model"]), meta
+
+
+def load_model_dir(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Tokenizer, ModelConfig, dict]:
+    """Load (model, tokenizer, model config, config.json contents) from a model directory."""
+    path = Path(path)
+    config, meta = read_model_config(path)
+    model = build_model(config)
+    try:
+        load_model(model, str(path / "model.safetensors"), strict=True, device=device)
+    except Exception as error:  # safetensors raises several types for bad or mismatched files
+        raise ModelDirError(f"'{path / 'model.safetensors'}' does not fit its config.json: {error}") from None
+    tokenizer = Tokenizer.load(path / "tokenizer.json")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ModelDirError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}")
+    return model.to(device).eval(), tokenizer, config, meta
+
+
+def model_card(model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, info: dict) -> str:
+    """A short model card: what the model is, what it was trained on, how it scored, what it is not for."""
+    family = {"gpt": "GPT-2-style decoder", "llama": "Llama-style decoder", "bert": "BERT-style encoder"}[config.arch]
+    lines = [f"# {info.get('name', 'lmforge model')}", "",
+             f"A {family} made with lmforge {__version__}: {config.n_layer} layers, {config.n_head} heads, "
+             f"{config.n_embd} dimensions, context {config.block_size} tokens, "
+             f"{count_parameters(model) / 1e6:.2f}M parameters; {tokenizer.kind} tokenizer, {tokenizer.vocab_size} tokens.", ""]
+    if config.labels:
+        lines += [f"Classification head over {len(config.labels)} labels: {', '.join(config.labels)}.", ""]
+    train = info.get("training", {})
+    if train:
+        lines += ["## Training", ""]
+        lines += [f"- {key}: {value}" for key, value in train.items()]
+        lines.append("")
+    metrics = info.get("metrics", {})
+    if metrics:
+        lines += ["## Evaluation", ""]
+        lines += [f"- {key}: {value:.4g}" if isinstance(value, float) else f"- {key}: {value}" for key, value in metrics.items()]
+        lines.append("")
+    lines += ["## Intended use and limitations", "",
+              "A small model for learning, experiments and domain-specific text. It reproduces patterns of its",
+              "training data, including their errors and biases, and can state false things fluently. It is",
+              "not suited to decisions about people, nor to facts that matter without checking. Outputs may",
+              "repeat training text verbatim: do not train it on data you may not redistribute.", ""]
+    return "\n".join(lines)

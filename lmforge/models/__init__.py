@@ -1,0 +1,23 @@
+"""Model registry: `arch` name -> builder."""
+from __future__ import annotations
+
+from torch import nn
+
+from ..config import ModelConfig
+from .bert import BERT
+from .gpt import GPT
+
+REGISTRY = {"gpt": GPT, "llama": GPT, "bert": BERT}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Build an untrained model for `cfg.arch`."""
+    try:
+        builder = REGISTRY[cfg.arch]
+    except KeyError:
+        raise ValueError(f"unknown model.arch '{cfg.arch}'; known: {', '.join(REGISTRY)}") from None
+    return builder(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,89 @@
+"""BERT-style encoder: word + position + token-type embeddings, post-LayerNorm blocks, an MLM head tied
+to the word embeddings, a [CLS] pooler and a classification head."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .layers import MLP, Attention, init_weights
+
+
+class EncoderBlock(nn.Module):
+    """Post-norm block as in BERT: norm(x + attn(x)), then norm(x + mlp(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn, self.ln_1 = Attention(cfg), nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.mlp, self.ln_2 = MLP(cfg, exact_gelu=True), nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, pad_mask=None, return_weights: bool = False):
+        attended = self.attn(x, causal=False, pad_mask=pad_mask, return_weights=return_weights)
+        attended, weights = attended if return_weights else (attended, None)
+        x = self.ln_1(x + self.drop(attended))
+        x = self.ln_2(x + self.drop(self.mlp(x)))
+        return (x, weights) if return_weights else x
+
+
+class BERT(nn.Module):
+    """A bidirectional encoder. forward(ids) -> MLM logits (B, T, vocab); classify(ids) -> (B, n_labels)."""
+
+    is_causal = False
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.wtt = nn.Embedding(cfg.type_vocab_size, cfg.n_embd)
+        self.ln_emb = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layer))
+        # MLM head: transform, then a decoder tied to the word embeddings
+        self.mlm_dense = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.mlm_ln = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=True)
+        self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.classifier = nn.Linear(cfg.n_embd, len(cfg.labels)) if cfg.labels else None
+        init_weights(self, cfg.n_layer)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+
+    def hidden_states(self, ids, *, pad_mask=None, token_type_ids=None, return_weights: bool = False):
+        """Encoder outputs (B, T, n_embd); with return_weights also each layer's attention (B, H, T, T)."""
+        T = ids.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds block_size={self.config.block_size}")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(ids)
+        x = self.wte(ids) + self.wpe(torch.arange(T, device=ids.device)) + self.wtt(token_type_ids)
+        x = self.drop(self.ln_emb(x))
+        weights = []
+        for block in self.h:
+            if return_weights:
+                x, w = block(x, pad_mask, return_weights=True)
+                weights.append(w)
+            else:
+                x = block(x, pad_mask)
+        return (x, weights) if return_weights else x
+
+    def forward(self, ids, *, pad_mask=None, token_type_ids=None):
+        hidden = self.hidden_states(ids, pad_mask=pad_mask, token_type_ids=token_type_ids)
+        return self.mlm_logits(hidden)
+
+    def mlm_logits(self, hidden):
+        return self.lm_head(self.mlm_ln(F.gelu(self.mlm_dense(hidden))))
+
+    def pooled(self, ids, *, pad_mask=None, token_type_ids=None):
+        hidden = self.hidden_states(ids, pad_mask=pad_mask, token_type_ids=token_type_ids)
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def classify(self, ids, *, pad_mask=None, token_type_ids=None):
+        """Class logits (B, n_labels) from the pooled [CLS] state."""
+        if self.classifier is None:
+            raise ValueError("this model has no classification head (model.labels is empty)")
+        return self.classifier(self.drop(self.pooled(ids, pad_mask=pad_mask, token_type_ids=token_type_ids)))

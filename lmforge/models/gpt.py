@@ -1,0 +1,78 @@
+"""GPT-style decoders: GPT-2 (learned positions, LayerNorm, GELU, biases) and Llama (RoPE, RMSNorm,
+SwiGLU, grouped-query attention) from one config with a few switches."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .layers import MLP, Attention, KVCache, RotaryEmbedding, init_weights, make_norm
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1, self.attn = make_norm(cfg), Attention(cfg)
+        self.ln_2, self.mlp = make_norm(cfg), MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, *, pad_mask=None, cache=None, rope=None):
+        x = x + self.drop(self.attn(self.ln_1(x), causal=True, pad_mask=pad_mask, cache=cache, rope=rope))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class GPT(nn.Module):
+    """A decoder-only language model. forward(ids) -> next-token logits of shape (B, T, vocab)."""
+
+    is_causal = True
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta) if cfg.position == "rope" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.classifier = nn.Linear(cfg.n_embd, len(cfg.labels)) if cfg.labels else None
+        init_weights(self, cfg.n_layer)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+
+    def hidden_states(self, ids, *, positions=None, pad_mask=None, cache: list[KVCache] | None = None):
+        """Final-norm hidden states (B, T, n_embd). `pad_mask` (B, past+T) marks real tokens."""
+        B, T = ids.shape
+        past = cache[0].length if cache else 0
+        if positions is None:
+            positions = torch.arange(past, past + T, device=ids.device)
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens exceeds block_size={self.config.block_size}")
+        x = self.wte(ids)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        rope = self.rope(positions) if self.rope is not None else None
+        x = self.drop(x)
+        for i, block in enumerate(self.h):
+            x = block(x, pad_mask=pad_mask, cache=cache[i] if cache else None, rope=rope)
+        return self.ln_f(x)
+
+    def forward(self, ids, *, positions=None, pad_mask=None, cache: list[KVCache] | None = None):
+        return self.lm_head(self.hidden_states(ids, positions=positions, pad_mask=pad_mask, cache=cache))
+
+    def classify(self, ids, *, pad_mask=None, token_type_ids=None):
+        """Class logits (B, n_labels) from the hidden state of the last real token of each row."""
+        if self.classifier is None:
+            raise ValueError("this model has no classification head (model.labels is empty)")
+        if pad_mask is None:
+            pad_mask = torch.ones_like(ids, dtype=torch.bool)
+        positions = (pad_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = self.hidden_states(ids, positions=positions, pad_mask=pad_mask)
+        # right padding: the last real token sits at (number of real tokens - 1)
+        last = pad_mask.long().sum(-1).clamp(min=1) - 1
+        return self.classifier(hidden[torch.arange(ids.size(0), device=ids.device), last])

@@ -1,0 +1,160 @@
+"""Building blocks shared by every Transformer in lmforge: attention (with KV cache), MLPs, norms, RoPE."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+
+
+class KVCache:
+    """Keys and values of past positions for one layer, preallocated to `max_len`."""
+
+    def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, dtype, device):
+        self.k = torch.zeros(batch, n_kv_head, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.size(2)
+        if end > self.k.size(2):
+            raise ValueError(f"KV cache full: {end} positions > capacity {self.k.size(2)}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+def make_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=torch.float32, device="cpu") -> list[KVCache]:
+    """One empty KVCache per layer of a model built from `cfg`."""
+    return [KVCache(batch, cfg.n_kv_head, max_len, cfg.head_dim, dtype, device) for _ in range(cfg.n_layer)]
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (rotate-half convention), cos/sin tables for `max_len` positions."""
+
+    def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # positions: (T,) or (B, T) -> tables broadcastable to (B, heads, T, head_dim)
+        cos, sin = self.cos[positions], self.sin[positions]
+        if positions.dim() == 2:
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return cos, sin
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.size(-1) // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+def attention_mask(q_len: int, k_len: int, causal: bool, pad_mask: torch.Tensor | None, device) -> torch.Tensor | None:
+    """Boolean mask (True = may attend) of shape (B|1, 1, q_len, k_len), or None when SDPA needs none.
+
+    Queries are the last `q_len` of `k_len` positions. A query always sees itself, so rows of padding
+    never become all-masked (which would give NaN).
+    """
+    if pad_mask is None and (not causal or q_len == 1):
+        return None
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    allowed = (k_pos <= q_pos) if causal else torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    allowed = allowed[None, None]
+    if pad_mask is not None:
+        allowed = allowed & pad_mask[:, None, None, :].bool()
+        allowed = allowed | (k_pos == q_pos)[None, None]
+    return allowed
+
+
+class Attention(nn.Module):
+    """Multi-head (or grouped-query) attention on F.scaled_dot_product_attention."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, *, causal: bool, pad_mask=None, cache: KVCache | None = None, rope=None,
+                return_weights: bool = False):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        k_len = k.size(2)
+        mask = attention_mask(T, k_len, causal, pad_mask, x.device)
+        if self.n_kv_head != self.n_head:
+            repeat = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        if return_weights:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            if mask is None and causal and T > 1:
+                mask = attention_mask(T, k_len, causal, None, x.device)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = scores.softmax(-1)
+            y = weights @ v
+        else:
+            weights = None
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal and mask is None and T > 1,
+                dropout_p=self.dropout if self.training else 0.0)
+        y = self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        return (y, weights) if return_weights else y
+
+
+class MLP(nn.Module):
+    """Feed-forward block: GELU (GPT-2 / BERT) or SwiGLU (Llama)."""
+
+    def __init__(self, cfg: ModelConfig, exact_gelu: bool = False):
+        super().__init__()
+        self.swiglu = cfg.mlp == "swiglu"
+        width = cfg.intermediate_size
+        if self.swiglu:
+            self.gate = nn.Linear(cfg.n_embd, width, bias=cfg.bias)
+        self.up = nn.Linear(cfg.n_embd, width, bias=cfg.bias)
+        self.down = nn.Linear(width, cfg.n_embd, bias=cfg.bias)
+        self.approximate = "none" if exact_gelu else "tanh"
+
+    def forward(self, x):
+        if self.swiglu:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(F.gelu(self.up(x), approximate=self.approximate))
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def init_weights(model: nn.Module, n_layer: int, std: float = 0.02) -> None:
+    """GPT-2 style init: N(0, 0.02) everywhere, output projections scaled by 1/sqrt(2 * n_layer)."""
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            scale = 1 / math.sqrt(2 * n_layer) if name.endswith(("attn.proj", "mlp.down")) else 1.0
+            nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            if module.weight is not None:
+                nn.init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)

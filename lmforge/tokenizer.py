@@ -1,0 +1,159 @@
+"""One Tokenizer over the `tokenizers` library: character-level, byte-level BPE and WordPiece."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as _Backend
+
+EOS = "<|endoftext|>"
+UNK_CHAR = "<|unk|>"
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+KINDS = ("char", "bpe", "wordpiece")
+
+
+class Tokenizer:
+    """Text <-> ids. Saved as a standard tokenizer.json that `tokenizers` (and transformers) can read."""
+
+    def __init__(self, backend: _Backend):
+        self.backend = backend
+        self.kind = {"WordLevel": "char", "BPE": "bpe", "WordPiece": "wordpiece"}.get(type(backend.model).__name__, "bpe")
+
+    # -- building -------------------------------------------------------------------------------
+    @classmethod
+    def train(cls, kind: str, texts: Iterable[str], vocab_size: int = 4096, lowercase: bool = False) -> "Tokenizer":
+        """Train a tokenizer of `kind` ('char', 'bpe', 'wordpiece') on an iterable of texts."""
+        if kind == "char":
+            return cls._train_char(texts, lowercase)
+        if kind == "bpe":
+            backend = _Backend(models.BPE())
+            if lowercase:
+                backend.normalizer = normalizers.Lowercase()
+            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            backend.decoder = decoders.ByteLevel()
+            trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        elif kind == "wordpiece":
+            backend = _Backend(models.WordPiece(unk_token="[UNK]"))
+            backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase or None)
+            backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            backend.decoder = decoders.WordPiece()
+            trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS, show_progress=False)
+        else:
+            raise ValueError(f"unknown tokenizer kind '{kind}'; choose one of {', '.join(KINDS)}")
+        texts = _counting(texts)
+        backend.train_from_iterator(texts, trainer=trainer)
+        if texts.count == 0:
+            raise ValueError("cannot train a tokenizer on an empty corpus")
+        if kind == "wordpiece":
+            cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+            backend.post_processor = processors.TemplateProcessing(
+                single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        return cls(backend)
+
+    @classmethod
+    def _train_char(cls, texts: Iterable[str], lowercase: bool) -> "Tokenizer":
+        chars: set[str] = set()
+        for text in texts:
+            chars.update(text.lower() if lowercase else text)
+        if not chars:
+            raise ValueError("cannot train a tokenizer on an empty corpus")
+        vocab = {ch: i for i, ch in enumerate(sorted(chars))}
+        vocab[UNK_CHAR] = len(vocab)
+        vocab[EOS] = len(vocab)
+        backend = _Backend(models.WordLevel(vocab, unk_token=UNK_CHAR))
+        if lowercase:
+            backend.normalizer = normalizers.Lowercase()
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        backend.decoder = decoders.Fuse()
+        backend.add_special_tokens([EOS, UNK_CHAR])
+        return cls(backend)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tokenizer":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no tokenizer at '{path}'")
+        try:
+            return cls(_Backend.from_file(str(path)))
+        except Exception as error:  # tokenizers raises a bare Exception on bad JSON
+            raise ValueError(f"'{path}' is not a valid tokenizer.json: {error}") from None
+
+    def save(self, path: str | Path) -> None:
+        from .files import atomic_write_text
+
+        atomic_write_text(path, self.backend.to_str(pretty=True))
+
+    # -- using ----------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, index: int) -> str | None:
+        return self.backend.id_to_token(index)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.token_to_id(EOS) if self.kind != "wordpiece" else self.token_to_id("[SEP]")
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.token_to_id("[PAD]")
+        return pad if pad is not None else (self.eos_id or 0)
+
+    @property
+    def mask_id(self) -> int | None:
+        return self.token_to_id("[MASK]")
+
+    @property
+    def cls_id(self) -> int | None:
+        return self.token_to_id("[CLS]")
+
+    @property
+    def sep_id(self) -> int | None:
+        return self.token_to_id("[SEP]")
+
+    @property
+    def special_ids(self) -> set[int]:
+        return {i for i in (self.token_to_id(t) for t in [*BERT_SPECIALS, EOS, UNK_CHAR]) if i is not None}
+
+    def encode(self, text: str, pair: str | None = None, add_special_tokens: bool = False) -> list[int]:
+        return self.backend.encode(text, pair, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def fingerprint(self) -> str:
+        """A short hash of the tokenizer, to know whether a token file was made with it."""
+        import hashlib
+
+        return hashlib.sha256(self.backend.to_str().encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+class _counting(Iterator[str]):
+    """Wrap an iterable and count what passes through (tokenizers' trainer does not tell)."""
+
+    def __init__(self, texts: Iterable[str]):
+        self._it, self.count = iter(texts), 0
+
+    def __next__(self) -> str:
+        text = next(self._it)
+        self.count += bool(text)
+        return text
+
+    def __iter__(self):
+        return self
+

@@ -1,0 +1,221 @@
+"""Command line: thin — parses, calls the library, prints. `lmforge COMMAND --help` shows examples."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+
+EXAMPLES = {
+    "train": """examples:
+  lmforge train configs/gpt-tiny.toml
+  lmforge train configs/gpt-tiny.toml data.paths='["notes/*.txt"]' train.max_steps=2000
+  lmforge train configs/shakespeare-char.toml train.dtype=bfloat16 run.name=shakespeare-bf16
+  lmforge train configs/gpt-tiny.toml --resume runs/gpt-tiny        # continue after a stop or a kill
+  lmforge train configs/classify.toml model.init=runs/bert-tiny/final data.train=train.csv data.test=test.csv
+
+Overrides are section.key=value with TOML values (numbers, true/false, "strings", [lists]).
+Sections: model, tokenizer, data, train, run. The run directory gets config.toml, metrics.jsonl,
+checkpoints/step-N/ and final/ (a model directory for generate, eval, fill-mask, classify).""",
+    "generate": """examples:
+  lmforge generate runs/gpt-tiny/final --prompt "Once upon a time" --max-new-tokens 200 --temperature 0.8 --top-p 0.95
+  lmforge generate runs/gpt-tiny/final --prompt "def " --temperature 0 --stop "\\n\\n"
+  lmforge generate runs/gpt-tiny/final --prompt "A" --prompt "B" --json      # a batch, one JSON line each""",
+    "eval": """examples:
+  lmforge eval runs/gpt-tiny/final --data held_out.txt            # loss, perplexity, tokens
+  lmforge eval runs/gpt-tiny/final --data held_out.txt --json     # one JSON object on the last line
+  lmforge eval runs/classify/final --data test.csv --json         # accuracy, macro_f1, per_class, confusion""",
+    "fill-mask": """examples:
+  lmforge fill-mask runs/bert-tiny/final "The [MASK] of the function is returned." --top-k 5
+  lmforge fill-mask runs/bert-tiny/final "A [MASK] is a [MASK]." --json""",
+    "classify": """examples:
+  lmforge classify runs/classify/final --text "a gripping, beautifully acted film"
+  lmforge classify runs/classify/final --file reviews.csv --json > predictions.jsonl""",
+    "demo": """examples:
+  lmforge demo                  # what `make demo` runs: a small GPT and a small BERT on the built-in corpus
+  lmforge demo --steps 300      # shorter""",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmforge", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Pretrain, fine-tune and use GPT- and BERT-style language models.",
+        epilog="Start with `lmforge demo`, then `lmforge train configs/gpt-tiny.toml`. "
+               "Each command has --help with examples.")
+    parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("train", "Train a model from a TOML config (pretraining or fine-tuning).")
+    p.add_argument("config", help="TOML recipe, e.g. configs/gpt-tiny.toml")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="settings that replace the file's")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+    p = command("generate", "Generate text from a decoder model directory.")
+    p.add_argument("model", help="model directory (a run's final/ or checkpoints/step-N/)")
+    p.add_argument("--prompt", action="append", default=None, help="prompt text (repeat for a batch); default: empty")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this probability")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help=">1 discourages repeating tokens")
+    p.add_argument("--stop", action="append", default=[], help="stop when this text appears (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (slower)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of streaming")
+
+    p = command("eval", "Evaluate a model on held-out data.")
+    p.add_argument("model", help="model directory")
+    p.add_argument("--data", required=True, help="text file/folder/glob (LM) or labeled .csv/.tsv/.jsonl (classifier)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+
+    p = command("fill-mask", "Predict the [MASK] tokens of a text with an encoder.")
+    p.add_argument("model", help="model directory of a BERT-style model")
+    p.add_argument("text", help="text with one or more [MASK]")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+
+    p = command("classify", "Label texts with a classifier model directory.")
+    p.add_argument("model", help="model directory of a classifier")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    source.add_argument("--file", help="a .txt (one text a line), .csv/.tsv or .jsonl file")
+    p.add_argument("--text-field", default="text", help="column/field of the text in --file (default: text)")
+    p.add_argument("--json", action="store_true", help="one JSON object per text")
+
+    p = command("demo", "Pretrain a small GPT and a small BERT on the built-in corpus and show what they do.")
+    p.add_argument("--steps", type=int, default=None, help="training steps for each model")
+    p.add_argument("--run-dir", default="runs/demo", help="where the demo's runs go (replaced each time)")
+    return parser
+
+
+def _train(args) -> int:
+    from .api import train_from_config
+    from .config import load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.resume:
+        config.run.dir = args.resume
+    lm, result = train_from_config(config, resume=bool(args.resume), progress=not args.quiet)
+    if result.interrupted:
+        return 130
+    print(f"trained {result.step} steps in {result.seconds:.1f}s ({result.tokens_per_s:,.0f} tokens/s at the end)")
+    if result.eval:
+        print("final evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in result.eval.items()))
+    if result.stopped_early:
+        print(f"stopped early; final/ holds the best weights ({result.best:.4f})")
+    print(f"model saved to {result.final_dir}")
+    return 0
+
+
+def _generate(args) -> int:
+    from .api import LM
+
+    lm = LM.from_pretrained(args.model)
+    prompts = args.prompt or [""]
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,
+                   use_cache=not args.no_cache)
+    if args.json or len(prompts) > 1:
+        outputs = lm.generate(prompts, **options)
+        for prompt, text in zip(prompts, outputs):
+            print(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False) if args.json else prompt + text)
+    else:
+        sys.stdout.write(prompts[0])
+        lm.generate(prompts[0], stream=True, **options)
+        sys.stdout.write("\n")
+    return 0
+
+
+def _eval(args) -> int:
+    from .api import LM
+
+    lm = LM.from_pretrained(args.model)
+    result = lm.evaluate(args.data, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    return 0
+
+
+def _fill_mask(args) -> int:
+    from .api import LM
+
+    lm = LM.from_pretrained(args.model)
+    predictions = lm.fill_mask(args.text, top_k=args.top_k)
+    masks = predictions if predictions and isinstance(predictions[0], list) else [predictions]
+    if args.json:
+        print(json.dumps([[{"token": t, "probability": p} for t, p in mask] for mask in masks], ensure_ascii=False))
+        return 0
+    for number, mask in enumerate(masks, 1):
+        if len(masks) > 1:
+            print(f"[MASK] #{number}:")
+        for token, probability in mask:
+            print(f"  {probability:6.3f}  {token}")
+    return 0
+
+
+def _classify(args) -> int:
+    from .api import LM
+
+    lm = LM.from_pretrained(args.model)
+    if args.file:
+        from .data.labeled import read_texts_for_prediction
+        texts = read_texts_for_prediction(args.file, args.text_field)
+    else:
+        texts = args.text
+    for text, (label, probabilities) in zip(texts, lm.classify(texts)):
+        if args.json:
+            print(json.dumps({"text": text, "label": label, "probabilities": probabilities}, ensure_ascii=False))
+        else:
+            shown = ", ".join(f"{name} {p:.3f}" for name, p in sorted(probabilities.items(), key=lambda kv: -kv[1]))
+            print(f"{label}\t({shown})\t{text}")
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.run_dir), steps=args.steps)
+    return 0
+
+
+HANDLERS = {"train": _train, "generate": _generate, "eval": _eval, "fill-mask": _fill_mask,
+            "classify": _classify, "demo": _demo}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `lmforge` command; returns the exit status."""
+    from .config import ConfigError
+    from .data.corpus import DataError
+    from .modeldir import ModelDirError
+
+    args = _parser().parse_args(argv)
+    warnings.showwarning = _show_warning
+    try:
+        return HANDLERS[args.command](args)
+    except (ConfigError, DataError, ModelDirError, FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,7 +62,10 @@ class LM:
         tokenizer = make_tokenizer(config)
         model_cfg = config.model.model_copy(update={"vocab_size": tokenizer.vocab_size})
         config = config.model_copy(update={"model": model_cfg})
-        return cls(build_model(model_cfg), tokenizer, config)
+        with torch.random.fork_rng(devices=[]):  # the same seed gives the same initial weights
+            torch.manual_seed(config.train.seed)
+            model = build_model(model_cfg)
+        return cls(model, tokenizer, config)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "LM":
@@ -116,6 +119,8 @@ class LM:
                                                                                 self.config.model, self.meta))
                 atomic_write_text(run.path / "config.toml", to_toml(self.config))
             result = train(self.model, task, cfg, run, resume=resume, progress=progress, hooks=[remember, *hooks])
+            if run is not None and not result.interrupted and hasattr(task, "finish"):
+                task.finish(self.model, run.path)  # e.g. a classifier's eval.json and confusion.png
         self.model.eval()
         return result
 
@@ -145,15 +150,51 @@ class LM:
                            on_text=on_text if stream and single else None)
         return outputs[0] if single else outputs
 
-    def evaluate(self, data, batch_size: int = 16) -> dict[str, float]:
-        """Loss and perplexity of a decoder over every token of `data` (files, folders, globs)."""
+    def fill_mask(self, text: str, top_k: int = 5):
+        """Predict each [MASK] of `text`: one mask -> [(token, probability), ...]; several -> a list of such lists."""
+        from .infer.fill_mask import fill_mask
+
+        predictions = fill_mask(self.model, self.tokenizer, text, top_k)
+        return predictions[0] if len(predictions) == 1 else predictions
+
+    def classify(self, texts: str | list[str], pairs: str | list[str] | None = None, batch_size: int = 32):
+        """[(label, {label: probability}), ...] for a list of texts; a single str gives a single tuple."""
+        from .infer.classify import classify_texts
+
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        if pairs is not None:
+            pairs = [pairs] if isinstance(pairs, str) else list(pairs)
+            if len(pairs) != len(items):
+                raise ValueError(f"got {len(items)} texts but {len(pairs)} text pairs")
+        if not items:
+            raise ValueError("no texts given")
+        results = classify_texts(self.model, self.tokenizer, self.config.model.labels, items, pairs, batch_size)
+        return results[0] if single else results
+
+    def evaluate(self, data, batch_size: int = 16, *, text_field: str | None = None, label_field: str | None = None,
+                 text_pair_field: str | None = None) -> dict:
+        """Metrics on held-out `data`: a classifier gives accuracy, macro_f1, per_class and confusion on a labeled
+        .csv/.tsv/.jsonl; a BERT masked-LM loss, perplexity and mlm_accuracy; a decoder loss and perplexity."""
         from .infer.score import score_tokens
 
+        if self.config.model.labels:
+            from .data.labeled import read_labeled
+            from .infer.classify import evaluate_classifier
+
+            saved = self.meta.get("classification", {})
+            labeled = read_labeled(data, text_field or saved.get("text_field", "text"),
+                                   label_field or saved.get("label_field", "label"),
+                                   text_pair_field or saved.get("text_pair_field"))
+            return evaluate_classifier(self.model, self.tokenizer, self.config.model.labels, labeled, batch_size)
         texts = "".join(iter_texts([str(data)] if isinstance(data, (str, Path)) else list(data)))
         ids = self.tokenizer.encode(texts)
         if len(ids) < 2:
             raise ValueError(f"'{data}' has fewer than 2 tokens: nothing to evaluate")
         import numpy as np
+        if not getattr(self.model, "is_causal", True):
+            from .infer.fill_mask import evaluate_mlm
+            return evaluate_mlm(self.model, self.tokenizer, np.asarray(ids), batch_size, self.config.train.mask_prob)
         return score_tokens(self.model, np.asarray(ids), batch_size)
 
     def __repr__(self) -> str:

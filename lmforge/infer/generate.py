@@ -21,6 +21,7 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # keep going past the end-of-text token (benchmarks, fixed-length output)
 
     def check(self) -> None:
         if self.max_new_tokens < 0:
@@ -99,7 +100,7 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
     generator = None
     if cfg.seed is not None:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    eos = tokenizer.eos_id
+    eos = None if cfg.ignore_eos else tokenizer.eos_id
     generated: list[list[int]] = [[] for _ in range(B)]
     texts, done = [""] * B, [False] * B
     padded = not bool(mask.all())

@@ -22,5 +22,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/generate_speed.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

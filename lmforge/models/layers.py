@@ -64,8 +64,8 @@ def attention_mask(q_len: int, k_len: int, causal: bool, pad_mask: torch.Tensor 
     Queries are the last `q_len` of `k_len` positions. A query always sees itself, so rows of padding
     never become all-masked (which would give NaN).
     """
-    if pad_mask is None and (not causal or q_len == 1):
-        return None
+    if pad_mask is None and (not causal or q_len == 1 or q_len == k_len):
+        return None  # no mask, or SDPA's own is_causal
     q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
     k_pos = torch.arange(k_len, device=device)[None, :]
     allowed = (k_pos <= q_pos) if causal else torch.ones(q_len, k_len, dtype=torch.bool, device=device)
@@ -106,7 +106,7 @@ class Attention(nn.Module):
         if return_weights:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
             if mask is None and causal and T > 1:
-                mask = attention_mask(T, k_len, causal, None, x.device)
+                mask = torch.ones(T, k_len, dtype=torch.bool, device=x.device).tril(k_len - T)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             weights = scores.softmax(-1)
@@ -114,7 +114,7 @@ class Attention(nn.Module):
         else:
             weights = None
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=causal and mask is None and T > 1,
+                q, k, v, attn_mask=mask, is_causal=causal and mask is None and 1 < T == k_len,
                 dropout_p=self.dropout if self.training else 0.0)
         y = self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         return (y, weights) if return_weights else y

@@ -56,6 +56,166 @@ class CausalLMTask:
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
 
 
+class MaskedLMTask:
+    """BERT's masked-LM objective on windows of a token file: [CLS] window [SEP], masked afresh each batch."""
+
+    monitor = ("val_loss", "min")
+
+    def __init__(self, tokens: np.ndarray, tokenizer, block_size: int, val_fraction: float, seed: int,
+                 mask_prob: float = 0.15, whole_word: bool = False):
+        from .data.masking import Masker
+
+        self.width = block_size - 2  # room for [CLS] and [SEP]
+        if self.width < 1:
+            raise ValueError(f"block_size {block_size} is too short for masked-LM ([CLS] and [SEP] take 2)")
+        # TokenWindows checks each split holds one window (block_size+1 tokens) and splits train/val
+        self.windows = TokenWindows(tokens, self.width - 1, val_fraction)
+        self.tokens, self.seed = tokens, seed
+        self.cls_id, self.sep_id = tokenizer.cls_id, tokenizer.sep_id
+        self.masker = Masker(tokenizer, mask_prob, whole_word)
+        self.can_evaluate = val_fraction > 0 and self.windows.has("val")
+
+    def _sample(self, split: str, batch_size: int, rng: np.random.Generator) -> dict:
+        start, end = self.windows.splits[split]
+        offsets = rng.integers(start, end - self.width + 1, size=batch_size)
+        body = np.stack([self.tokens[o:o + self.width] for o in offsets]).astype(np.int64)
+        ids = np.concatenate([np.full((batch_size, 1), self.cls_id), body, np.full((batch_size, 1), self.sep_id)], 1)
+        inputs, labels = self.masker(ids, rng)
+        return {"ids": torch.from_numpy(inputs), "labels": torch.from_numpy(labels)}
+
+    def train_batch(self, step: int, micro: int, batch_size: int) -> dict:
+        return self._sample("train", batch_size, np.random.default_rng([self.seed, step, micro]))
+
+    @staticmethod
+    def count_tokens(batch: dict) -> int:
+        return batch["ids"].numel()
+
+    @staticmethod
+    def loss(model, batch: dict):
+        from .infer.fill_mask import mlm_loss
+
+        total, correct, count = mlm_loss(model, batch["ids"], batch["labels"])
+        count = count.clamp(min=1)
+        return total / count, {"mlm_accuracy": correct.float() / count}
+
+    @torch.no_grad()
+    def evaluate(self, model, steps: int, batch_size: int, device) -> dict[str, float]:
+        """Masked-LM loss and accuracy on `steps` validation batches with the same windows and masks each time."""
+        from .infer.fill_mask import mlm_loss
+
+        model.eval()
+        rng = np.random.default_rng([self.seed, EVAL_SEED])
+        total, correct, count = 0.0, 0, 0
+        for _ in range(steps):
+            batch = self._sample("val", batch_size, rng)
+            loss, hits, n = mlm_loss(model, batch["ids"].to(device), batch["labels"].to(device))
+            total, correct, count = total + loss.item(), correct + int(hits), count + int(n)
+        loss = total / max(count, 1)
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0)),
+                "val_mlm_accuracy": correct / max(count, 1)}
+
+
+class ClassificationTask:
+    """Text classification for both families: BERT pools [CLS], GPT reads the last real token.
+
+    Batches are drawn from a per-epoch shuffle fixed by (seed, epoch), so step s always gives the same rows.
+    """
+
+    monitor = ("val_accuracy", "max")
+
+    def __init__(self, train, val, labels: list[str], seed: int, grad_accum: int = 1,
+                 class_weights: bool = False):
+        self.train, self.val, self.labels, self.seed, self.grad_accum = train, val, labels, seed, grad_accum
+        self.can_evaluate = val is not None and len(val) > 0
+        self._orders: dict[int, np.ndarray] = {}
+        self.weights = None
+        if class_weights:
+            # inverse class frequency, scaled so a balanced set gets weight 1 everywhere
+            counts = np.bincount(train.targets, minlength=len(labels)).astype(np.float64)
+            weights = np.where(counts > 0, counts.sum() / (len(labels) * np.maximum(counts, 1)), 0.0)
+            self.weights = torch.tensor(weights, dtype=torch.float32)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.train))}
+        return self._orders[epoch]
+
+    def train_batch(self, step: int, micro: int, batch_size: int) -> dict:
+        first = (step * self.grad_accum + micro) * batch_size
+        n = len(self.train)
+        rows = [int(self._order(p // n)[p % n]) for p in range(first, first + batch_size)]
+        return self.train.batch(rows)
+
+    @staticmethod
+    def count_tokens(batch: dict) -> int:
+        return int(batch["pad_mask"].sum())
+
+    def loss(self, model, batch: dict):
+        logits = model.classify(batch["ids"], pad_mask=batch["pad_mask"], token_type_ids=batch["token_type_ids"]).float()
+        weight = self.weights.to(logits.device) if self.weights is not None else None
+        loss = F.cross_entropy(logits, batch["labels"], weight=weight)
+        return loss, {"accuracy": (logits.argmax(-1) == batch["labels"]).float().mean()}
+
+    @torch.no_grad()
+    def evaluate(self, model, steps: int, batch_size: int, device) -> dict[str, float]:
+        """Loss, accuracy and macro-F1 over the whole validation set (`steps` is not needed)."""
+        from .infer.metrics import classification_report
+
+        model.eval()
+        total, predicted = 0.0, []
+        for first in range(0, len(self.val), batch_size):
+            batch = {k: v.to(device) for k, v in self.val.batch(range(first, min(first + batch_size, len(self.val)))).items()}
+            logits = model.classify(batch["ids"], pad_mask=batch["pad_mask"], token_type_ids=batch["token_type_ids"]).float()
+            total += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
+            predicted.append(logits.argmax(-1).cpu().numpy())
+        report = classification_report(self.val.targets, np.concatenate(predicted), self.labels)
+        return {"val_loss": total / len(self.val), "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"]}
+
+    def parameter_groups(self, model, cfg):
+        """(params, lr_scale): the head at head_lr/lr; layer i of n at layer_lr_decay**(n - i), embeddings lowest."""
+        return layerwise_groups(model, cfg)
+
+    def finish(self, model, run_path: Path) -> dict | None:
+        """At the end of a run: the validation report as eval.json and the confusion matrix as confusion.png."""
+        import json
+
+        from .files import atomic_write_text
+        from .infer.classify import predict_probabilities
+        from .infer.metrics import classification_report, save_confusion_png
+
+        if not self.can_evaluate:
+            return None
+        predicted = predict_probabilities(model, self.val).argmax(-1)
+        report = classification_report(self.val.targets, predicted, self.labels)
+        atomic_write_text(Path(run_path) / "eval.json", json.dumps(report, indent=1))
+        save_confusion_png(report["confusion"], self.labels, Path(run_path) / "confusion.png",
+                           f"validation: accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}")
+        return report
+
+
+HEAD_PREFIXES = ("classifier.", "pooler.")
+EMBEDDING_PREFIXES = ("wte.", "wpe.", "wtt.", "ln_emb.")
+
+
+def layerwise_groups(model, cfg) -> list[tuple[list, float]]:
+    """Parameter groups for fine-tuning: head at head_lr / lr, block i at decay**(n_layer - i),
+    embeddings at decay**(n_layer + 1); everything else (final norm, MLM head) at the full rate."""
+    n_layer = len(model.h)
+    head_scale = (cfg.head_lr / cfg.lr) if cfg.head_lr else 1.0
+    groups: dict[float, list] = {}
+    for name, param in model.named_parameters():
+        if name.startswith(HEAD_PREFIXES):
+            scale = head_scale
+        elif name.startswith("h."):
+            scale = cfg.layer_lr_decay ** (n_layer - int(name.split(".")[1]))
+        elif name.startswith(EMBEDDING_PREFIXES):
+            scale = cfg.layer_lr_decay ** (n_layer + 1)
+        else:
+            scale = 1.0
+        groups.setdefault(scale, []).append(param)
+    return [(params, scale) for scale, params in groups.items()]
+
+
 def make_task(lm, work_dir: Path):
     """The task for lm.config.train.objective, with its data prepared under `work_dir`."""
     config = lm.config
@@ -64,7 +224,64 @@ def make_task(lm, work_dir: Path):
         if not getattr(lm.model, "is_causal", False):
             raise ValueError(f"objective 'clm' needs a decoder; this model is '{config.model.arch}'")
         bin_path = build_token_file(config.data.paths, lm.tokenizer, Path(work_dir) / "data",
-                                    config.data.text_field, config.data.encoding_errors)
+                                    config.data.text_field, config.data.encoding_errors, progress=progress)
         windows = TokenWindows(open_tokens(bin_path), config.model.block_size, config.data.val_fraction)
         return CausalLMTask(windows, config.train.seed)
+    if objective == "mlm":
+        if getattr(lm.model, "is_causal", True) or not hasattr(lm.model, "mlm_logits"):
+            raise ValueError(f"objective 'mlm' needs an encoder (arch 'bert'); this model is '{config.model.arch}'")
+        bin_path = build_token_file(config.data.paths, lm.tokenizer, Path(work_dir) / "data",
+                                    config.data.text_field, config.data.encoding_errors)
+        return MaskedLMTask(open_tokens(bin_path), lm.tokenizer, config.model.block_size, config.data.val_fraction,
+                            config.train.seed, config.train.mask_prob, config.train.whole_word_mask)
+    if objective == "classify":
+        return make_classification_task(lm)
     raise ValueError(f"unknown train.objective '{objective}'")
+
+
+def make_classification_task(lm) -> ClassificationTask:
+    """Read data.train (and data.test, else a val_fraction split), and give the model a head for its labels."""
+    from .data.labeled import EncodedSet, label_names, read_labeled
+
+    config, data = lm.config, lm.config.data
+    if not data.train:
+        raise ValueError("objective 'classify' needs labeled data: set data.train (a .csv, .tsv or .jsonl file), "
+                         "or call fit('train.csv', objective='classify')")
+    read = lambda path: read_labeled(path, data.text_field, data.label_field, data.text_pair_field,  # noqa: E731
+                                     data.encoding_errors)
+    train = read(data.train)
+    labels = label_names(train)
+    if data.test:
+        val = read(data.test)
+    elif data.val_fraction > 0 and len(train) >= 2:
+        # a fixed shuffle (seed only) decides which rows validate, so resume and reruns agree
+        order = np.random.default_rng([config.train.seed, 7]).permutation(len(train))
+        n_val = max(1, int(round(len(train) * data.val_fraction)))
+        val, train = train.subset(order[:n_val]), train.subset(np.sort(order[n_val:]))
+    else:
+        val = None
+    attach_head(lm, labels)
+    labels = lm.config.model.labels
+    block = config.model.block_size
+    lm.meta["classification"] = {"text_field": data.text_field, "label_field": data.label_field,
+                                 "text_pair_field": data.text_pair_field}
+    return ClassificationTask(EncodedSet(train, lm.tokenizer, labels, block),
+                              EncodedSet(val, lm.tokenizer, labels, block) if val is not None else None,
+                              labels, config.train.seed, config.train.grad_accum, config.train.class_weights)
+
+
+def attach_head(lm, labels: list[str]) -> None:
+    """Keep the model's head when it has these labels; else give it a fresh nn.Linear over `labels`."""
+    current = lm.config.model.labels
+    if current and set(current) == set(labels) and getattr(lm.model, "classifier", None) is not None:
+        return
+    width = lm.config.model.n_embd
+    head = torch.nn.Linear(width, len(labels))
+    torch.nn.init.normal_(head.weight, std=0.02)
+    torch.nn.init.zeros_(head.bias)
+    device = next(lm.model.parameters()).device
+    lm.model.classifier = head.to(device)
+    model_cfg = lm.config.model.model_copy(update={"labels": list(labels)})
+    lm.config = lm.config.model_copy(update={"model": model_cfg})
+    if hasattr(lm.model, "config"):
+        lm.model.config = model_cfg

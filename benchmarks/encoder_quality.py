@@ -1,0 +1,126 @@
+"""Quality bar of the encoder side: does masked-LM pretraining on unlabeled text help classification?
+
+On SST-2 (sentence level, ../shared/data/sst2-sentence: 6,920 train / 872 dev / 1,821 test) it trains
+  (a) a BERT classifier from scratch on the labeled training sentences only (tokenizer from them too);
+  (b) the same model and fine-tuning recipe, after MLM pretraining on unlabeled in-domain text
+      (the sentences of SST's training split, stsa.fine.train, labels dropped: no dev/test text),
+and prints test accuracy (best-on-dev weights, early stopping on dev accuracy) and the CPU cost of each.
+
+    python benchmarks/encoder_quality.py                   # defaults below; ~15 min on 2 cores
+    python benchmarks/encoder_quality.py --seeds 1 2 --pretrain-steps 2000
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lmforge.api import LM
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2-sentence"
+MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.1)
+
+
+def read_sst(path: Path) -> list[tuple[str, str]]:
+    """(label, sentence) pairs of an stsa.* file ('<label> <sentence>' per line)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        label, _, text = line.partition(" ")
+        if text:
+            rows.append((label, text))
+    return rows
+
+
+def write_csv(rows, path: Path) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows((text, label) for label, text in rows)
+    return path
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads): the cost on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def finetune(lm: LM, train: Path, dev: Path, test: Path, steps: int, seed: int) -> dict:
+    began_wall, began_cpu = time.perf_counter(), cpu_seconds()
+    lm.config.data.test = str(dev)  # validation = dev; early stopping picks the best-on-dev weights
+    result = lm.fit(train, objective="classify", max_steps=steps, batch_size=32, lr=5e-4, min_lr=5e-5,
+                    warmup_steps=steps // 10, weight_decay=0.01, eval_every=max(1, steps // 10), patience=4,
+                    seed=seed, progress=False)
+    report = lm.evaluate(test)
+    return {"test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"], "dev_accuracy": result.best,
+            "steps": result.step, "wall_s": time.perf_counter() - began_wall, "cpu_s": cpu_seconds() - began_cpu}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pretrain-steps", type=int, default=1500)
+    parser.add_argument("--finetune-steps", type=int, default=800)
+    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} is absent (it holds SST-2; see ../shared/data/SOURCES.md)")
+        return 0
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as scratch:
+        scratch = Path(scratch)
+        train = write_csv(read_sst(DATA / "stsa.binary.train"), scratch / "train.csv")
+        dev = write_csv(read_sst(DATA / "stsa.binary.dev"), scratch / "dev.csv")
+        test = write_csv(read_sst(DATA / "stsa.binary.test"), scratch / "test.csv")
+        corpus = scratch / "unlabeled.txt"
+        corpus.write_text("\n".join(text for _, text in read_sst(DATA / "stsa.fine.train")) + "\n", encoding="utf-8")
+        sizes = {"train": sum(1 for _ in open(train)) - 1, "dev": sum(1 for _ in open(dev)) - 1,
+                 "test": sum(1 for _ in open(test)) - 1, "unlabeled_sentences": len(corpus.read_text().splitlines())}
+        print(f"SST-2 sentences: {sizes}; model {MODEL}", flush=True)
+
+        # (b) pretraining once, shared by every seed's fine-tuning
+        began_wall, began_cpu = time.perf_counter(), cpu_seconds()
+        torch.manual_seed(0)
+        base = LM.new("bert", tokenizer="wordpiece", vocab_size=args.vocab_size, lowercase=True, corpus=corpus, **MODEL)
+        mlm = base.fit(corpus, objective="mlm", max_steps=args.pretrain_steps, batch_size=32, lr=1e-3, min_lr=1e-4,
+                       warmup_steps=100, weight_decay=0.01, eval_every=args.pretrain_steps // 5, eval_steps=10,
+                       progress=False)
+        pretrain = {"wall_s": time.perf_counter() - began_wall, "cpu_s": cpu_seconds() - began_cpu, **mlm.eval}
+        print(f"MLM pretraining: {args.pretrain_steps} steps, {pretrain['wall_s'] / 60:.1f} min wall, "
+              f"{pretrain['cpu_s'] / 60:.1f} CPU min, {mlm.eval}", flush=True)
+        base_dir = base.save(scratch / "pretrained")
+
+        results = []
+        for seed in args.seeds:
+            torch.manual_seed(seed)
+            scratch_lm = LM.new("bert", tokenizer="wordpiece", vocab_size=args.vocab_size, lowercase=True,
+                                corpus=train, **MODEL)  # labeled data only: the tokenizer too
+            a = finetune(scratch_lm, train, dev, test, args.finetune_steps, seed)
+            print(f"seed {seed} (a) scratch:    {json.dumps(a)}", flush=True)
+            torch.manual_seed(seed)
+            b = finetune(LM.from_pretrained(base_dir), train, dev, test, args.finetune_steps, seed)
+            print(f"seed {seed} (b) pretrained: {json.dumps(b)}", flush=True)
+            results.append((a, b))
+
+    mean = lambda key, i: sum(r[i][key] for r in results) / len(results)  # noqa: E731
+    a_acc, b_acc = mean("test_accuracy", 0), mean("test_accuracy", 1)
+    print("\n| setup | test accuracy | test macro-F1 | CPU min | wall min |")
+    print("|---|---|---|---|---|")
+    print(f"| (a) from scratch, labeled data only | {a_acc:.4f} | {mean('test_macro_f1', 0):.4f} | "
+          f"{mean('cpu_s', 0) / 60:.1f} | {mean('wall_s', 0) / 60:.1f} |")
+    print(f"| (b) MLM-pretrained, then fine-tuned | {b_acc:.4f} | {mean('test_macro_f1', 1):.4f} | "
+          f"{(pretrain['cpu_s'] + mean('cpu_s', 1)) / 60:.1f} (pretrain {pretrain['cpu_s'] / 60:.1f}) | "
+          f"{(pretrain['wall_s'] + mean('wall_s', 1)) / 60:.1f} |")
+    print(f"\n(b) - (a): {100 * (b_acc - a_acc):+.2f} accuracy points over {len(results)} seed(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

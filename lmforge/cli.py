@@ -143,6 +143,15 @@ def _eval(args) -> int:
     result = lm.evaluate(args.data, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(result))
+    elif "per_class" in result:  # a classifier: headline numbers, a per-class table, the confusion matrix
+        print(f"accuracy: {result['accuracy']:.4f}\nmacro_f1: {result['macro_f1']:.4f}\nexamples: {result['examples']}")
+        width = max(len("label"), *map(len, result["labels"]))
+        print(f"\n{'label':<{width}}  precision  recall      f1  support")
+        for name, row in result["per_class"].items():
+            print(f"{name:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:6.4f}  {row['support']:7d}")
+        print("\nconfusion (rows: true label, columns: predicted, in the order above):")
+        for row in result["confusion"]:
+            print("  " + " ".join(f"{count:6d}" for count in row))
     else:
         for key, value in result.items():
             print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")

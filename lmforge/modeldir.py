@@ -28,8 +28,9 @@ def save_model_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, con
     with atomic_directory(path) as temp:
         save_model(model, str(temp / "model.safetensors"))
         tokenizer.save(temp / "tokenizer.json")
-        meta = {"format": "lmforge", "lmforge_version": __version__, "arch": config.arch,
-                "model": config.model_dump(exclude={"init"}), "tokenizer": {"kind": tokenizer.kind}, **info}
+        # `info` may be a loaded config.json (fine-tuning): its old model section must not win over `config`
+        meta = {**info, "format": "lmforge", "lmforge_version": __version__, "arch": config.arch,
+                "model": config.model_dump(exclude={"init"}), "tokenizer": {"kind": tokenizer.kind}}
         (temp / "config.json").write_text(json.dumps(meta, indent=2))
         (temp / "README.md").write_text(model_card(model, tokenizer, config, info))
     return path

@@ -102,7 +102,7 @@ class LM:
         cfg = self.config.train
         with tempfile.TemporaryDirectory(prefix="lmforge-") as scratch:
             work = Path(run_dir) if run_dir is not None else Path(scratch)
-            task = make_task(self, work)
+            task = make_task(self, work, progress=progress)
             self.meta.update({"name": self.config.run.name, "training": {
                 "objective": cfg.objective, "data": _source_name(self.config.data.paths) if cfg.objective != "classify"
                 else self.config.data.train, "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,

@@ -216,7 +216,7 @@ def layerwise_groups(model, cfg) -> list[tuple[list, float]]:
     return [(params, scale) for scale, params in groups.items()]
 
 
-def make_task(lm, work_dir: Path):
+def make_task(lm, work_dir: Path, progress: bool = False):
     """The task for lm.config.train.objective, with its data prepared under `work_dir`."""
     config = lm.config
     objective = config.train.objective
@@ -231,7 +231,7 @@ def make_task(lm, work_dir: Path):
         if getattr(lm.model, "is_causal", True) or not hasattr(lm.model, "mlm_logits"):
             raise ValueError(f"objective 'mlm' needs an encoder (arch 'bert'); this model is '{config.model.arch}'")
         bin_path = build_token_file(config.data.paths, lm.tokenizer, Path(work_dir) / "data",
-                                    config.data.text_field, config.data.encoding_errors)
+                                    config.data.text_field, config.data.encoding_errors, progress=progress)
         return MaskedLMTask(open_tokens(bin_path), lm.tokenizer, config.model.block_size, config.data.val_fraction,
                             config.train.seed, config.train.mask_prob, config.train.whole_word_mask)
     if objective == "classify":

@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +25,13 @@ def token_dtype(vocab_size: int):
 def source_signature(paths, text_field: str) -> str:
     """Names, sizes and modification times of the sources: the token file is rebuilt when they change."""
     if not paths:
-        import sys
         return f"builtin:{sys.version_info[:2]}"
     parts = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in resolve_paths(paths)]
     return hashlib.sha256("\n".join([text_field, *parts]).encode()).hexdigest()[:16]
 
 
 def build_token_file(paths, tokenizer: Tokenizer, out_dir: str | Path, text_field: str = "text",
-                     errors: str = "replace", add_special_tokens: bool = False) -> Path:
+                     errors: str = "replace", add_special_tokens: bool = False, progress: bool = False) -> Path:
     """Tokenize every document into `out_dir/tokens.bin` (reused when sources and tokenizer are unchanged)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,7 @@ def build_token_file(paths, tokenizer: Tokenizer, out_dir: str | Path, text_fiel
             return bin_path
     dtype, eos = token_dtype(tokenizer.vocab_size), tokenizer.eos_id
     temp = bin_path.with_suffix(".bin.tmp")
-    total = 0
+    total, chars, began = 0, 0, time.perf_counter()
     with open(temp, "wb") as handle:
         pending: list[tuple[str, bool]] = []
         size = 0
@@ -64,7 +65,9 @@ def build_token_file(paths, tokenizer: Tokenizer, out_dir: str | Path, text_fiel
             size += len(text)
             if size >= BATCH_CHARS:
                 flush()
-                size = 0
+                chars, size = chars + size, 0
+                if progress:
+                    print(f"\rtokenizing: {chars / 1e6:.0f}M characters -> {total:,} tokens", end="", file=sys.stderr)
         flush()
         handle.flush()
         os.fsync(handle.fileno())
@@ -72,6 +75,9 @@ def build_token_file(paths, tokenizer: Tokenizer, out_dir: str | Path, text_fiel
         temp.unlink()
         raise DataError("the corpus is empty: no text was found in " + (", ".join(map(str, paths)) or "the built-in corpus"))
     os.replace(temp, bin_path)
+    if progress:
+        print(f"\rtokenized the corpus: {total:,} tokens in {time.perf_counter() - began:.1f}s -> {bin_path}",
+              file=sys.stderr)
     atomic_write_text(meta_path, json.dumps({**meta, "n_tokens": total}, indent=1))
     return bin_path
 

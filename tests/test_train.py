@@ -66,6 +66,7 @@ def test_checkpoints_are_complete_and_only_the_last_ones_kept(tmp_path, corpus_f
     state = load_file(str(run / "checkpoints" / "step-40" / "optimizer.safetensors"))
     assert "rng.cpu" in state and any(k.endswith("exp_avg") for k in state)
     assert (run / "config.toml").is_file() and (run / "final" / "README.md").is_file()
+    assert (run / "loss.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_save_and_load_give_identical_logits(tmp_path, corpus_file):

@@ -16,6 +16,7 @@ from torch import nn
 from ..config import TrainConfig
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, truncate_metrics
 from .optim import learning_rate, make_optimizer
+from .plots import plot_metrics
 from .progress import Progress
 
 Export = Callable[[nn.Module, Path], None]
@@ -205,6 +206,7 @@ def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *
     if run is not None and not result.interrupted:
         run.export(model, run.path / "final")
         result.final_dir = run.path / "final"
+        plot_metrics(run.metrics)
     return result
 
 

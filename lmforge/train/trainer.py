@@ -112,6 +112,8 @@ def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *
     bar = Progress(cfg.max_steps, start, enabled=progress)
     result = TrainResult(step=start, train_loss=None, best=state["best"])
     began, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
+    # sums over the steps since the last log line (kept on the device: no sync per step)
+    window_loss, window_extra, window_steps = torch.zeros((), device=device), {}, 0
     metrics_file = open(run.metrics, "a", encoding="utf-8") if run is not None else None
 
     def log(record: dict) -> None:
@@ -130,17 +132,16 @@ def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *
             lr = learning_rate(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            total_loss = torch.zeros((), device=device)
-            extra: dict[str, torch.Tensor] = {}
             for micro in range(cfg.grad_accum):
                 batch = _to(task.train_batch(step, micro, cfg.batch_size), device)
                 with autocast:
                     loss, metrics = task.loss(model, batch)
                 (loss / cfg.grad_accum).backward()
-                total_loss += loss.detach() / cfg.grad_accum
+                window_loss += loss.detach() / cfg.grad_accum
                 for key, value in metrics.items():
-                    extra[key] = extra.get(key, 0) + value.detach() / cfg.grad_accum
+                    window_extra[key] = window_extra.get(key, 0) + value.detach() / cfg.grad_accum
                 window_tokens += task.count_tokens(batch)
+            window_steps += 1
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -150,19 +151,22 @@ def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *
                 now = time.perf_counter()
                 speed = window_tokens / max(now - window_start, 1e-9)
                 state["tokens"] += window_tokens
-                window_tokens, window_start = 0, now
-                loss_value = total_loss.item()
+                loss_value = window_loss.item() / window_steps
+                extra = {k: float(v) / window_steps for k, v in window_extra.items()}
+                window_tokens, window_start, window_steps, window_extra = 0, now, 0, {}
+                window_loss.zero_()
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(f"training loss became {loss_value} at step {step}; "
                                              "lower train.lr, raise train.warmup_steps or keep train.grad_clip on")
                 record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                           "tokens_per_s": speed, "elapsed": now - began,
-                          **{k: float(v) for k, v in extra.items()}}
+                          **extra}
                 log(record)
                 result.train_loss, result.tokens_per_s = loss_value, speed
                 bar.update(step, loss=loss_value, lr=lr, tokens_per_s=speed)
                 for hook in hooks:
                     hook(step, record)
+            paused = time.perf_counter()  # evaluation and saving do not count against tokens/s
             if cfg.eval_every and (step % cfg.eval_every == 0 or last) and task.can_evaluate:
                 evaluation = task.evaluate(model, cfg.eval_steps, cfg.batch_size, device)
                 model.train()
@@ -187,6 +191,7 @@ def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *
                     break
             if cfg.save_every and step % cfg.save_every == 0 and not last:
                 checkpoint(step)
+            window_start += time.perf_counter() - paused
         if step > start:
             checkpoint(step)
     except KeyboardInterrupt:

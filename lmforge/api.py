@@ -187,15 +187,19 @@ class LM:
                                    label_field or saved.get("label_field", "label"),
                                    text_pair_field or saved.get("text_pair_field"))
             return evaluate_classifier(self.model, self.tokenizer, self.config.model.labels, labeled, batch_size)
-        texts = "".join(iter_texts([str(data)] if isinstance(data, (str, Path)) else list(data)))
-        ids = self.tokenizer.encode(texts)
+        import numpy as np
+
+        from .data.tokens import build_token_file, open_tokens
+
+        paths = [str(data)] if isinstance(data, (str, Path)) else [str(p) for p in data]
+        with tempfile.TemporaryDirectory(prefix="lmforge-eval-") as scratch:  # documents joined as in training
+            ids = np.array(open_tokens(build_token_file(paths, self.tokenizer, scratch, text_field or "text")))
         if len(ids) < 2:
             raise ValueError(f"'{data}' has fewer than 2 tokens: nothing to evaluate")
-        import numpy as np
         if not getattr(self.model, "is_causal", True):
             from .infer.fill_mask import evaluate_mlm
-            return evaluate_mlm(self.model, self.tokenizer, np.asarray(ids), batch_size, self.config.train.mask_prob)
-        return score_tokens(self.model, np.asarray(ids), batch_size)
+            return evaluate_mlm(self.model, self.tokenizer, ids, batch_size, self.config.train.mask_prob)
+        return score_tokens(self.model, ids, batch_size)
 
     def __repr__(self) -> str:
         cfg = self.config.model

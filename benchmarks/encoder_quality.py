@@ -52,12 +52,13 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def finetune(lm: LM, train: Path, dev: Path, test: Path, steps: int, seed: int) -> dict:
+def finetune(lm: LM, train: Path, dev: Path, test: Path, steps: int, seed: int, lr: float, head_lr: float | None,
+             layer_decay: float) -> dict:
     began_wall, began_cpu = time.perf_counter(), cpu_seconds()
     lm.config.data.test = str(dev)  # validation = dev; early stopping picks the best-on-dev weights
-    result = lm.fit(train, objective="classify", max_steps=steps, batch_size=32, lr=5e-4, min_lr=5e-5,
-                    warmup_steps=steps // 10, weight_decay=0.01, eval_every=max(1, steps // 10), patience=4,
-                    seed=seed, progress=False)
+    result = lm.fit(train, objective="classify", max_steps=steps, batch_size=32, lr=lr, min_lr=lr / 10,
+                    head_lr=head_lr, layer_lr_decay=layer_decay, warmup_steps=steps // 10, weight_decay=0.01,
+                    eval_every=max(1, steps // 10), patience=4, seed=seed, progress=False)
     report = lm.evaluate(test)
     return {"test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"], "dev_accuracy": result.best,
             "steps": result.step, "wall_s": time.perf_counter() - began_wall, "cpu_s": cpu_seconds() - began_cpu}
@@ -69,6 +70,15 @@ def main() -> int:
     parser.add_argument("--finetune-steps", type=int, default=800)
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate, both setups")
+    parser.add_argument("--head-lr", type=float, default=None, help="fine-tuning: the head's rate (default --lr)")
+    parser.add_argument("--layer-decay", type=float, default=1.0, help="fine-tuning: layer-wise LR decay")
+    parser.add_argument("--pretrained", type=Path, default=None,
+                        help="reuse (or, if absent, write) the MLM-pretrained model directory here")
+    parser.add_argument("--only", choices=["a", "b"], default=None, help="run one setup only")
+    parser.add_argument("--general-text", action="store_true",
+                        help="add public-domain English (Gutenberg novels, WikiText-2 valid) to the unlabeled corpus")
+    parser.add_argument("--pretrain-lr", type=float, default=1e-3)
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"skipped: {DATA} is absent (it holds SST-2; see ../shared/data/SOURCES.md)")
@@ -81,33 +91,54 @@ def main() -> int:
         test = write_csv(read_sst(DATA / "stsa.binary.test"), scratch / "test.csv")
         corpus = scratch / "unlabeled.txt"
         corpus.write_text("\n".join(text for _, text in read_sst(DATA / "stsa.fine.train")) + "\n", encoding="utf-8")
+        sources = [str(corpus)]
+        if args.general_text:
+            shared = DATA.parent
+            sources += [shared / "wikitext2-tokenized" / "valid.txt"] + [shared / "gutenberg" / f"pg{n}.txt"
+                                                                         for n in (1342, 84, 64317, 2641)]
+            sources = [str(p) for p in sources if Path(p).is_file()]
         sizes = {"train": sum(1 for _ in open(train)) - 1, "dev": sum(1 for _ in open(dev)) - 1,
                  "test": sum(1 for _ in open(test)) - 1, "unlabeled_sentences": len(corpus.read_text().splitlines())}
         print(f"SST-2 sentences: {sizes}; model {MODEL}", flush=True)
 
         # (b) pretraining once, shared by every seed's fine-tuning
-        began_wall, began_cpu = time.perf_counter(), cpu_seconds()
-        torch.manual_seed(0)
-        base = LM.new("bert", tokenizer="wordpiece", vocab_size=args.vocab_size, lowercase=True, corpus=corpus, **MODEL)
-        mlm = base.fit(corpus, objective="mlm", max_steps=args.pretrain_steps, batch_size=32, lr=1e-3, min_lr=1e-4,
-                       warmup_steps=100, weight_decay=0.01, eval_every=args.pretrain_steps // 5, eval_steps=10,
-                       progress=False)
-        pretrain = {"wall_s": time.perf_counter() - began_wall, "cpu_s": cpu_seconds() - began_cpu, **mlm.eval}
-        print(f"MLM pretraining: {args.pretrain_steps} steps, {pretrain['wall_s'] / 60:.1f} min wall, "
-              f"{pretrain['cpu_s'] / 60:.1f} CPU min, {mlm.eval}", flush=True)
-        base_dir = base.save(scratch / "pretrained")
+        base_dir = args.pretrained or scratch / "pretrained"
+        cost_file = base_dir / "pretraining_cost.json"
+        if cost_file.is_file():
+            pretrain = json.loads(cost_file.read_text())
+            print(f"reusing {base_dir}: {pretrain}", flush=True)
+        else:
+            began_wall, began_cpu = time.perf_counter(), cpu_seconds()
+            # the vocabulary comes from the in-domain sentences; the MLM reads every unlabeled source
+            base = LM.new("bert", tokenizer="wordpiece", vocab_size=args.vocab_size, lowercase=True, corpus=corpus,
+                          **MODEL)
+            mlm = base.fit(sources, objective="mlm", max_steps=args.pretrain_steps, batch_size=32,
+                           lr=args.pretrain_lr, min_lr=args.pretrain_lr / 10, warmup_steps=300, weight_decay=0.01,
+                           eval_every=args.pretrain_steps // 5, eval_steps=10, progress=False)
+            pretrain = {"steps": args.pretrain_steps, "sources": [Path(p).name for p in sources],
+                        "wall_s": time.perf_counter() - began_wall,
+                        "cpu_s": cpu_seconds() - began_cpu, **mlm.eval}
+            base.save(base_dir)
+            cost_file.write_text(json.dumps(pretrain))
+        print(f"MLM pretraining: {pretrain['steps']} steps, {pretrain['wall_s'] / 60:.1f} min wall, "
+              f"{pretrain['cpu_s'] / 60:.1f} CPU min, val masked-token accuracy {pretrain['val_mlm_accuracy']:.3f}",
+              flush=True)
+        recipe = dict(lr=args.lr, head_lr=args.head_lr, layer_decay=args.layer_decay)
 
         results = []
         for seed in args.seeds:
-            torch.manual_seed(seed)
-            scratch_lm = LM.new("bert", tokenizer="wordpiece", vocab_size=args.vocab_size, lowercase=True,
-                                corpus=train, **MODEL)  # labeled data only: the tokenizer too
-            a = finetune(scratch_lm, train, dev, test, args.finetune_steps, seed)
-            print(f"seed {seed} (a) scratch:    {json.dumps(a)}", flush=True)
-            torch.manual_seed(seed)
-            b = finetune(LM.from_pretrained(base_dir), train, dev, test, args.finetune_steps, seed)
-            print(f"seed {seed} (b) pretrained: {json.dumps(b)}", flush=True)
+            a = b = None
+            if args.only != "b":
+                scratch_lm = LM.new("bert", tokenizer="wordpiece", vocab_size=args.vocab_size, lowercase=True,
+                                    corpus=train, **MODEL)  # labeled data only: the tokenizer too
+                a = finetune(scratch_lm, train, dev, test, args.finetune_steps, seed, **recipe)
+                print(f"seed {seed} (a) scratch:    {json.dumps(a)}", flush=True)
+            if args.only != "a":
+                b = finetune(LM.from_pretrained(base_dir), train, dev, test, args.finetune_steps, seed, **recipe)
+                print(f"seed {seed} (b) pretrained: {json.dumps(b)}", flush=True)
             results.append((a, b))
+        if args.only:
+            return 0
 
     mean = lambda key, i: sum(r[i][key] for r in results) / len(results)  # noqa: E731
     a_acc, b_acc = mean("test_accuracy", 0), mean("test_accuracy", 1)

@@ -84,6 +84,7 @@ class MaskedLMTask:
         return {"ids": torch.from_numpy(inputs), "labels": torch.from_numpy(labels)}
 
     def train_batch(self, step: int, micro: int, batch_size: int) -> dict:
+        """Masked windows for (step, micro): the same arguments always give the same windows and masks."""
         return self._sample("train", batch_size, np.random.default_rng([self.seed, step, micro]))
 
     @staticmethod
@@ -92,6 +93,7 @@ class MaskedLMTask:
 
     @staticmethod
     def loss(model, batch: dict):
+        """Mean cross-entropy over the masked positions only, and the share of them predicted right."""
         from .infer.fill_mask import mlm_loss
 
         total, correct, count = mlm_loss(model, batch["ids"], batch["labels"])
@@ -141,6 +143,7 @@ class ClassificationTask:
         return self._orders[epoch]
 
     def train_batch(self, step: int, micro: int, batch_size: int) -> dict:
+        """Rows first..first+batch_size of the endless stream of per-epoch shuffles (deterministic)."""
         first = (step * self.grad_accum + micro) * batch_size
         n = len(self.train)
         rows = [int(self._order(p // n)[p % n]) for p in range(first, first + batch_size)]
@@ -151,6 +154,7 @@ class ClassificationTask:
         return int(batch["pad_mask"].sum())
 
     def loss(self, model, batch: dict):
+        """Cross-entropy of the class logits (weighted by class when asked) and the batch accuracy."""
         logits = model.classify(batch["ids"], pad_mask=batch["pad_mask"], token_type_ids=batch["token_type_ids"]).float()
         weight = self.weights.to(logits.device) if self.weights is not None else None
         loss = F.cross_entropy(logits, batch["labels"], weight=weight)

@@ -26,6 +26,7 @@ class LabeledSet:
         return len(self.texts)
 
     def subset(self, indices) -> "LabeledSet":
+        """The rows at `indices`, in that order."""
         pick = lambda values: [values[i] for i in indices]  # noqa: E731
         return LabeledSet(self.path, pick(self.texts), pick(self.labels), pick(self.pairs) if self.pairs else None)
 
@@ -175,6 +176,7 @@ class EncodedSet:
         return len(self.examples)
 
     def batch(self, indices) -> dict[str, torch.Tensor]:
+        """Padded tensors of the examples at `indices` (with `labels` when the set has targets)."""
         batch = collate([self.examples[i] for i in indices], self.pad_id)
         if self.targets is not None:
             batch["labels"] = torch.from_numpy(self.targets[np.asarray(indices, dtype=np.int64)])

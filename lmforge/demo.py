@@ -72,6 +72,6 @@ def run_demo(run_dir: Path, steps: int | None = None) -> None:
     began = time.perf_counter()
     for sub in ("gpt", "bert"):
         shutil.rmtree(run_dir / sub, ignore_errors=True)
-    demo_gpt(run_dir / "gpt", steps or 600)
+    demo_gpt(run_dir / "gpt", steps or 1000)
     demo_bert(run_dir / "bert", steps or 1200)
     print(f"\ndemo finished in {time.perf_counter() - began:.0f}s")

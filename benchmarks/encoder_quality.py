@@ -84,6 +84,9 @@ def main() -> int:
     parser.add_argument("--pretrain-batch", type=int, default=64)
     parser.add_argument("--layers", type=int, default=MODEL["n_layer"])
     parser.add_argument("--block-size", type=int, default=MODEL["block_size"])
+    parser.add_argument("--more-pretrain-steps", type=int, default=0,
+                        help="continue the cached --pretrained model's MLM for this many steps (costs add up), "
+                             "so a long pretraining can be spread over several short runs")
     args = parser.parse_args()
     MODEL.update(n_layer=args.layers, block_size=args.block_size)
     if not DATA.is_dir():
@@ -113,6 +116,18 @@ def main() -> int:
         if cost_file.is_file():
             pretrain = json.loads(cost_file.read_text())
             print(f"reusing {base_dir}: {pretrain}", flush=True)
+            if args.more_pretrain_steps:
+                began_wall, began_cpu = time.perf_counter(), cpu_seconds()
+                base = LM.from_pretrained(base_dir)
+                mlm = base.fit(sources, objective="mlm", max_steps=args.more_pretrain_steps,
+                               batch_size=args.pretrain_batch, lr=args.pretrain_lr / 2, min_lr=args.pretrain_lr / 20,
+                               warmup_steps=100, weight_decay=0.01, eval_every=args.more_pretrain_steps // 5,
+                               eval_steps=10, progress=False)
+                pretrain.update({**mlm.eval, "steps": pretrain["steps"] + args.more_pretrain_steps,
+                                 "wall_s": pretrain["wall_s"] + time.perf_counter() - began_wall,
+                                 "cpu_s": pretrain["cpu_s"] + cpu_seconds() - began_cpu})
+                base.save(base_dir)
+                cost_file.write_text(json.dumps(pretrain))
         else:
             began_wall, began_cpu = time.perf_counter(), cpu_seconds()
             # the vocabulary comes from the in-domain sentences; the MLM reads every unlabeled source

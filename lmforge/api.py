@@ -88,6 +88,14 @@ class LM:
         """
         from .tasks import make_task
 
+        if resume:
+            if run_dir is None:
+                raise ValueError("resume=True needs the run_dir to continue")
+            found = list_checkpoints(Path(run_dir) / "checkpoints")
+            if not found:
+                raise FileNotFoundError(f"nothing to resume: '{run_dir}' holds no complete checkpoint")
+            # the run's own tokenizer: retraining one (WordPiece training is not deterministic) could differ
+            self.tokenizer = Tokenizer.load(found[-1] / "tokenizer.json")
         updates: dict[str, dict] = {"train": dict(train_options)}
         if objective is not None:
             updates["train"]["objective"] = objective

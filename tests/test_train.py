@@ -29,7 +29,7 @@ def _weights(lm):
     return {k: v.clone() for k, v in lm.model.state_dict().items()}
 
 
-@pytest.mark.parametrize("arch,dropout", [("gpt", 0.1), ("llama", 0.0)])
+@pytest.mark.parametrize("arch,dropout", [("gpt", 0.1), ("llama", 0.0), ("bert", 0.1)])
 def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, corpus_file, arch, dropout):
     options = dict(max_steps=30, save_every=10, progress=False, **FAST)
     whole = LM.new(arch, corpus=corpus_file, dropout=dropout, **TINY)

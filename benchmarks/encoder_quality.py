@@ -26,7 +26,7 @@ import torch
 from lmforge.api import LM
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2-sentence"
-MODEL = dict(n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.1)
+MODEL = dict(n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.1, norm_position="post")
 
 
 def read_sst(path: Path) -> list[tuple[str, str]]:
@@ -84,11 +84,13 @@ def main() -> int:
     parser.add_argument("--pretrain-batch", type=int, default=64)
     parser.add_argument("--layers", type=int, default=MODEL["n_layer"])
     parser.add_argument("--block-size", type=int, default=MODEL["block_size"])
+    parser.add_argument("--norm-position", choices=["post", "pre"], default=MODEL["norm_position"],
+                        help="LayerNorm placement in the encoder blocks, for both (a) and (b)")
     parser.add_argument("--more-pretrain-steps", type=int, default=0,
                         help="continue the cached --pretrained model's MLM for this many steps (costs add up), "
                              "so a long pretraining can be spread over several short runs")
     args = parser.parse_args()
-    MODEL.update(n_layer=args.layers, block_size=args.block_size)
+    MODEL.update(n_layer=args.layers, block_size=args.block_size, norm_position=args.norm_position)
     if not DATA.is_dir():
         print(f"skipped: {DATA} is absent (it holds SST-2; see ../shared/data/SOURCES.md)")
         return 0
@@ -113,8 +115,15 @@ def main() -> int:
         # (b) pretraining once, shared by every seed's fine-tuning
         base_dir = args.pretrained or scratch / "pretrained"
         cost_file = base_dir / "pretraining_cost.json"
-        if cost_file.is_file():
+        if args.only == "a":
+            pretrain = None  # (a) alone needs no pretraining
+        elif cost_file.is_file():
             pretrain = json.loads(cost_file.read_text())
+            saved = {"norm_position": "post", **json.loads((base_dir / "config.json").read_text())["model"]}
+            differ = {k: (saved[k], v) for k, v in MODEL.items() if k != "dropout" and saved.get(k) != v}
+            if differ:  # (a) would be built with other settings than the cached (b): not a fair comparison
+                print(f"{base_dir} was pretrained with other model settings (saved, asked): {differ}")
+                return 2
             print(f"reusing {base_dir}: {pretrain}", flush=True)
             if args.more_pretrain_steps:
                 began_wall, began_cpu = time.perf_counter(), cpu_seconds()
@@ -141,9 +150,10 @@ def main() -> int:
                         "cpu_s": cpu_seconds() - began_cpu, **mlm.eval}
             base.save(base_dir)
             cost_file.write_text(json.dumps(pretrain))
-        print(f"MLM pretraining: {pretrain['steps']} steps, {pretrain['wall_s'] / 60:.1f} min wall, "
-              f"{pretrain['cpu_s'] / 60:.1f} CPU min, val masked-token accuracy {pretrain['val_mlm_accuracy']:.3f}",
-              flush=True)
+        if pretrain:
+            print(f"MLM pretraining: {pretrain['steps']} steps, {pretrain['wall_s'] / 60:.1f} min wall, "
+                  f"{pretrain['cpu_s'] / 60:.1f} CPU min, val masked-token accuracy {pretrain['val_mlm_accuracy']:.3f}",
+                  flush=True)
         recipe = dict(lr=args.lr, head_lr=args.head_lr, layer_decay=args.layer_decay)
 
         results = []

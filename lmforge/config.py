@@ -34,6 +34,9 @@ class ModelConfig(Section):
     position: Literal["learned", "rope"] | None = None
     tie_embeddings: bool = True
     norm_eps: float = Field(1e-5, gt=0)
+    norm_position: Literal["post", "pre"] = Field(
+        "post", description="arch 'bert' only: 'post' = BERT's norm(x + sublayer(x)); 'pre' = x + sublayer(norm(x)) "
+                            "with a final LayerNorm after the last block (trains more easily at small batch/compute)")
     rope_theta: float = Field(10000.0, gt=0)
     type_vocab_size: int = Field(2, ge=1, description="BERT token-type (segment) embeddings")
     vocab_size: int = Field(0, ge=0, description="set from the tokenizer; leave 0")
@@ -69,6 +72,8 @@ class ModelConfig(Section):
             raise ValueError("rotary positions need an even head size (n_embd / n_head)")
         if self.arch == "bert" and self.position == "rope":
             raise ValueError("arch 'bert' uses learned positions; position='rope' is for decoders")
+        if self.arch != "bert" and self.norm_position == "pre":
+            raise ValueError(f"norm_position is an arch 'bert' switch; arch '{self.arch}' blocks are pre-norm already")
         return self
 
     @property

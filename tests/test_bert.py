@@ -29,8 +29,9 @@ def patterned_corpus(n_lines=600, seed=0) -> str:
                                                                         for _ in range(n_lines)))
 
 
-def test_changing_a_token_changes_outputs_at_earlier_positions():
-    model = tiny_bert()
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_changing_a_token_changes_outputs_at_earlier_positions(norm_position):
+    model = tiny_bert(norm_position=norm_position)
     ids = torch.randint(5, 60, (2, 20))
     for t in (5, 12, 19):
         changed = ids.clone()
@@ -40,8 +41,9 @@ def test_changing_a_token_changes_outputs_at_earlier_positions():
         assert ((a[:, :t] - b[:, :t]).abs().amax(-1) > 1e-4).all()
 
 
-def test_padded_batch_equals_each_sequence_alone():
-    model = tiny_bert()
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_padded_batch_equals_each_sequence_alone(norm_position):
+    model = tiny_bert(norm_position=norm_position)
     lengths = [7, 20, 13]
     rows = [torch.randint(5, 60, (n,)) for n in lengths]
     ids = torch.zeros(3, 20, dtype=torch.long)  # 0 = [PAD]
@@ -72,6 +74,20 @@ def test_gpt_classify_reads_the_last_real_token_and_ignores_padding():
     batched = model.classify(ids, pad_mask=mask)
     for i, row in enumerate(rows):
         torch.testing.assert_close(batched[i], model.classify(row[None])[0], atol=1e-5, rtol=1e-4)
+
+
+def test_pre_norm_adds_only_a_final_norm_and_round_trips(tmp_path):
+    post, pre = tiny_bert(), tiny_bert(norm_position="pre")
+    post_names, pre_names = set(post.state_dict()), set(pre.state_dict())
+    assert not any(name.startswith("ln_f.") for name in post_names)  # BERT's names, unchanged
+    assert pre_names - post_names == {"ln_f.weight", "ln_f.bias"} and post_names <= pre_names
+    ids = torch.randint(5, 60, (2, 12))
+    assert not torch.allclose(post.hidden_states(ids), pre.hidden_states(ids))
+    lm = LM.new("bert", n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=60, corpus=None,
+                norm_position="pre")
+    lm.save(tmp_path / "pre")
+    loaded = LM.from_pretrained(tmp_path / "pre")
+    assert loaded.config.model.norm_position == "pre" and loaded.model.ln_f is not None
 
 
 def test_token_types_change_the_output():

@@ -1,4 +1,5 @@
-"""BERT-style encoder: word + position + token-type embeddings, post-LayerNorm blocks, an MLM head tied
+"""BERT-style encoder: word + position + token-type embeddings, post-LayerNorm blocks (or, with
+model.norm_position='pre', pre-LayerNorm blocks and a final LayerNorm), an MLM head tied
 to the word embeddings, a [CLS] pooler and a classification head."""
 from __future__ import annotations
 
@@ -11,19 +12,26 @@ from .layers import MLP, Attention, init_weights
 
 
 class EncoderBlock(nn.Module):
-    """Post-norm block as in BERT: norm(x + attn(x)), then norm(x + mlp(x))."""
+    """Post-norm block as in BERT: norm(x + attn(x)), then norm(x + mlp(x)); with cfg.norm_position 'pre':
+    x + attn(norm(x)), then x + mlp(norm(x))."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.pre_norm = cfg.norm_position == "pre"
         self.attn, self.ln_1 = Attention(cfg), nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.mlp, self.ln_2 = MLP(cfg, exact_gelu=True), nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, pad_mask=None, return_weights: bool = False):
-        attended = self.attn(x, causal=False, pad_mask=pad_mask, return_weights=return_weights)
+        attended = self.attn(self.ln_1(x) if self.pre_norm else x, causal=False, pad_mask=pad_mask,
+                             return_weights=return_weights)
         attended, weights = attended if return_weights else (attended, None)
-        x = self.ln_1(x + self.drop(attended))
-        x = self.ln_2(x + self.drop(self.mlp(x)))
+        if self.pre_norm:
+            x = x + self.drop(attended)
+            x = x + self.drop(self.mlp(self.ln_2(x)))
+        else:
+            x = self.ln_1(x + self.drop(attended))
+            x = self.ln_2(x + self.drop(self.mlp(x)))
         return (x, weights) if return_weights else x
 
 
@@ -43,6 +51,9 @@ class BERT(nn.Module):
         self.ln_emb = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layer))
+        # pre-norm blocks leave the residual stream unnormalized: a final norm (post-norm models have none,
+        # so their checkpoints keep exactly BERT's parameter names)
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps) if cfg.norm_position == "pre" else None
         # MLM head: transform, then a decoder tied to the word embeddings
         self.mlm_dense = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.mlm_ln = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
@@ -69,6 +80,8 @@ class BERT(nn.Module):
                 weights.append(w)
             else:
                 x = block(x, pad_mask)
+        if self.ln_f is not None:
+            x = self.ln_f(x)
         return (x, weights) if return_weights else x
 
     def forward(self, ids, *, pad_mask=None, token_type_ids=None):

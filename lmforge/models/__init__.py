@@ -16,6 +16,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         builder = REGISTRY[cfg.arch]
     except KeyError:
         raise ValueError(f"unknown model.arch '{cfg.arch}'; known: {', '.join(REGISTRY)}") from None
+    if cfg.vocab_size <= 0:
+        raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
     return builder(cfg)
 
 

@@ -42,8 +42,6 @@ class BERT(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.vocab_size <= 0:
-            raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)

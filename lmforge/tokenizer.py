@@ -42,7 +42,7 @@ class Tokenizer:
             trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS, show_progress=False)
         else:
             raise ValueError(f"unknown tokenizer kind '{kind}'; choose one of {', '.join(KINDS)}")
-        texts = _counting(texts)
+        texts = _Counting(texts)
         backend.train_from_iterator(texts, trainer=trainer)
         if texts.count == 0:
             raise ValueError("cannot train a tokenizer on an empty corpus")
@@ -143,7 +143,7 @@ class Tokenizer:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
 
 
-class _counting(Iterator[str]):
+class _Counting(Iterator[str]):
     """Wrap an iterable and count what passes through (tokenizers' trainer does not tell)."""
 
     def __init__(self, texts: Iterable[str]):

@@ -7,7 +7,6 @@ and monitor = (metric name, "min" | "max") for early stopping.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.tokens import TokenWindows, build_token_file, open_tokens
+from .infer.score import perplexity
 
 EVAL_SEED = 2**31 - 1
 
@@ -53,7 +53,7 @@ class CausalLMTask:
             loss, _ = self.loss(model, {"ids": ids.to(device), "targets": targets.to(device)})
             total += loss.item()
         loss = total / steps
-        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
+        return {"val_loss": loss, "val_perplexity": perplexity(loss)}
 
 
 class MaskedLMTask:
@@ -113,7 +113,7 @@ class MaskedLMTask:
             loss, hits, n = mlm_loss(model, batch["ids"].to(device), batch["labels"].to(device))
             total, correct, count = total + loss.item(), correct + int(hits), count + int(n)
         loss = total / max(count, 1)
-        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0)),
+        return {"val_loss": loss, "val_perplexity": perplexity(loss),
                 "val_mlm_accuracy": correct / max(count, 1)}
 
 

@@ -78,7 +78,7 @@ def _chunks(text: str) -> Iterator[str]:
         start = end
 
 
-def read_records(path: Path, text_field: str, errors: str = "replace") -> Iterator[dict]:
+def read_records(path: Path, errors: str = "replace") -> Iterator[dict]:
     """Rows of a .jsonl, .csv or .tsv file as dicts, with clear errors naming file and line."""
     text = read_text(path, errors)
     if path.suffix.lower() == ".jsonl":
@@ -110,7 +110,7 @@ def iter_documents(paths: list[str] | str | None, text_field: str = "text", erro
         return
     for path in resolve_paths(paths):
         if path.suffix.lower() in RECORD_SUFFIXES:
-            for number, row in enumerate(read_records(path, text_field, errors), 1):
+            for number, row in enumerate(read_records(path, errors), 1):
                 if text_field not in row:
                     raise DataError(f"{path}: record {number} has no field '{text_field}' "
                                     f"(fields: {', '.join(map(str, row))}); set data.text_field")

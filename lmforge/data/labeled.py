@@ -43,7 +43,7 @@ def read_labeled(path: str | Path, text_field: str = "text", label_field: str = 
     _check_suffix(path)
     texts, labels, pairs = [], [], []
     wanted = [text_field, label_field] + ([pair_field] if pair_field else [])
-    for number, row in enumerate(read_records(path, text_field, errors), 1):
+    for number, row in enumerate(read_records(path, errors), 1):
         absent = [name for name in wanted if name not in row]
         if absent:
             option = {text_field: "data.text_field", label_field: "data.label_field"}
@@ -106,7 +106,7 @@ def read_texts_for_prediction(path: str | Path, text_field: str = "text", errors
         raise DataError(f"file '{path}' does not exist")
     if path.suffix.lower() in RECORD_SUFFIXES:
         texts = []
-        for number, row in enumerate(read_records(path, text_field, errors), 1):
+        for number, row in enumerate(read_records(path, errors), 1):
             if text_field not in row:
                 raise DataError(f"{path}: row {number} has no column '{text_field}' "
                                 f"(columns: {', '.join(map(str, row))}); pass --text-field")

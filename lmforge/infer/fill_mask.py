@@ -1,13 +1,12 @@
 """Masked-LM inference: predict the [MASK] tokens of a text, and score a text with masked-LM loss."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..data.masking import IGNORE, Masker
+from .score import perplexity
 
 MASK = "[MASK]"
 
@@ -80,5 +79,5 @@ def evaluate_mlm(model, tokenizer, tokens: np.ndarray, batch_size: int = 16, mas
     if count == 0:
         raise ValueError("the text is too short: no token was masked; give more text")
     mean = total / count
-    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "mlm_accuracy": correct / count,
+    return {"loss": mean, "perplexity": perplexity(mean), "mlm_accuracy": correct / count,
             "tokens": seen, "masked_tokens": count}

@@ -8,6 +8,11 @@ import torch
 import torch.nn.functional as F
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), capped so an untrained model's huge loss stays a finite number."""
+    return math.exp(min(loss, 50.0))
+
+
 @torch.no_grad()
 def score_tokens(model, tokens: np.ndarray, batch_size: int = 16, stride: int | None = None) -> dict[str, float]:
     """Mean next-token loss over every token of `tokens` (windows of block_size; each token scored once)."""
@@ -36,4 +41,4 @@ def score_tokens(model, tokens: np.ndarray, batch_size: int = 16, stride: int | 
         total += loss.item()
         count += int((targets != -100).sum())
     mean = total / count
-    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": count}
+    return {"loss": mean, "perplexity": perplexity(mean), "tokens": count}

@@ -26,7 +26,7 @@ import torch
 from lmforge.api import LM
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2-sentence"
-MODEL = dict(n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.1, norm_position="post")
+MODEL = dict(n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.1, norm_position="post", position="rope")
 
 
 def read_sst(path: Path) -> list[tuple[str, str]]:
@@ -54,15 +54,25 @@ def cpu_seconds() -> float:
 
 
 def finetune(lm: LM, train: Path, dev: Path, test: Path, steps: int, seed: int, lr: float, head_lr: float | None,
-             layer_decay: float) -> dict:
+             layer_decay: float, pooling: str = "cls", dtype: str = "float32") -> dict:
     began_wall, began_cpu = time.perf_counter(), cpu_seconds()
+    lm.set_pooling(pooling)
     lm.config.data.test = str(dev)  # validation = dev; early stopping picks the best-on-dev weights
     result = lm.fit(train, objective="classify", max_steps=steps, batch_size=32, lr=lr, min_lr=lr / 10,
                     head_lr=head_lr, layer_lr_decay=layer_decay, warmup_steps=steps // 10, weight_decay=0.01,
-                    eval_every=max(1, steps // 10), patience=4, seed=seed, progress=False)
+                    eval_every=max(1, steps // 10), patience=4, seed=seed, dtype=dtype, progress=False)
     report = lm.evaluate(test)
     return {"test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"], "dev_accuracy": result.best,
             "steps": result.step, "wall_s": time.perf_counter() - began_wall, "cpu_s": cpu_seconds() - began_cpu}
+
+
+def mlm_phase(base: LM, sources: list[str], steps: int, lr: float, warmup: int, args) -> dict:
+    """Masked-LM training of `base` on `sources` for `steps`: its last validation metrics and its cost."""
+    began_wall, began_cpu = time.perf_counter(), cpu_seconds()
+    result = base.fit(sources, objective="mlm", max_steps=steps, batch_size=args.pretrain_batch, lr=lr,
+                      min_lr=lr / 10, warmup_steps=warmup, weight_decay=0.01, dtype=args.dtype,
+                      eval_every=max(1, steps // 5), eval_steps=10, progress=False)
+    return {"eval": result.eval, "wall_s": time.perf_counter() - began_wall, "cpu_s": cpu_seconds() - began_cpu}
 
 
 def main() -> int:
@@ -81,16 +91,27 @@ def main() -> int:
                         help="pretrain on the SST sentences only, without the public-domain English (Gutenberg "
                              "novels, WikiText-2 valid) that is added by default")
     parser.add_argument("--pretrain-lr", type=float, default=3e-3)
+    parser.add_argument("--in-domain-steps", type=int, default=0,
+                        help="after the general pretraining, continue the MLM on the SST sentences alone for this many "
+                             "steps at half the rate (task-adaptive pretraining)")
     parser.add_argument("--pretrain-batch", type=int, default=64)
     parser.add_argument("--layers", type=int, default=MODEL["n_layer"])
+    parser.add_argument("--n-embd", type=int, default=MODEL["n_embd"])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="autocast dtype of every training step, pretraining and fine-tuning (bfloat16 uses AMX)")
     parser.add_argument("--block-size", type=int, default=MODEL["block_size"])
     parser.add_argument("--norm-position", choices=["post", "pre"], default=MODEL["norm_position"],
                         help="LayerNorm placement in the encoder blocks, for both (a) and (b)")
+    parser.add_argument("--position", choices=["learned", "rope"], default=MODEL["position"],
+                        help="position encoding, for both (a) and (b): BERT's learned absolute positions, or rotary")
+    parser.add_argument("--pooling", choices=["cls", "mean"], default="cls",
+                        help="what the classifier reads when fine-tuning, for both (a) and (b)")
     parser.add_argument("--more-pretrain-steps", type=int, default=0,
                         help="continue the cached --pretrained model's MLM for this many steps (costs add up), "
                              "so a long pretraining can be spread over several short runs")
     args = parser.parse_args()
-    MODEL.update(n_layer=args.layers, block_size=args.block_size, norm_position=args.norm_position)
+    MODEL.update(n_layer=args.layers, n_embd=args.n_embd, block_size=args.block_size, norm_position=args.norm_position,
+                 position=args.position)
     if not DATA.is_dir():
         print(f"skipped: {DATA} is absent (it holds SST-2; see ../shared/data/SOURCES.md)")
         return 0
@@ -119,42 +140,41 @@ def main() -> int:
             pretrain = None  # (a) alone needs no pretraining
         elif cost_file.is_file():
             pretrain = json.loads(cost_file.read_text())
-            saved = {"norm_position": "post", **json.loads((base_dir / "config.json").read_text())["model"]}
+            saved = {"norm_position": "post", "position": "learned", **json.loads((base_dir / "config.json").read_text())["model"]}
             differ = {k: (saved[k], v) for k, v in MODEL.items() if k != "dropout" and saved.get(k) != v}
             if differ:  # (a) would be built with other settings than the cached (b): not a fair comparison
                 print(f"{base_dir} was pretrained with other model settings (saved, asked): {differ}")
                 return 2
             print(f"reusing {base_dir}: {pretrain}", flush=True)
-            if args.more_pretrain_steps:
-                began_wall, began_cpu = time.perf_counter(), cpu_seconds()
+            if args.more_pretrain_steps:  # continue the general phase; costs add up
                 base = LM.from_pretrained(base_dir)
-                mlm = base.fit(sources, objective="mlm", max_steps=args.more_pretrain_steps,
-                               batch_size=args.pretrain_batch, lr=args.pretrain_lr / 2, min_lr=args.pretrain_lr / 20,
-                               warmup_steps=100, weight_decay=0.01, eval_every=args.more_pretrain_steps // 5,
-                               eval_steps=10, progress=False)
-                pretrain.update({**mlm.eval, "steps": pretrain["steps"] + args.more_pretrain_steps,
-                                 "wall_s": pretrain["wall_s"] + time.perf_counter() - began_wall,
-                                 "cpu_s": pretrain["cpu_s"] + cpu_seconds() - began_cpu})
+                more = mlm_phase(base, sources, args.more_pretrain_steps, args.pretrain_lr / 2, 100, args)
+                pretrain.update({**more["eval"], "steps": pretrain["steps"] + args.more_pretrain_steps,
+                                 "wall_s": pretrain["wall_s"] + more["wall_s"], "cpu_s": pretrain["cpu_s"] + more["cpu_s"]})
                 base.save(base_dir)
                 cost_file.write_text(json.dumps(pretrain))
         else:
-            began_wall, began_cpu = time.perf_counter(), cpu_seconds()
-            # the vocabulary comes from the in-domain sentences; the MLM reads every unlabeled source
+            # the vocabulary comes from the in-domain sentences; the general phase reads every unlabeled source,
+            # then the in-domain phase (if any) the SST sentences alone
             base = LM.new("bert", tokenizer="wordpiece", vocab_size=args.vocab_size, lowercase=True, corpus=corpus,
                           **MODEL)
-            mlm = base.fit(sources, objective="mlm", max_steps=args.pretrain_steps, batch_size=args.pretrain_batch,
-                           lr=args.pretrain_lr, min_lr=args.pretrain_lr / 10, warmup_steps=300, weight_decay=0.01,
-                           eval_every=args.pretrain_steps // 5, eval_steps=10, progress=False)
+            general = mlm_phase(base, sources, args.pretrain_steps, args.pretrain_lr, 300, args)
             pretrain = {"steps": args.pretrain_steps, "sources": [Path(p).name for p in sources],
-                        "wall_s": time.perf_counter() - began_wall,
-                        "cpu_s": cpu_seconds() - began_cpu, **mlm.eval}
+                        "wall_s": general["wall_s"], "cpu_s": general["cpu_s"], **general["eval"]}
+            if args.in_domain_steps:
+                domain = mlm_phase(base, [str(corpus)], args.in_domain_steps, args.pretrain_lr / 2, 100, args)
+                pretrain.update({"in_domain_steps": args.in_domain_steps, "in_domain_eval": domain["eval"],
+                                 "wall_s": general["wall_s"] + domain["wall_s"],
+                                 "cpu_s": general["cpu_s"] + domain["cpu_s"]})
             base.save(base_dir)
             cost_file.write_text(json.dumps(pretrain))
         if pretrain:
-            print(f"MLM pretraining: {pretrain['steps']} steps, {pretrain['wall_s'] / 60:.1f} min wall, "
+            print(f"MLM pretraining: {pretrain['steps']} + {pretrain.get('in_domain_steps', 0)} in-domain steps, "
+                  f"{pretrain['wall_s'] / 60:.1f} min wall, "
                   f"{pretrain['cpu_s'] / 60:.1f} CPU min, val masked-token accuracy {pretrain['val_mlm_accuracy']:.3f}",
                   flush=True)
-        recipe = dict(lr=args.lr, head_lr=args.head_lr, layer_decay=args.layer_decay)
+        recipe = dict(lr=args.lr, head_lr=args.head_lr, layer_decay=args.layer_decay, pooling=args.pooling,
+                      dtype=args.dtype)
 
         results = []
         for seed in args.seeds:

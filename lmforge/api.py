@@ -50,7 +50,9 @@ class LM:
         """Build the model a config describes: from model.init when set, else fresh with a new tokenizer."""
         if config.model.init:
             base = cls.from_pretrained(config.model.init)
-            _check_same_model(base.config.model, config.model, f"model.init={config.model.init}")
+            # a fine-tuning may choose its own pooling; every other set architecture key must match
+            wanted_pooling = config.model.pooling if "pooling" in config.model.model_fields_set else None
+            _check_same_model(base.config.model, config.model, f"model.init={config.model.init}", free={"pooling"})
             model_cfg = base.config.model.model_copy(update={"dropout": config.model.dropout})
             for module in base.model.modules():  # the new run's dropout, not the saved one
                 if isinstance(module, torch.nn.Dropout):
@@ -58,7 +60,8 @@ class LM:
                 elif isinstance(getattr(module, "dropout", None), float):
                     module.dropout = config.model.dropout
             config = config.model_copy(update={"model": model_cfg.model_copy(update={"init": config.model.init})})
-            return cls(base.model, base.tokenizer, config, base.meta)
+            lm = cls(base.model, base.tokenizer, config, base.meta)
+            return lm.set_pooling(wanted_pooling) if wanted_pooling else lm
         tokenizer = make_tokenizer(config)
         model_cfg = config.model.model_copy(update={"vocab_size": tokenizer.vocab_size})
         config = config.model_copy(update={"model": model_cfg})
@@ -66,6 +69,15 @@ class LM:
             torch.manual_seed(config.train.seed)
             model = build_model(model_cfg)
         return cls(model, tokenizer, config)
+
+    def set_pooling(self, pooling: str) -> "LM":
+        """Choose what an encoder's classifier reads: 'cls' (the [CLS] state through the pooler, as BERT) or
+        'mean' (the mean of the real tokens' states). Set it before fine-tuning; it is saved with the model."""
+        if pooling != self.config.model.pooling:
+            model_cfg = ModelConfig.model_validate({**self.config.model.model_dump(), "pooling": pooling})
+            self.config = self.config.model_copy(update={"model": model_cfg})
+            self.model.config = model_cfg
+        return self
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "LM":
@@ -228,9 +240,9 @@ def make_tokenizer(config: Config) -> Tokenizer:
     return Tokenizer.train(tok.kind, texts, tok.vocab_size, tok.lowercase)
 
 
-def _check_same_model(saved: ModelConfig, wanted: ModelConfig, where: str) -> None:
+def _check_same_model(saved: ModelConfig, wanted: ModelConfig, where: str, free: set[str] = frozenset()) -> None:
     """A checkpoint's architecture must match the config that resumes or fine-tunes it."""
-    fields_set = wanted.model_fields_set - _FREE_MODEL_FIELDS
+    fields_set = wanted.model_fields_set - _FREE_MODEL_FIELDS - free
     diffs = [f"model.{key}: saved {getattr(saved, key)!r}, config {getattr(wanted, key)!r}"
              for key in sorted(fields_set) if getattr(saved, key) != getattr(wanted, key)]
     if diffs:

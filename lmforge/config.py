@@ -31,12 +31,19 @@ class ModelConfig(Section):
     bias: bool | None = None
     norm: Literal["layernorm", "rmsnorm"] | None = None
     mlp: Literal["gelu", "swiglu"] | None = None
-    position: Literal["learned", "rope"] | None = None
+    position: Literal["learned", "rope"] | None = Field(
+        None, description="'learned' absolute position embeddings (GPT-2, BERT; the default but for llama) or "
+                          "'rope' rotary positions inside attention. For an encoder trained from scratch 'rope' "
+                          "learns far faster: its masked-LM leaves the unigram plateau within a few hundred steps")
     tie_embeddings: bool = True
     norm_eps: float = Field(1e-5, gt=0)
     norm_position: Literal["post", "pre"] = Field(
         "post", description="arch 'bert' only: 'post' = BERT's norm(x + sublayer(x)); 'pre' = x + sublayer(norm(x)) "
                             "with a final LayerNorm after the last block (trains more easily at small batch/compute)")
+    pooling: Literal["cls", "mean"] = Field(
+        "cls", description="arch 'bert' only: what the classifier reads, the [CLS] state through the pooler (BERT's "
+                           "way) or the mean of the real tokens' states (better after masked-LM pretraining alone, "
+                           "which never trains [CLS])")
     rope_theta: float = Field(10000.0, gt=0)
     type_vocab_size: int = Field(2, ge=1, description="BERT token-type (segment) embeddings")
     vocab_size: int = Field(0, ge=0, description="set from the tokenizer; leave 0")
@@ -70,8 +77,8 @@ class ModelConfig(Section):
             raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}")
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError("rotary positions need an even head size (n_embd / n_head)")
-        if self.arch == "bert" and self.position == "rope":
-            raise ValueError("arch 'bert' uses learned positions; position='rope' is for decoders")
+        if self.arch != "bert" and self.pooling != "cls":
+            raise ValueError(f"pooling is an arch 'bert' switch; arch '{self.arch}' classifies from the last real token")
         if self.arch != "bert" and self.norm_position == "pre":
             raise ValueError(f"norm_position is an arch 'bert' switch; arch '{self.arch}' blocks are pre-norm already")
         return self

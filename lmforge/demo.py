@@ -48,7 +48,8 @@ def demo_bert(run_dir: Path, steps: int) -> Path:
     _section(f"BERT: masked-LM pretraining on the built-in corpus ({steps} steps)")
     config = build_config({
         # short windows and few layers: on 2 CPU cores this learns the most per second
-        "model": {"arch": "bert", "n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 32, "dropout": 0.0},
+        "model": {"arch": "bert", "n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 32, "dropout": 0.0,
+                  "position": "rope"},
         "tokenizer": {"kind": "wordpiece", "vocab_size": 4000, "lowercase": True},
         "data": {"val_fraction": 0.05},
         "train": {"objective": "mlm", "max_steps": steps, "batch_size": 64, "lr": 3e-3, "min_lr": 3e-4,

@@ -264,7 +264,7 @@ def make_classification_task(lm) -> ClassificationTask:
         val, train = train.subset(order[:n_val]), train.subset(np.sort(order[n_val:]))
     else:
         val = None
-    attach_head(lm, labels)
+    attach_head(lm, labels, config.train.seed)
     labels = lm.config.model.labels
     block = config.model.block_size
     lm.meta["classification"] = {"text_field": data.text_field, "label_field": data.label_field,
@@ -274,15 +274,18 @@ def make_classification_task(lm) -> ClassificationTask:
                               labels, config.train.seed, config.train.grad_accum, config.train.class_weights)
 
 
-def attach_head(lm, labels: list[str]) -> None:
-    """Keep the model's head when it has these labels; else give it a fresh nn.Linear over `labels`."""
+def attach_head(lm, labels: list[str], seed: int) -> None:
+    """Keep the model's head when it has these labels; else give it a fresh nn.Linear over `labels`, drawn
+    from `seed` alone (not from the global random state, which whatever ran before may have moved)."""
     current = lm.config.model.labels
     if current and set(current) == set(labels) and getattr(lm.model, "classifier", None) is not None:
         return
     width = lm.config.model.n_embd
-    head = torch.nn.Linear(width, len(labels))
-    torch.nn.init.normal_(head.weight, std=0.02)
-    torch.nn.init.zeros_(head.bias)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(width, len(labels))
+        torch.nn.init.normal_(head.weight, std=0.02)
+        torch.nn.init.zeros_(head.bias)
     device = next(lm.model.parameters()).device
     lm.model.classifier = head.to(device)
     model_cfg = lm.config.model.model_copy(update={"labels": list(labels)})

@@ -29,9 +29,13 @@ def patterned_corpus(n_lines=600, seed=0) -> str:
                                                                         for _ in range(n_lines)))
 
 
-@pytest.mark.parametrize("norm_position", ["post", "pre"])
-def test_changing_a_token_changes_outputs_at_earlier_positions(norm_position):
-    model = tiny_bert(norm_position=norm_position)
+VARIANTS = [dict(norm_position="post"), dict(norm_position="pre"), dict(position="rope"),
+            dict(position="rope", pooling="mean")]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(v.values()))
+def test_changing_a_token_changes_outputs_at_earlier_positions(variant):
+    model = tiny_bert(**variant)
     ids = torch.randint(5, 60, (2, 20))
     for t in (5, 12, 19):
         changed = ids.clone()
@@ -41,9 +45,9 @@ def test_changing_a_token_changes_outputs_at_earlier_positions(norm_position):
         assert ((a[:, :t] - b[:, :t]).abs().amax(-1) > 1e-4).all()
 
 
-@pytest.mark.parametrize("norm_position", ["post", "pre"])
-def test_padded_batch_equals_each_sequence_alone(norm_position):
-    model = tiny_bert(norm_position=norm_position)
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(v.values()))
+def test_padded_batch_equals_each_sequence_alone(variant):
+    model = tiny_bert(**variant)
     lengths = [7, 20, 13]
     rows = [torch.randint(5, 60, (n,)) for n in lengths]
     ids = torch.zeros(3, 20, dtype=torch.long)  # 0 = [PAD]
@@ -88,6 +92,39 @@ def test_pre_norm_adds_only_a_final_norm_and_round_trips(tmp_path):
     lm.save(tmp_path / "pre")
     loaded = LM.from_pretrained(tmp_path / "pre")
     assert loaded.config.model.norm_position == "pre" and loaded.model.ln_f is not None
+
+
+def test_rotary_encoder_has_no_position_table_and_still_knows_order(tmp_path):
+    model = tiny_bert(position="rope")
+    assert model.wpe is None and not any(name.startswith("wpe.") for name in model.state_dict())
+    with torch.no_grad():  # sharpen attention: at init it is near uniform, and position hardly shows
+        for name, param in model.named_parameters():
+            if name.startswith("h.") and ".attn." in name and param.dim() == 2:
+                param.mul_(30)
+    ids = torch.randint(5, 60, (1, 12))
+    swapped = ids[:, [1, 0, *range(2, 12)]]
+    # not a bag of words: swapping two tokens changes what a later position sees
+    assert (model.hidden_states(ids)[0, 5] - model.hidden_states(swapped)[0, 5]).abs().max() > 1e-4
+    lm = LM.new("bert", n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=60, corpus=None, position="rope")
+    lm.save(tmp_path / "rope")
+    loaded = LM.from_pretrained(tmp_path / "rope")
+    assert loaded.config.model.position == "rope"
+    probe = torch.randint(5, 60, (2, 16))
+    torch.testing.assert_close(loaded.model.eval().hidden_states(probe), lm.model.eval().hidden_states(probe),
+                               atol=0, rtol=0)
+
+
+def test_mean_pooling_averages_the_real_tokens_only():
+    model = tiny_bert(pooling="mean")
+    ids = torch.randint(5, 60, (2, 9))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, 4:] = False
+    hidden = model.hidden_states(ids, pad_mask=mask)
+    pooled = model.pooled(ids, pad_mask=mask)
+    torch.testing.assert_close(pooled[0], hidden[0].mean(0))
+    torch.testing.assert_close(pooled[1], hidden[1, :4].mean(0))
+    with pytest.raises(ValueError, match="pooling is an arch 'bert' switch"):
+        ModelConfig(arch="gpt", pooling="mean")
 
 
 def test_token_types_change_the_output():

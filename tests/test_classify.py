@@ -104,16 +104,18 @@ def test_cli_fine_tunes_a_pretrained_encoder_then_classifies_and_evaluates(data,
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(r["text"] for r in reviews(300, 5)), encoding="utf-8")
     torch.manual_seed(0)
-    base = LM.new("bert", tokenizer="wordpiece", vocab_size=120, corpus=corpus, **SMALL)
+    base = LM.new("bert", tokenizer="wordpiece", vocab_size=120, corpus=corpus, position="rope", **SMALL)
     base.fit(corpus, objective="mlm", max_steps=20, batch_size=16, progress=False)
     base_dir = base.save(tmp_path / "pretrained")
     run = tmp_path / "clf"
     overrides = [f"model.init={base_dir}", f"data.train={train}", f"data.test={test}", f"run.dir={run}",
                  "model.n_layer=2", "model.n_head=4", "model.n_embd=32", "model.block_size=32",
                  "train.max_steps=150", "train.lr=2e-3", "train.head_lr=5e-3", "train.layer_lr_decay=0.8",
-                 "train.eval_every=50", "train.patience=2", "train.warmup_steps=10", "train.batch_size=16"]
+                 "train.eval_every=50", "train.patience=2", "train.warmup_steps=10", "train.batch_size=16",
+                 "model.pooling=mean"]  # a fine-tuning may choose its pooling; the pretrained model had 'cls'
     assert main(["train", "configs/classify.toml", *overrides, "--quiet"]) == 0
     assert "model saved to" in capsys.readouterr().out
+    assert LM.from_pretrained(run / "final").config.model.pooling == "mean"
     assert main(["classify", str(run / "final"), "--text", "a delightful and moving story"]) == 0
     assert capsys.readouterr().out.startswith("pos")
     reviews_file = write_csv(tmp_path / "reviews.csv", [{"text": "dull and tedious"}, {"text": "great acting"}],
@@ -237,3 +239,17 @@ def test_prediction_files_and_their_errors(tmp_path):
         read_texts_for_prediction(write_csv(tmp_path / "x.csv", [{"body": "a"}], fields=("body",)))
     with pytest.raises(DataError, match="does not exist"):
         read_texts_for_prediction(tmp_path / "missing.csv")
+
+
+def test_a_new_head_depends_on_the_seed_alone():
+    from lmforge.tasks import attach_head
+
+    heads = []
+    for seed, burn in ((3, 0), (3, 1000), (4, 0)):
+        lm = LM.new("bert", vocab_size=60, corpus=None, **SMALL)
+        torch.rand(burn)  # whatever ran before moved the global random state
+        state = torch.random.get_rng_state()
+        attach_head(lm, ["neg", "pos"], seed)
+        assert torch.equal(torch.random.get_rng_state(), state)  # and attaching a head leaves it alone
+        heads.append(lm.model.classifier.weight.detach().clone())
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .layers import MLP, Attention, init_weights
+from .layers import MLP, Attention, RotaryEmbedding, init_weights
 
 
 class EncoderBlock(nn.Module):
@@ -22,8 +22,8 @@ class EncoderBlock(nn.Module):
         self.mlp, self.ln_2 = MLP(cfg, exact_gelu=True), nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, pad_mask=None, return_weights: bool = False):
-        attended = self.attn(self.ln_1(x) if self.pre_norm else x, causal=False, pad_mask=pad_mask,
+    def forward(self, x, pad_mask=None, return_weights: bool = False, rope=None):
+        attended = self.attn(self.ln_1(x) if self.pre_norm else x, causal=False, pad_mask=pad_mask, rope=rope,
                              return_weights=return_weights)
         attended, weights = attended if return_weights else (attended, None)
         if self.pre_norm:
@@ -44,7 +44,9 @@ class BERT(nn.Module):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        # absolute positions as in BERT, or rotary positions inside attention (model.position='rope')
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta) if cfg.position == "rope" else None
         self.wtt = nn.Embedding(cfg.type_vocab_size, cfg.n_embd)
         self.ln_emb = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
@@ -69,15 +71,19 @@ class BERT(nn.Module):
             raise ValueError(f"sequence of {T} tokens exceeds block_size={self.config.block_size}")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(ids)
-        x = self.wte(ids) + self.wpe(torch.arange(T, device=ids.device)) + self.wtt(token_type_ids)
+        positions = torch.arange(T, device=ids.device)
+        x = self.wte(ids) + self.wtt(token_type_ids)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        rope = self.rope(positions) if self.rope is not None else None
         x = self.drop(self.ln_emb(x))
         weights = []
         for block in self.h:
             if return_weights:
-                x, w = block(x, pad_mask, return_weights=True)
+                x, w = block(x, pad_mask, return_weights=True, rope=rope)
                 weights.append(w)
             else:
-                x = block(x, pad_mask)
+                x = block(x, pad_mask, rope=rope)
         if self.ln_f is not None:
             x = self.ln_f(x)
         return (x, weights) if return_weights else x
@@ -90,7 +96,11 @@ class BERT(nn.Module):
         return self.lm_head(self.mlm_ln(F.gelu(self.mlm_dense(hidden))))
 
     def pooled(self, ids, *, pad_mask=None, token_type_ids=None):
+        """The sentence vector the classifier reads (B, n_embd): see ModelConfig.pooling."""
         hidden = self.hidden_states(ids, pad_mask=pad_mask, token_type_ids=token_type_ids)
+        if self.config.pooling == "mean":
+            keep = torch.ones_like(ids, dtype=hidden.dtype) if pad_mask is None else pad_mask.to(hidden.dtype)
+            return (hidden * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
         return torch.tanh(self.pooler(hidden[:, 0]))
 
     def classify(self, ids, *, pad_mask=None, token_type_ids=None):

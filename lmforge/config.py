@@ -42,8 +42,8 @@ class ModelConfig(Section):
                             "with a final LayerNorm after the last block (trains more easily at small batch/compute)")
     pooling: Literal["cls", "mean"] = Field(
         "cls", description="arch 'bert' only: what the classifier reads, the [CLS] state through the pooler (BERT's "
-                           "way) or the mean of the real tokens' states (better after masked-LM pretraining alone, "
-                           "which never trains [CLS])")
+                           "way) or the mean of the real tokens' states (as sentence encoders do); a fine-tuning "
+                           "from model.init may choose either")
     rope_theta: float = Field(10000.0, gt=0)
     type_vocab_size: int = Field(2, ge=1, description="BERT token-type (segment) embeddings")
     vocab_size: int = Field(0, ge=0, description="set from the tokenizer; leave 0")

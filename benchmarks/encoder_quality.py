@@ -7,10 +7,10 @@ On SST-2 (sentence level, ../shared/data/sst2-sentence: 6,920 train / 872 dev / 
       --in-domain-only, public-domain English from ../shared/data (four Gutenberg novels, WikiText-2 valid),
       then (--in-domain-steps) on the SST sentences alone;
 and prints test accuracy (best-on-dev weights: early stopping on dev accuracy) and the CPU cost of each.
-The defaults are the measured recipe: 4 layers x 256, rotary positions, bf16 autocast, mean pooling.
+The defaults are the measured recipe: 4 layers x 256, rotary positions, bf16 autocast, [CLS] pooling.
 
     python benchmarks/encoder_quality.py                        # ~65 min on 2 cores (pretraining ~30 of them)
-    python benchmarks/encoder_quality.py --pooling cls --pretrained /tmp/sst-mlm   # write, then reuse a pretraining
+    python benchmarks/encoder_quality.py --pooling mean --pretrained /tmp/sst-mlm  # write, then reuse a pretraining
     python benchmarks/encoder_quality.py --layers 2 --n-embd 128 --pretrain-steps 4000 --in-domain-steps 0  # ~15 min
 """
 from __future__ import annotations
@@ -48,6 +48,19 @@ def write_csv(rows, path: Path) -> Path:
         writer.writerow(["text", "label"])
         writer.writerows((text, label) for label, text in rows)
     return path
+
+
+def unlabeled_text(folder: Path, general: bool = True) -> tuple[Path, list[str]]:
+    """The pretraining text: SST's training sentences without labels, written to folder/unlabeled.txt, and the
+    list of sources to pretrain on (that file, plus four Gutenberg novels and WikiText-2 valid when `general`)."""
+    corpus = folder / "unlabeled.txt"
+    corpus.write_text("\n".join(text for _, text in read_sst(DATA / "stsa.fine.train")) + "\n", encoding="utf-8")
+    sources = [corpus]
+    if general:
+        shared = DATA.parent
+        sources += [shared / "wikitext2-tokenized" / "valid.txt"]
+        sources += [shared / "gutenberg" / f"pg{n}.txt" for n in (1342, 84, 64317, 2641)]
+    return corpus, [str(p) for p in sources if p.is_file()]
 
 
 def cpu_seconds() -> float:
@@ -107,7 +120,7 @@ def main() -> int:
                         help="LayerNorm placement in the encoder blocks, for both (a) and (b)")
     parser.add_argument("--position", choices=["learned", "rope"], default=MODEL["position"],
                         help="position encoding, for both (a) and (b): BERT's learned absolute positions, or rotary")
-    parser.add_argument("--pooling", choices=["cls", "mean"], default="mean",
+    parser.add_argument("--pooling", choices=["cls", "mean"], default="cls",
                         help="what the classifier reads when fine-tuning, for both (a) and (b)")
     parser.add_argument("--more-pretrain-steps", type=int, default=0,
                         help="continue the cached --pretrained model's MLM for this many steps (costs add up), "
@@ -124,14 +137,7 @@ def main() -> int:
         train = write_csv(read_sst(DATA / "stsa.binary.train"), scratch / "train.csv")
         dev = write_csv(read_sst(DATA / "stsa.binary.dev"), scratch / "dev.csv")
         test = write_csv(read_sst(DATA / "stsa.binary.test"), scratch / "test.csv")
-        corpus = scratch / "unlabeled.txt"
-        corpus.write_text("\n".join(text for _, text in read_sst(DATA / "stsa.fine.train")) + "\n", encoding="utf-8")
-        sources = [str(corpus)]
-        if args.general_text:
-            shared = DATA.parent
-            sources += [shared / "wikitext2-tokenized" / "valid.txt"] + [shared / "gutenberg" / f"pg{n}.txt"
-                                                                         for n in (1342, 84, 64317, 2641)]
-            sources = [str(p) for p in sources if Path(p).is_file()]
+        corpus, sources = unlabeled_text(scratch, args.general_text)
         sizes = {"train": sum(1 for _ in open(train)) - 1, "dev": sum(1 for _ in open(dev)) - 1,
                  "test": sum(1 for _ in open(test)) - 1, "unlabeled_sentences": len(corpus.read_text().splitlines())}
         print(f"SST-2 sentences: {sizes}; model {MODEL}", flush=True)

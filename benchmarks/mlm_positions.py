@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from common import shared_file
+from encoder_quality import unlabeled_text
 from lmforge import LM
 
 
@@ -33,11 +34,8 @@ def main() -> None:
     torch.set_num_threads(2)
 
     scratch = Path(tempfile.mkdtemp(prefix="mlm-positions-"))
-    lines = shared_file("sst2-sentence", "stsa.fine.train").read_text(encoding="utf-8").splitlines()
-    sst = scratch / "sst.txt"
-    sst.write_text("\n".join(line.partition(" ")[2] for line in lines) + "\n", encoding="utf-8")
-    sources = [str(sst), str(shared_file("wikitext2-tokenized", "valid.txt"))]
-    sources += [str(shared_file("gutenberg", f"pg{n}.txt")) for n in (1342, 84, 64317, 2641)]
+    shared_file("sst2-sentence")  # exits with a clear message where the shared data is absent
+    sst, sources = unlabeled_text(scratch)
     # one tokenizer for both (WordPiece training is not deterministic upstream: tokenizers#1794)
     tokenizer_path = scratch / "tokenizer.json"
     LM.new("bert", tokenizer="wordpiece", vocab_size=8000, lowercase=True, corpus=sst).tokenizer.save(tokenizer_path)

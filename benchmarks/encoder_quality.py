@@ -42,7 +42,7 @@ TREC_CLASSES = ["DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"]  # the numbers 0-5 
 MODEL = dict(n_layer=4, n_head=4, n_embd=256, block_size=64, dropout=0.1, norm_position="post", position="rope")
 
 
-def read_sst(path: Path, encoding: str = "utf-8") -> list[tuple[str, str]]:
+def read_labeled_lines(path: Path, encoding: str = "utf-8") -> list[tuple[str, str]]:
     """(label, sentence) pairs of an stsa.* or TREC.*.all file ('<label> <sentence>' per line)."""
     rows = []
     for line in path.read_text(encoding=encoding).splitlines():
@@ -56,12 +56,13 @@ def task_splits(task: str) -> tuple[list, list, list]:
     """(train, dev, test) rows of (label, sentence) for a task. TREC has no dev split: 500 training questions,
     drawn with a fixed seed, are held out for early stopping (both setups see the same 4,952)."""
     if task == "sst2":
-        return tuple(read_sst(DATA / f"stsa.binary.{split}") for split in ("train", "dev", "test"))
-    folder = SHARED / "trec"
-    name = lambda rows: [(TREC_CLASSES[int(label)], text) for label, text in rows]  # noqa: E731
-    train = name(read_sst(folder / "TREC.train.all", encoding="latin-1"))  # the file is ISO-8859-1
+        return tuple(read_labeled_lines(DATA / f"stsa.binary.{split}") for split in ("train", "dev", "test"))
+    def trec(name: str) -> list[tuple[str, str]]:  # the files are ISO-8859-1; labels 0-5 become class names
+        return [(TREC_CLASSES[int(label)], text)
+                for label, text in read_labeled_lines(SHARED / "trec" / name, encoding="latin-1")]
+    train = trec("TREC.train.all")
     random.Random(0).shuffle(train)
-    return train[500:], train[:500], name(read_sst(folder / "TREC.test.all", encoding="latin-1"))
+    return train[500:], train[:500], trec("TREC.test.all")
 
 
 def write_csv(rows, path: Path) -> Path:
@@ -76,7 +77,7 @@ def unlabeled_text(folder: Path, general: bool = True) -> tuple[Path, list[str]]
     """The pretraining text: SST's training sentences without labels, written to folder/unlabeled.txt, and the
     list of sources to pretrain on (that file, plus four Gutenberg novels and WikiText-2 valid when `general`)."""
     corpus = folder / "unlabeled.txt"
-    corpus.write_text("\n".join(text for _, text in read_sst(DATA / "stsa.fine.train")) + "\n", encoding="utf-8")
+    corpus.write_text("\n".join(text for _, text in read_labeled_lines(DATA / "stsa.fine.train")) + "\n", encoding="utf-8")
     sources = [corpus]
     if general:
         shared = DATA.parent

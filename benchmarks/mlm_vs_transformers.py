@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from common import shared_file
+from encoder_quality import unlabeled_text
 from lmforge import LM
 from lmforge.config import TrainConfig
 from lmforge.tasks import make_task
@@ -32,10 +34,8 @@ def main() -> None:
     scratch = tempfile.mkdtemp(prefix="mlm-bench-")
     data = args.data
     if data is None:
-        lines = shared_file("sst2-sentence", "stsa.fine.train").read_text(encoding="utf-8").splitlines()
-        data = f"{scratch}/sst.txt"
-        with open(data, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(line.partition(" ")[2] for line in lines) + "\n")
+        shared_file("sst2-sentence")  # exits with a clear message where the shared data is absent
+        data = str(unlabeled_text(Path(scratch), general=False)[0])
     lm = LM.new("bert", n_layer=2, n_head=4, n_embd=128, block_size=32, dropout=0.1, tokenizer="wordpiece",
                 vocab_size=4000, lowercase=True, corpus=data)
     lm.config.data.paths = [data]

@@ -1,10 +1,4 @@
-"""Objectives as small objects: batch in, loss and metrics out. The trainer knows none of them.
-
-Every task has: train_batch(step, micro, batch_size) -> dict of tensors (the same step always gives the
-same batch, so a resumed run sees the data an uninterrupted one would), loss(model, batch) ->
-(loss, metrics), evaluate(model, steps, batch_size, device) -> dict, count_tokens(batch), can_evaluate,
-and monitor = (metric name, "min" | "max") for early stopping.
-"""
+"""Text classification for both families, its head and its layer-wise learning rates."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,109 +6,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from .data.tokens import TokenWindows, build_token_file, open_tokens
-from .infer.score import perplexity
-
-EVAL_SEED = 2**31 - 1
-
-
-class CausalLMTask:
-    """Next-token prediction on random windows of a token file."""
-
-    monitor = ("val_loss", "min")
-
-    def __init__(self, windows: TokenWindows, seed: int):
-        self.windows, self.seed = windows, seed
-        self.can_evaluate = windows.has("val")
-
-    def train_batch(self, step: int, micro: int, batch_size: int) -> dict:
-        ids, targets = self.windows.sample("train", batch_size, np.random.default_rng([self.seed, step, micro]))
-        return {"ids": ids, "targets": targets}
-
-    @staticmethod
-    def count_tokens(batch: dict) -> int:
-        return batch["ids"].numel()
-
-    @staticmethod
-    def loss(model, batch: dict):
-        logits = model(batch["ids"])
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch["targets"].reshape(-1))
-        return loss, {}
-
-    @torch.no_grad()
-    def evaluate(self, model, steps: int, batch_size: int, device) -> dict[str, float]:
-        """Mean loss on `steps` validation batches drawn the same way every time (comparable across evals)."""
-        model.eval()
-        rng = np.random.default_rng([self.seed, EVAL_SEED])
-        total = 0.0
-        for _ in range(steps):
-            ids, targets = self.windows.sample("val", batch_size, rng)
-            loss, _ = self.loss(model, {"ids": ids.to(device), "targets": targets.to(device)})
-            total += loss.item()
-        loss = total / steps
-        return {"val_loss": loss, "val_perplexity": perplexity(loss)}
-
-
-class MaskedLMTask:
-    """BERT's masked-LM objective on windows of a token file: [CLS] window [SEP], masked afresh each batch."""
-
-    monitor = ("val_loss", "min")
-
-    def __init__(self, tokens: np.ndarray, tokenizer, block_size: int, val_fraction: float, seed: int,
-                 mask_prob: float = 0.15, whole_word: bool = False):
-        from .data.masking import Masker
-
-        self.width = block_size - 2  # room for [CLS] and [SEP]
-        if self.width < 1:
-            raise ValueError(f"block_size {block_size} is too short for masked-LM ([CLS] and [SEP] take 2)")
-        # TokenWindows checks each split holds one window (block_size+1 tokens) and splits train/val
-        self.windows = TokenWindows(tokens, self.width - 1, val_fraction)
-        self.tokens, self.seed = tokens, seed
-        self.cls_id, self.sep_id = tokenizer.cls_id, tokenizer.sep_id
-        self.masker = Masker(tokenizer, mask_prob, whole_word)
-        self.can_evaluate = val_fraction > 0 and self.windows.has("val")
-
-    def _sample(self, split: str, batch_size: int, rng: np.random.Generator) -> dict:
-        start, end = self.windows.splits[split]
-        offsets = rng.integers(start, end - self.width + 1, size=batch_size)
-        body = np.stack([self.tokens[o:o + self.width] for o in offsets]).astype(np.int64)
-        ids = np.concatenate([np.full((batch_size, 1), self.cls_id), body, np.full((batch_size, 1), self.sep_id)], 1)
-        inputs, labels = self.masker(ids, rng)
-        return {"ids": torch.from_numpy(inputs), "labels": torch.from_numpy(labels)}
-
-    def train_batch(self, step: int, micro: int, batch_size: int) -> dict:
-        """Masked windows for (step, micro): the same arguments always give the same windows and masks."""
-        return self._sample("train", batch_size, np.random.default_rng([self.seed, step, micro]))
-
-    @staticmethod
-    def count_tokens(batch: dict) -> int:
-        return batch["ids"].numel()
-
-    @staticmethod
-    def loss(model, batch: dict):
-        """Mean cross-entropy over the masked positions only, and the share of them predicted right."""
-        from .infer.fill_mask import mlm_loss
-
-        total, correct, count = mlm_loss(model, batch["ids"], batch["labels"])
-        count = count.clamp(min=1)
-        return total / count, {"mlm_accuracy": correct.float() / count}
-
-    @torch.no_grad()
-    def evaluate(self, model, steps: int, batch_size: int, device) -> dict[str, float]:
-        """Masked-LM loss and accuracy on `steps` validation batches with the same windows and masks each time."""
-        from .infer.fill_mask import mlm_loss
-
-        model.eval()
-        rng = np.random.default_rng([self.seed, EVAL_SEED])
-        total, correct, count = 0.0, 0, 0
-        for _ in range(steps):
-            batch = self._sample("val", batch_size, rng)
-            loss, hits, n = mlm_loss(model, batch["ids"].to(device), batch["labels"].to(device))
-            total, correct, count = total + loss.item(), correct + int(hits), count + int(n)
-        loss = total / max(count, 1)
-        return {"val_loss": loss, "val_perplexity": perplexity(loss),
-                "val_mlm_accuracy": correct / max(count, 1)}
 
 
 class ClassificationTask:
@@ -163,7 +54,7 @@ class ClassificationTask:
     @torch.no_grad()
     def evaluate(self, model, steps: int, batch_size: int, device) -> dict[str, float]:
         """Loss, accuracy and macro-F1 over the whole validation set (`steps` is not needed)."""
-        from .infer.metrics import classification_report
+        from ..infer.metrics import classification_report
 
         model.eval()
         total, predicted = 0.0, []
@@ -183,9 +74,9 @@ class ClassificationTask:
         """At the end of a run: the validation report as eval.json and the confusion matrix as confusion.png."""
         import json
 
-        from .files import atomic_write_text
-        from .infer.classify import predict_probabilities
-        from .infer.metrics import classification_report, save_confusion_png
+        from ..files import atomic_write_text
+        from ..infer.classify import predict_probabilities
+        from ..infer.metrics import classification_report, save_confusion_png
 
         if not self.can_evaluate:
             return None
@@ -220,32 +111,9 @@ def layerwise_groups(model, cfg) -> list[tuple[list, float]]:
     return [(params, scale) for scale, params in groups.items()]
 
 
-def make_task(lm, work_dir: Path, progress: bool = False):
-    """The task for lm.config.train.objective, with its data prepared under `work_dir`."""
-    config = lm.config
-    objective = config.train.objective
-    if objective == "clm":
-        if not getattr(lm.model, "is_causal", False):
-            raise ValueError(f"objective 'clm' needs a decoder; this model is '{config.model.arch}'")
-        bin_path = build_token_file(config.data.paths, lm.tokenizer, Path(work_dir) / "data",
-                                    config.data.text_field, config.data.encoding_errors, progress=progress)
-        windows = TokenWindows(open_tokens(bin_path), config.model.block_size, config.data.val_fraction)
-        return CausalLMTask(windows, config.train.seed)
-    if objective == "mlm":
-        if getattr(lm.model, "is_causal", True) or not hasattr(lm.model, "mlm_logits"):
-            raise ValueError(f"objective 'mlm' needs an encoder (arch 'bert'); this model is '{config.model.arch}'")
-        bin_path = build_token_file(config.data.paths, lm.tokenizer, Path(work_dir) / "data",
-                                    config.data.text_field, config.data.encoding_errors, progress=progress)
-        return MaskedLMTask(open_tokens(bin_path), lm.tokenizer, config.model.block_size, config.data.val_fraction,
-                            config.train.seed, config.train.mask_prob, config.train.whole_word_mask)
-    if objective == "classify":
-        return make_classification_task(lm)
-    raise ValueError(f"unknown train.objective '{objective}'")
-
-
 def make_classification_task(lm) -> ClassificationTask:
     """Read data.train (and data.test, else a val_fraction split), and give the model a head for its labels."""
-    from .data.labeled import EncodedSet, label_names, read_labeled
+    from ..data.labeled import EncodedSet, label_names, read_labeled
 
     config, data = lm.config, lm.config.data
     if not data.train:

@@ -1,0 +1,43 @@
+"""Objectives as small objects: batch in, loss and metrics out. The trainer knows none of them.
+
+Every task has: train_batch(step, micro, batch_size) -> dict of tensors (the same step always gives the
+same batch, so a resumed run sees the data an uninterrupted one would), loss(model, batch) ->
+(loss, metrics), evaluate(model, steps, batch_size, device) -> dict, count_tokens(batch), can_evaluate,
+and monitor = (metric name, "min" | "max") for early stopping.
+
+lm.py holds the language-model objectives, classify.py text classification; make_task picks one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data.tokens import TokenWindows, build_token_file, open_tokens
+from .classify import (EMBEDDING_PREFIXES, HEAD_PREFIXES, ClassificationTask, attach_head, layerwise_groups,
+                       make_classification_task)
+from .lm import EVAL_SEED, CausalLMTask, MaskedLMTask
+
+__all__ = ["EMBEDDING_PREFIXES", "EVAL_SEED", "HEAD_PREFIXES", "CausalLMTask", "ClassificationTask", "MaskedLMTask",
+           "attach_head", "layerwise_groups", "make_classification_task", "make_task"]
+
+
+def make_task(lm, work_dir: Path, progress: bool = False):
+    """The task for lm.config.train.objective, with its data prepared under `work_dir`."""
+    config = lm.config
+    objective = config.train.objective
+    if objective == "clm":
+        if not getattr(lm.model, "is_causal", False):
+            raise ValueError(f"objective 'clm' needs a decoder; this model is '{config.model.arch}'")
+        bin_path = build_token_file(config.data.paths, lm.tokenizer, Path(work_dir) / "data",
+                                    config.data.text_field, config.data.encoding_errors, progress=progress)
+        windows = TokenWindows(open_tokens(bin_path), config.model.block_size, config.data.val_fraction)
+        return CausalLMTask(windows, config.train.seed)
+    if objective == "mlm":
+        if getattr(lm.model, "is_causal", True) or not hasattr(lm.model, "mlm_logits"):
+            raise ValueError(f"objective 'mlm' needs an encoder (arch 'bert'); this model is '{config.model.arch}'")
+        bin_path = build_token_file(config.data.paths, lm.tokenizer, Path(work_dir) / "data",
+                                    config.data.text_field, config.data.encoding_errors, progress=progress)
+        return MaskedLMTask(open_tokens(bin_path), lm.tokenizer, config.model.block_size, config.data.val_fraction,
+                            config.train.seed, config.train.mask_prob, config.train.whole_word_mask)
+    if objective == "classify":
+        return make_classification_task(lm)
+    raise ValueError(f"unknown train.objective '{objective}'")

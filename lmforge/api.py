@@ -12,6 +12,7 @@ from .config import Config, ConfigError, ModelConfig, build_config, to_toml
 from .data.corpus import iter_texts
 from .files import atomic_write_text
 from .modeldir import load_model_dir, save_model_dir
+from .preflight import check_fits, check_run_dir
 from .models import build_model, count_parameters
 from .tokenizer import Tokenizer
 from .train.checkpoint import list_checkpoints
@@ -62,6 +63,7 @@ class LM:
             config = config.model_copy(update={"model": model_cfg.model_copy(update={"init": config.model.init})})
             lm = cls(base.model, base.tokenizer, config, base.meta)
             return lm.set_pooling(wanted_pooling) if wanted_pooling else lm
+        check_fits(config)  # before training a tokenizer or allocating: 200,000 layers must not hang
         tokenizer = make_tokenizer(config)
         model_cfg = config.model.model_copy(update={"vocab_size": tokenizer.vocab_size})
         config = config.model_copy(update={"model": model_cfg})
@@ -116,13 +118,19 @@ class LM:
             key = "train" if (objective or self.config.train.objective) == "classify" else "paths"
             updates["data"] = {key: paths[0] if key == "train" else paths}
         raw = self.config.model_dump()
+        if "lr" in train_options and "min_lr" not in train_options and raw["train"]["min_lr"] > train_options["lr"]:
+            del raw["train"]["min_lr"]  # an inherited floor above the new rate: let it default below the rate
         for section, values in updates.items():
             raw[section].update(values)
         self.config = build_config(raw, "fit arguments")
         cfg = self.config.train
+        check_fits(self.config, parameters=count_parameters(self.model), vocab_size=self.tokenizer.vocab_size)
         with tempfile.TemporaryDirectory(prefix="lmforge-") as scratch:
             work = Path(run_dir) if run_dir is not None else Path(scratch)
             task = make_task(self, work, progress=progress)
+            if cfg.patience and not task.can_evaluate:
+                raise ConfigError(f"train.patience={cfg.patience} needs validation data, but this task has none "
+                                  "(the validation split is too short to evaluate); add data or set train.patience=0")
             self.meta.update({"name": self.config.run.name, "training": {
                 "objective": cfg.objective, "data": _source_name(self.config.data.paths) if cfg.objective != "classify"
                 else self.config.data.train, "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,
@@ -189,6 +197,7 @@ class LM:
                 raise ValueError(f"got {len(items)} texts but {len(pairs)} text pairs")
         if not items:
             raise ValueError("no texts given")
+        _check_batch_size(batch_size)
         results = classify_texts(self.model, self.tokenizer, self.config.model.labels, items, pairs, batch_size)
         return results[0] if single else results
 
@@ -198,6 +207,7 @@ class LM:
         .csv/.tsv/.jsonl; a BERT masked-LM loss, perplexity and mlm_accuracy; a decoder loss and perplexity."""
         from .infer.score import score_tokens
 
+        _check_batch_size(batch_size)
         if self.config.model.labels:
             from .data.labeled import read_labeled
             from .infer.classify import evaluate_classifier
@@ -227,6 +237,11 @@ class LM:
                 f"parameters={count_parameters(self.model):,}, tokenizer={self.tokenizer!r})")
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be a whole number >= 1, got {batch_size!r}")
+
+
 def make_tokenizer(config: Config) -> Tokenizer:
     """Load tokenizer.path, or train one of tokenizer.kind on the training text."""
     tok = config.tokenizer
@@ -253,6 +268,7 @@ def _check_same_model(saved: ModelConfig, wanted: ModelConfig, where: str, free:
 def train_from_config(config: Config, resume: bool = False, progress: bool = True, hooks=()) -> tuple[LM, TrainResult]:
     """What `lmforge train` does: build (or resume) the model a config describes and train it in run.path."""
     run_path = config.run.path
+    check_run_dir(run_path)
     existing = list_checkpoints(run_path / "checkpoints")
     if resume:
         if not existing:

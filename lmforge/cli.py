@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -40,8 +41,16 @@ checkpoints/step-N/ and final/ (a model directory for generate, eval, fill-mask,
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error style: the usage, then one line starting with `error:`."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lmforge", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Pretrain, fine-tune and use GPT- and BERT-style language models.",
         epilog="Start with `lmforge demo`, then `lmforge train configs/gpt-tiny.toml`. "
@@ -98,6 +107,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _overrides_anywhere(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """Parse, letting `train`'s section.key=value overrides stand anywhere (after --resume too)."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if args.command != "train" or item.startswith("-") or "=" not in item]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def _check_text_arguments(args) -> None:
+    """Text arguments must be valid UTF-8: the shell hands other bytes to Python as lone surrogates."""
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError as error:
+                    raw = os.fsencode(item)
+                    positional = {"model": "model", "config": "config", "overrides": "override"}
+                    flag = positional.get(name) or (name if name == "text" and isinstance(value, str)
+                                                    else "--" + name.replace("_", "-"))
+                    raise ValueError(f"argument {flag} is not valid UTF-8 text (byte 0x{raw[error.start]:02x} at "
+                                     f"position {error.start} of {raw!r}); pass UTF-8 text (check the terminal's "
+                                     "encoding or the file it came from)") from None
+
+
 def _train(args) -> int:
     from .api import train_from_config
     from .config import load_config
@@ -119,7 +156,10 @@ def _train(args) -> int:
 
 def _generate(args) -> int:
     from .api import LM
+    from .infer.generate import SamplingConfig
 
+    SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty,
+                   seed=args.seed).check()  # before the prompt is echoed: a refusal prints nothing else
     lm = LM.from_pretrained(args.model)
     prompts = args.prompt or [""]
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -214,9 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     from .data.corpus import DataError
     from .modeldir import ModelDirError
 
-    args = _parser().parse_args(argv)
+    args = _overrides_anywhere(_parser(), argv)
     warnings.showwarning = _show_warning
     try:
+        _check_text_arguments(args)
         return HANDLERS[args.command](args)
     except (ConfigError, DataError, ModelDirError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Configuration: one pydantic model per section, loaded from TOML with dotted CLI overrides."""
 from __future__ import annotations
 
+import difflib
 import json
 import tomllib
 from pathlib import Path
@@ -13,8 +14,12 @@ class ConfigError(ValueError):
     """A configuration problem, worded for the person who wrote the config."""
 
 
+MAX_VOCAB = 1 << 21  # far above any real vocabulary (the largest in use hold ~256k tokens)
+MAX_SEED = (1 << 64) - 1  # torch and numpy seeds are unsigned 64-bit
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -46,7 +51,7 @@ class ModelConfig(Section):
                            "from model.init may choose either")
     rope_theta: float = Field(10000.0, gt=0)
     type_vocab_size: int = Field(2, ge=1, description="BERT token-type (segment) embeddings")
-    vocab_size: int = Field(0, ge=0, description="set from the tokenizer; leave 0")
+    vocab_size: int = Field(0, ge=0, le=MAX_VOCAB, description="set from the tokenizer; leave 0")
     labels: list[str] = Field(default_factory=list, description="class names of a classification head (set from the data)")
     init: str | None = Field(None, description="a model directory to start from (fine-tuning)")
 
@@ -92,7 +97,7 @@ class TokenizerConfig(Section):
     """Which tokenizer to train on the corpus, or `path` to an existing tokenizer.json."""
 
     kind: Literal["char", "bpe", "wordpiece"] | None = Field(None, description="default: char for decoders, wordpiece for bert")
-    vocab_size: int = Field(4096, ge=16, description="target size for bpe / wordpiece (char takes what the corpus has)")
+    vocab_size: int = Field(4096, ge=16, le=MAX_VOCAB, description="target size for bpe / wordpiece (char takes what the corpus has)")
     path: str | None = None
     lowercase: bool = False
 
@@ -130,7 +135,7 @@ class TrainConfig(Section):
     keep_last: int = Field(2, ge=1)
     patience: int = Field(0, ge=0, description="evaluations without improvement before stopping; 0 disables")
     log_every: int = Field(10, ge=1)
-    seed: int = 1337
+    seed: int = Field(1337, ge=0, le=MAX_SEED)
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default")
     dtype: Literal["float32", "bfloat16"] = "float32"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
@@ -139,6 +144,18 @@ class TrainConfig(Section):
     head_lr: float | None = Field(None, gt=0, description="classify: learning rate of the new head (default lr)")
     layer_lr_decay: float = Field(1.0, gt=0, le=1, description="classify: each lower layer's lr is multiplied by this")
     class_weights: bool = Field(False, description="classify: weight the loss by inverse class frequency")
+
+    @model_validator(mode="after")
+    def _check_schedule(self):
+        if self.min_lr > self.lr:
+            if "min_lr" in self.model_fields_set:
+                raise ValueError(f"train.min_lr={self.min_lr:g} is above train.lr={self.lr:g}: the schedule decays "
+                                 "from lr down to min_lr, so min_lr must be at most lr")
+            object.__setattr__(self, "min_lr", self.lr / 10)  # the default floor, scaled to a small lr
+        if self.patience and not self.eval_every:
+            raise ValueError(f"train.patience={self.patience} stops on evaluations, but train.eval_every=0 "
+                             "turns them off; set train.eval_every (e.g. 100) or train.patience=0")
+        return self
 
 
 class RunConfig(Section):
@@ -170,6 +187,11 @@ class Config(Section):
             raise ValueError("arch 'bert' is an encoder: use train.objective 'mlm' or 'classify', not 'clm'")
         if not bert and self.train.objective == "mlm":
             raise ValueError(f"arch '{self.model.arch}' is a decoder: use train.objective 'clm' or 'classify', not 'mlm'")
+        has_test = self.train.objective == "classify" and self.data.test
+        if self.train.patience and self.data.val_fraction == 0 and not has_test:
+            raise ValueError(f"train.patience={self.train.patience} needs validation data, but data.val_fraction=0"
+                             + (" and data.test is not set" if self.train.objective == "classify" else "")
+                             + "; set data.val_fraction (e.g. 0.1) or train.patience=0")
         return self
 
 
@@ -180,12 +202,21 @@ def _describe_error(error: ValidationError, source: str) -> str:
         if item["type"] == "extra_forbidden":
             section = item["loc"][0] if len(item["loc"]) > 1 else None
             allowed = _allowed_keys(section)
-            lines.append(f"  unknown key '{key}'; allowed here: {', '.join(allowed)}")
+            lines.append(f"  unknown key '{key}'{_suggest(str(item['loc'][-1]), allowed, section)}; "
+                         f"allowed here: {', '.join(allowed)}")
         else:
             value = item.get("input")
             shown = "" if isinstance(value, dict) else f" (got {value!r})"
             lines.append(f"  {key}: {item['msg']}{shown}")
     return "\n".join(lines)
+
+
+def _suggest(name: str, allowed: list[str], section: Any = None) -> str:
+    """' (did you mean 'train.lr'?)' for the allowed key closest to a misspelt one, else ''."""
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean '{section}.{close[0]}'?)" if section else f" (did you mean '{close[0]}'?)"
 
 
 def _allowed_keys(section: Any) -> list[str]:
@@ -215,7 +246,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                               f"(sections: {', '.join(Config.model_fields)})")
         section, name = parts
         if section not in Config.model_fields:
-            raise ConfigError(f"unknown section '{section}' in override '{item}'; sections: {', '.join(Config.model_fields)}")
+            raise ConfigError(f"unknown section '{section}' in override '{item}'"
+                              f"{_suggest(section, list(Config.model_fields))}; sections: {', '.join(Config.model_fields)}")
         raw.setdefault(section, {})[name] = parse_value(text.strip())
     return raw
 
@@ -233,10 +265,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     source = "defaults"
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file '{path}' is a folder, not a TOML file (ready recipes are in configs/)")
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist (ready recipes are in configs/)")
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # Windows editors may write a BOM
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"config file '{path}' is not valid TOML: {error}") from None
         source = str(path)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .api import train_from_config
 from .config import build_config
+from .preflight import check_run_dir
 
 
 def _section(title: str) -> None:
@@ -70,6 +71,9 @@ def demo_bert(run_dir: Path, steps: int) -> Path:
 
 def run_demo(run_dir: Path, steps: int | None = None) -> None:
     """Everything `make demo` shows. The demo's own run directories are replaced each time."""
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps} (leave it out for the full demo)")
+    check_run_dir(run_dir, "--run-dir")
     began = time.perf_counter()
     for sub in ("gpt", "bert"):
         shutil.rmtree(run_dir / sub, ignore_errors=True)

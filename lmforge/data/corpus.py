@@ -5,6 +5,7 @@ import csv
 import glob
 import io
 import json
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,12 @@ from pathlib import Path
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ""}
 RECORD_SUFFIXES = {".jsonl", ".csv", ".tsv"}
 CHUNK_CHARS = 1 << 20  # long plain-text files are handed on in ~1M-character pieces
+GARBAGE_SHARE = 0.25  # a "text" file with more replacement characters / NULs / control codes than this is binary
+BOMS = [(b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+        (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")]  # UTF-32 first: its LE BOM starts like UTF-16's
+MAGIC = [(b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+         (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a zip archive (or .docx/.xlsx)"), (b"\x1f\x8b", "gzip-compressed"),
+         (b"\x7fELF", "a program (ELF)"), (b"SQLite format 3", "an SQLite database")]
 
 
 class DataError(ValueError):
@@ -31,6 +38,8 @@ def resolve_paths(paths: list[str] | str) -> list[Path]:
         paths = [str(paths)]
     found: list[Path] = []
     for entry in paths:
+        if not str(entry).strip():
+            raise DataError("an empty data path ('') was given; name a file, folder or glob (data.paths lists them)")
         path = Path(entry).expanduser()
         if path.is_file():
             found.append(path)
@@ -48,22 +57,76 @@ def resolve_paths(paths: list[str] | str) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def read_text(path: Path, errors: str = "replace") -> str:
-    """Read a file as UTF-8. Invalid bytes are replaced with U+FFFD (with a warning) or rejected."""
+def check_file(path: Path) -> None:
+    """A DataError unless `path` is an existing file (a folder is named as such)."""
+    if path.is_dir():
+        raise DataError(f"'{path}' is a folder, but a file is expected here")
     if not path.is_file():
         raise DataError(f"file '{path}' does not exist")
+
+
+def _encoding(data: bytes) -> tuple[str, int]:
+    """(codec, BOM length): a BOM decides; else text with NULs in every other byte is BOM-less UTF-16."""
+    for bom, codec in BOMS:
+        if data.startswith(bom):
+            return codec, len(bom)
+    sample = data[:4096]
+    if len(sample) >= 8 and b"\x00\x00" not in sample[: len(sample) & ~1]:
+        even, odd = sample[0::2].count(0), sample[1::2].count(0)
+        if odd > 0.4 * len(sample) / 2 and even < 0.05 * len(sample) / 2:
+            return "utf-16-le", 0  # ASCII-range text from PowerShell's Out-File without its BOM
+        if even > 0.4 * len(sample) / 2 and odd < 0.05 * len(sample) / 2:
+            return "utf-16-be", 0
+    return "utf-8", 0
+
+
+_NOT_TEXT = dict.fromkeys([0xFFFD, *(c for c in range(32) if chr(c) not in "\t\n\r\f\v\x1b")])
+
+
+def _garbage_share(text: str) -> float:
+    """Share of characters no text file holds: U+FFFD from undecodable bytes, NUL and other control codes."""
+    if not text or ("\ufffd" not in text and "\x00" not in text):  # clean text: skip the full count
+        return 0.0
+    return (len(text) - len(text.translate(_NOT_TEXT))) / len(text)
+
+
+def read_text(path: Path, errors: str = "replace") -> str:
+    """Read a text file: UTF-8 (or UTF-16/32 with a BOM, or BOM-less UTF-16). Invalid bytes are replaced with
+    U+FFFD (with a warning) or rejected; a file that is mostly not text (an image, random bytes) is a DataError."""
+    check_file(path)
     data = path.read_bytes()
+    for magic, kind in MAGIC:
+        if data.startswith(magic):
+            raise DataError(f"file '{path}' is {kind}, not text; give text files (.txt, .jsonl, .csv)")
+    codec, skip = _encoding(data)
     try:
-        return data.decode("utf-8-sig")
+        text = data[skip:].decode(codec)
     except UnicodeDecodeError as error:
         if errors == "strict":
-            raise DataError(f"file '{path}' is not valid UTF-8 (first bad byte at offset {error.start}); "
+            raise DataError(f"file '{path}' is not valid {codec.upper()} (first bad byte at offset {error.start + skip}); "
                             "convert it to UTF-8, or set data.encoding_errors='replace'") from None
-        text = data.decode("utf-8-sig", errors="replace")
+        text = data[skip:].decode(codec, errors="replace")
         bad = text.count("\ufffd") - data.count("\ufffd".encode())
-        warnings.warn(f"file '{path}': {bad} invalid UTF-8 byte sequence(s) replaced with U+FFFD "
-                      "(set data.encoding_errors='strict' to reject such files)", stacklevel=2)
-        return text
+        if _garbage_share(text) <= GARBAGE_SHARE:
+            warnings.warn(f"file '{path}': {bad} invalid {codec.upper()} byte sequence(s) replaced with U+FFFD "
+                          "(set data.encoding_errors='strict' to reject such files)", stacklevel=2)
+    share = _garbage_share(text)
+    if share > GARBAGE_SHARE:
+        raise DataError(f"file '{path}' does not look like text: {share:.0%} of it decodes to replacement characters, "
+                        f"NULs or control codes (read as {codec.upper()}); is it binary or in another encoding? "
+                        "Convert it to UTF-8 text")
+    return text
+
+
+def _csv_field_limit() -> None:
+    """Let a CSV cell be as long as memory allows (the csv module stops at 131,072 characters by default)."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:  # a C long is 32 bits on Windows
+            limit //= 2
 
 
 def _chunks(text: str) -> Iterator[str]:
@@ -89,14 +152,21 @@ def read_records(path: Path, errors: str = "replace") -> Iterator[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{number}: JSON nested too deeply to read; each line must be a flat "
+                                "object such as {\"text\": \"...\"}") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
             yield row
     else:
+        _csv_field_limit()
         reader = csv.DictReader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        if reader.fieldnames is None:
-            raise DataError(f"'{path}' is empty: a header row naming the columns is needed")
-        yield from reader
+        try:
+            if reader.fieldnames is None:
+                raise DataError(f"'{path}' is empty: a header row naming the columns is needed")
+            yield from reader
+        except csv.Error as error:
+            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({error})") from None
 
 
 def iter_documents(paths: list[str] | str | None, text_field: str = "text", errors: str = "replace") -> Iterator[tuple[str, bool]]:

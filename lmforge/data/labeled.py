@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..tokenizer import Tokenizer
-from .corpus import RECORD_SUFFIXES, DataError, read_records, read_text
+from .corpus import RECORD_SUFFIXES, DataError, check_file, read_records, read_text
 
 
 @dataclass
@@ -102,8 +102,7 @@ def iter_labeled_texts(data_config) -> Iterator[str]:
 def read_texts_for_prediction(path: str | Path, text_field: str = "text", errors: str = "replace") -> list[str]:
     """Texts to classify: a .txt file gives one text a line; .csv/.tsv/.jsonl give their `text_field`."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"file '{path}' does not exist")
+    check_file(path)
     if path.suffix.lower() in RECORD_SUFFIXES:
         texts = []
         for number, row in enumerate(read_records(path, errors), 1):

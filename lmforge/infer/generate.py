@@ -12,6 +12,10 @@ from ..models.layers import make_cache
 from ..tokenizer import Tokenizer
 
 
+# outside these the scaled logits overflow float32 and sampling fails; no useful setting lies beyond them
+SCALE_RANGE = (1e-4, 1e4)
+
+
 @dataclass
 class SamplingConfig:
     max_new_tokens: int = 100
@@ -24,16 +28,21 @@ class SamplingConfig:
     ignore_eos: bool = False  # keep going past the end-of-text token (benchmarks, fixed-length output)
 
     def check(self) -> None:
+        """A ValueError naming the first setting sampling cannot use (NaN and infinity included)."""
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        low, high = SCALE_RANGE
+        if not (self.temperature == 0 or low <= self.temperature <= high):
+            raise ValueError(f"temperature must be 0 (greedy) or between {low:g} and {high:g}, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not low <= self.repetition_penalty <= high:
+            raise ValueError(f"repetition_penalty must be between {low:g} and {high:g} (1 = off), "
+                             f"got {self.repetition_penalty}")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be in 0 ... 2**64-1, got {self.seed}")
 
 
 def next_token(logits: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor, cfg: SamplingConfig,
@@ -55,6 +64,7 @@ def next_token(logits: torch.Tensor, history: torch.Tensor, history_mask: torch.
         sorted_logits, order = logits.sort(-1, descending=True)
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         drop = cumulative - sorted_logits.softmax(-1) >= cfg.top_p  # keep the smallest set reaching top_p
+        drop[:, 0] = False  # the most likely token always stays (a top_p below float32's range would drop it)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)

@@ -118,21 +118,23 @@ def _overrides_anywhere(parser: argparse.ArgumentParser, argv: list[str] | None)
     return args
 
 
+TEXT_ARGUMENTS = ("prompt", "stop", "text", "text_field")  # paths may hold any bytes; these go to a tokenizer
+
+
 def _check_text_arguments(args) -> None:
     """Text arguments must be valid UTF-8: the shell hands other bytes to Python as lone surrogates."""
-    for name, value in vars(args).items():
+    for name in TEXT_ARGUMENTS:
+        value = getattr(args, name, None)
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, str):
                 try:
                     item.encode("utf-8")
                 except UnicodeEncodeError as error:
-                    raw = os.fsencode(item)
-                    positional = {"model": "model", "config": "config", "overrides": "override"}
-                    flag = positional.get(name) or (name if name == "text" and isinstance(value, str)
-                                                    else "--" + name.replace("_", "-"))
-                    raise ValueError(f"argument {flag} is not valid UTF-8 text (byte 0x{raw[error.start]:02x} at "
-                                     f"position {error.start} of {raw!r}); pass UTF-8 text (check the terminal's "
-                                     "encoding or the file it came from)") from None
+                    raw, at = os.fsencode(item), len(os.fsencode(item[:error.start]))
+                    flag = "text" if name == "text" and isinstance(value, str) else "--" + name.replace("_", "-")
+                    raise ValueError(f"argument {flag} is not valid UTF-8 text (byte 0x{raw[at]:02x} at offset {at} "
+                                     f"of {raw!r}); pass UTF-8 text (check the terminal's encoding or the file it "
+                                     "came from)") from None
 
 
 def _train(args) -> int:

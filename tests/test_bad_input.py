@@ -253,10 +253,12 @@ HOSTILE_VALUES = st.one_of(
     st.text(max_size=12))
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(KEYS + ["train.lrr", "modle.n_layer", "x"]), HOSTILE_VALUES),
-                min_size=1, max_size=4))
-def test_any_override_gives_a_config_or_a_config_error_naming_a_key(pairs):
+OVERRIDES = st.lists(st.tuples(st.sampled_from(KEYS + ["train.lrr", "modle.n_layer", "x"]), HOSTILE_VALUES),
+                     min_size=1, max_size=4)
+
+
+def _override_property(pairs):
+    """Any overrides give a valid config (a sane schedule) or a ConfigError naming one of the keys."""
     overrides = [f"{key}={value}" for key, value in pairs]
     try:
         config = load_config(None, overrides)
@@ -267,12 +269,14 @@ def test_any_override_gives_a_config_or_a_config_error_naming_a_key(pairs):
     assert config.train.min_lr <= config.train.lr and math.isfinite(config.train.lr)
 
 
-@settings(max_examples=80, deadline=None)
-@given(temperature=st.floats(allow_nan=True, allow_infinity=True),
-       top_p=st.none() | st.floats(allow_nan=True, allow_infinity=True),
-       penalty=st.floats(allow_nan=True, allow_infinity=True),
-       top_k=st.none() | st.integers(-3, 60))
-def test_sampling_settings_are_refused_or_sample_a_real_token(temperature, top_p, penalty, top_k):
+SAMPLING = dict(temperature=st.floats(allow_nan=True, allow_infinity=True),
+                top_p=st.none() | st.floats(allow_nan=True, allow_infinity=True),
+                penalty=st.floats(allow_nan=True, allow_infinity=True),
+                top_k=st.none() | st.integers(-3, 60))
+
+
+def _sampling_property(temperature, top_p, penalty, top_k):
+    """Sampling settings are refused by check(), or next_token picks a real token with them."""
     cfg = SamplingConfig(temperature=temperature, top_p=top_p, repetition_penalty=penalty, top_k=top_k)
     try:
         cfg.check()
@@ -284,10 +288,12 @@ def test_sampling_settings_are_refused_or_sample_a_real_token(temperature, top_p
     assert chosen.shape == (2,) and bool(((chosen >= 0) & (chosen < 50)).all())
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(content=st.binary(max_size=3000), suffix=st.sampled_from([".txt", ".jsonl", ".csv", ".tsv"]))
-def test_any_bytes_give_text_or_a_data_error_naming_the_file(tmp_path, content, suffix):
-    path = tmp_path / f"input{suffix}"
+BYTES = dict(content=st.binary(max_size=3000), suffix=st.sampled_from([".txt", ".jsonl", ".csv", ".tsv"]))
+
+
+def _bytes_property(folder: Path, content: bytes, suffix: str):
+    """Any bytes in a data file give text (mostly real text) or a DataError naming the file."""
+    path = folder / f"input{suffix}"
     path.write_bytes(content)
     try:
         with warnings.catch_warnings():
@@ -299,3 +305,21 @@ def test_any_bytes_give_text_or_a_data_error_naming_the_file(tmp_path, content, 
             assert whole.count("\ufffd") + whole.count("\0") <= 0.25 * len(whole)
     except DataError as error:
         assert "input" in str(error)
+
+
+def _properties(examples: int):
+    fixture_ok = dict(deadline=None, max_examples=examples, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    overrides = settings(max_examples=examples, deadline=None)(given(OVERRIDES)(_override_property))
+    sampling = settings(max_examples=examples, deadline=None)(given(**SAMPLING)(_sampling_property))
+
+    @settings(**fixture_ok)
+    @given(**BYTES)
+    def data(tmp_path, content, suffix):
+        _bytes_property(tmp_path, content, suffix)
+
+    return overrides, sampling, data
+
+
+test_property_overrides, test_property_sampling, test_property_data_bytes = _properties(100)
+_sweep = [pytest.mark.slow(test) for test in _properties(2000)]
+test_property_overrides_sweep, test_property_sampling_sweep, test_property_data_bytes_sweep = _sweep

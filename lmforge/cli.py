@@ -16,6 +16,7 @@ EXAMPLES = {
   lmforge train configs/gpt-tiny.toml data.paths='["notes/*.txt"]' train.max_steps=2000
   lmforge train configs/shakespeare-char.toml train.dtype=bfloat16 run.name=shakespeare-bf16
   lmforge train configs/gpt-tiny.toml --resume runs/gpt-tiny        # continue after a stop or a kill
+  lmforge train configs/gpt-tiny.toml --resume runs/gpt-tiny train.max_steps=3000   # extend a finished run
   lmforge train configs/classify.toml model.init=runs/bert-tiny/final data.train=train.csv data.test=test.csv
 
 Overrides are section.key=value with TOML values (numbers, true/false, "strings", [lists]).

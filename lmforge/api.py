@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, ConfigError, ModelConfig, build_config, to_toml
+from .config import LABELED_OBJECTIVES, Config, ConfigError, ModelConfig, build_config, to_toml
 from .data.corpus import iter_texts
 from .files import atomic_write_text
 from .modeldir import load_model_dir, save_model_dir
@@ -115,7 +115,7 @@ class LM:
             updates["train"]["objective"] = objective
         if data is not None:
             paths = [str(data)] if isinstance(data, (str, Path)) else [str(p) for p in data]
-            key = "train" if (objective or self.config.train.objective) == "classify" else "paths"
+            key = "train" if (objective or self.config.train.objective) in LABELED_OBJECTIVES else "paths"
             updates["data"] = {key: paths[0] if key == "train" else paths}
         raw = self.config.model_dump()
         if "lr" in train_options and "min_lr" not in train_options and raw["train"]["min_lr"] > train_options["lr"]:
@@ -132,7 +132,7 @@ class LM:
                 raise ConfigError(f"train.patience={cfg.patience} needs validation data, but this task has none "
                                   "(the validation split is too short to evaluate); add data or set train.patience=0")
             self.meta.update({"name": self.config.run.name, "training": {
-                "objective": cfg.objective, "data": _source_name(self.config.data.paths) if cfg.objective != "classify"
+                "objective": cfg.objective, "data": _source_name(self.config.data.paths) if cfg.objective not in LABELED_OBJECTIVES
                 else self.config.data.train, "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,
                 "lr": cfg.lr, "parameters": count_parameters(self.model)}, "metrics": {}})
 
@@ -185,9 +185,13 @@ class LM:
         predictions = fill_mask(self.model, self.tokenizer, text, top_k)
         return predictions[0] if len(predictions) == 1 else predictions
 
-    def classify(self, texts: str | list[str], pairs: str | list[str] | None = None, batch_size: int = 32):
-        """[(label, {label: probability}), ...] for a list of texts; a single str gives a single tuple."""
+    def classify(self, texts: str | list[str], pairs: str | list[str] | None = None, batch_size: int = 32,
+                 threshold: float | None = None):
+        """[(prediction, {name: value}), ...] for a list of texts; a single str gives a single tuple. A classifier
+        gives (label, {label: probability}); a multi-label model ([tags with probability >= threshold, default the
+        saved 0.5], {tag: probability}); a regression model (score, {target name: score})."""
         from .infer.classify import classify_texts
+        from .tasks.classify import head_kind
 
         single = isinstance(texts, str)
         items = [texts] if single else list(texts)
@@ -198,25 +202,49 @@ class LM:
         if not items:
             raise ValueError("no texts given")
         _check_batch_size(batch_size)
-        results = classify_texts(self.model, self.tokenizer, self.config.model.labels, items, pairs, batch_size)
+        kind, head = head_kind(self), self.meta.get("classification") or {}
+        _check_threshold(threshold, kind)
+        if kind == "multilabel":
+            from .infer.multilabel import tag_texts
+            results = tag_texts(self.model, self.tokenizer, self.config.model.labels, items, pairs,
+                                head.get("threshold", 0.5) if threshold is None else threshold, batch_size)
+        elif kind == "regress":
+            from .infer.regress import score_texts
+            results = score_texts(self.model, self.tokenizer, self.config.model.labels[0], head["target_mean"],
+                                  head["target_std"], items, pairs, batch_size)
+        else:
+            results = classify_texts(self.model, self.tokenizer, self.config.model.labels, items, pairs, batch_size)
         return results[0] if single else results
 
     def evaluate(self, data, batch_size: int = 16, *, text_field: str | None = None, label_field: str | None = None,
-                 text_pair_field: str | None = None) -> dict:
+                 text_pair_field: str | None = None, threshold: float | None = None) -> dict:
         """Metrics on held-out `data`: a classifier gives accuracy, macro_f1, per_class and confusion on a labeled
-        .csv/.tsv/.jsonl; a BERT masked-LM loss, perplexity and mlm_accuracy; a decoder loss and perplexity."""
+        .csv/.tsv/.jsonl; a regression model mse, mae, pearson, spearman; a multi-label one micro_f1, macro_f1,
+        subset_accuracy and per_label at `threshold`; a BERT masked-LM loss, perplexity and mlm_accuracy; a
+        decoder loss and perplexity."""
         from .infer.score import score_tokens
 
         _check_batch_size(batch_size)
         if self.config.model.labels:
             from .data.labeled import read_labeled
             from .infer.classify import evaluate_classifier
+            from .tasks.classify import head_kind
 
-            saved = self.meta.get("classification", {})
-            labeled = read_labeled(data, text_field or saved.get("text_field", "text"),
-                                   label_field or saved.get("label_field", "label"),
-                                   text_pair_field or saved.get("text_pair_field"))
+            saved, kind = self.meta.get("classification") or {}, head_kind(self)
+            _check_threshold(threshold, kind)
+            field = label_field or saved.get("label_field", "label")
+            labeled = read_labeled(data, text_field or saved.get("text_field", "text"), field,
+                                   text_pair_field or saved.get("text_pair_field"), allow_empty_label=kind == "multilabel")
+            if kind == "regress":
+                from .infer.regress import evaluate_regressor
+                return evaluate_regressor(self.model, self.tokenizer, saved["target_mean"], saved["target_std"],
+                                          labeled, field, batch_size)
+            if kind == "multilabel":
+                from .infer.multilabel import evaluate_multilabel
+                return evaluate_multilabel(self.model, self.tokenizer, self.config.model.labels, labeled, field,
+                                           saved.get("threshold", 0.5) if threshold is None else threshold, batch_size)
             return evaluate_classifier(self.model, self.tokenizer, self.config.model.labels, labeled, batch_size)
+        _check_threshold(threshold, "none (a language model)")
         import numpy as np
 
         from .data.tokens import build_token_file, open_tokens
@@ -242,12 +270,23 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch size must be a whole number >= 1, got {batch_size!r}")
 
 
+def _check_threshold(threshold: float | None, kind: str) -> None:
+    """A threshold must be a probability, and only a multi-label head has one."""
+    if threshold is None:
+        return
+    from .infer.multilabel import check_threshold
+
+    check_threshold(threshold)
+    if kind != "multilabel":
+        raise ValueError(f"a threshold applies to multi-label models; this model's head is '{kind}'")
+
+
 def make_tokenizer(config: Config) -> Tokenizer:
     """Load tokenizer.path, or train one of tokenizer.kind on the training text."""
     tok = config.tokenizer
     if tok.path:
         return Tokenizer.load(tok.path)
-    if config.train.objective == "classify" and config.data.train and not config.data.paths:
+    if config.train.objective in LABELED_OBJECTIVES and config.data.train and not config.data.paths:
         from .data.labeled import iter_labeled_texts
         texts = iter_labeled_texts(config.data)
     else:

@@ -18,6 +18,9 @@ EXAMPLES = {
   lmforge train configs/gpt-tiny.toml --resume runs/gpt-tiny        # continue after a stop or a kill
   lmforge train configs/gpt-tiny.toml --resume runs/gpt-tiny train.max_steps=3000   # extend a finished run
   lmforge train configs/classify.toml model.init=runs/bert-tiny/final data.train=train.csv data.test=test.csv
+  lmforge train configs/classify.toml train.objective=regress data.train=scores.csv data.label_field=score
+  lmforge train configs/classify.toml train.objective=multilabel data.train=tags.csv data.label_field=tags
+  lmforge train configs/gpt-tiny.toml train.label_smoothing=0.1 train.l1=1e-6
 
 Overrides are section.key=value with TOML values (numbers, true/false, "strings", [lists]).
 Sections: model, tokenizer, data, train, run. The run directory gets config.toml, metrics.jsonl,
@@ -29,13 +32,17 @@ checkpoints/step-N/ and final/ (a model directory for generate, eval, fill-mask,
     "eval": """examples:
   lmforge eval runs/gpt-tiny/final --data held_out.txt            # loss, perplexity, tokens
   lmforge eval runs/gpt-tiny/final --data held_out.txt --json     # one JSON object on the last line
-  lmforge eval runs/classify/final --data test.csv --json         # accuracy, macro_f1, per_class, confusion""",
+  lmforge eval runs/classify/final --data test.csv --json         # accuracy, macro_f1, per_class, confusion
+  lmforge eval runs/scores/final --data test.csv                  # regression: mse, mae, pearson, spearman
+  lmforge eval runs/tags/final --data test.csv --threshold 0.4    # multi-label: micro/macro F1, subset accuracy""",
     "fill-mask": """examples:
   lmforge fill-mask runs/bert-tiny/final "The [MASK] of the function is returned." --top-k 5
   lmforge fill-mask runs/bert-tiny/final "A [MASK] is a [MASK]." --json""",
     "classify": """examples:
   lmforge classify runs/classify/final --text "a gripping, beautifully acted film"
-  lmforge classify runs/classify/final --file reviews.csv --json > predictions.jsonl""",
+  lmforge classify runs/classify/final --file reviews.csv --json > predictions.jsonl
+  lmforge classify runs/tags/final --text "..." --threshold 0.3   # multi-label: every tag at or over 0.3
+  lmforge classify runs/scores/final --file reviews.txt           # regression: one score per text""",
     "demo": """examples:
   lmforge demo                  # what `make demo` runs: a small GPT and a small BERT on the built-in corpus
   lmforge demo --steps 300      # shorter""",
@@ -86,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model directory")
     p.add_argument("--data", required=True, help="text file/folder/glob (LM) or labeled .csv/.tsv/.jsonl (classifier)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="multi-label models: a tag is predicted at this probability or more (default: saved, 0.5)")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
 
     p = command("fill-mask", "Predict the [MASK] tokens of a text with an encoder.")
@@ -100,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--text", action="append", help="a text to classify (repeatable)")
     source.add_argument("--file", help="a .txt (one text a line), .csv/.tsv or .jsonl file")
     p.add_argument("--text-field", default="text", help="column/field of the text in --file (default: text)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="multi-label models: give every tag at this probability or more (default: saved, 0.5)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
 
     p = command("demo", "Pretrain a small GPT and a small BERT on the built-in corpus and show what they do.")
@@ -183,9 +194,12 @@ def _eval(args) -> int:
     from .api import LM
 
     lm = LM.from_pretrained(args.model)
-    result = lm.evaluate(args.data, batch_size=args.batch_size)
+    result = lm.evaluate(args.data, batch_size=args.batch_size, threshold=args.threshold)
     if args.json:
         print(json.dumps(result))
+    elif "per_label" in result:  # multi-label
+        from .infer.text_reports import print_multilabel_report
+        print_multilabel_report(result)
     elif "per_class" in result:  # a classifier: headline numbers, a per-class table, the confusion matrix
         print(f"accuracy: {result['accuracy']:.4f}\nmacro_f1: {result['macro_f1']:.4f}\nexamples: {result['examples']}")
         width = max(len("label"), *map(len, result["labels"]))
@@ -227,7 +241,12 @@ def _classify(args) -> int:
         texts = read_texts_for_prediction(args.file, args.text_field)
     else:
         texts = args.text
-    for text, (label, probabilities) in zip(texts, lm.classify(texts)):
+    results = lm.classify(texts, threshold=args.threshold)
+    if not results or not isinstance(results[0][0], str):  # a multi-label or a regression head
+        from .infer.text_reports import print_predictions
+        print_predictions(texts, results, args.json)
+        return 0
+    for text, (label, probabilities) in zip(texts, results):
         if args.json:
             print(json.dumps({"text": text, "label": label, "probabilities": probabilities}, ensure_ascii=False))
         else:

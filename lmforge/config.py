@@ -10,6 +10,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
+LABELED_OBJECTIVES = ("classify", "regress", "multilabel")  # objectives that read data.train, not data.paths
+
+
 class ConfigError(ValueError):
     """A configuration problem, worded for the person who wrote the config."""
 
@@ -118,7 +121,9 @@ class DataConfig(Section):
 class TrainConfig(Section):
     """Optimisation, schedule, evaluation and checkpointing."""
 
-    objective: Literal["clm", "mlm", "classify"] | None = Field(None, description="default: clm for decoders, mlm for bert")
+    objective: Literal["clm", "mlm", "classify", "regress", "multilabel"] | None = Field(
+        None, description="default: clm for decoders, mlm for bert; 'regress' predicts a number (data.label_field), "
+                          "'multilabel' a set of tags ('a;b' or a JSON list per row)")
     max_steps: int = Field(1000, ge=0)
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -143,7 +148,14 @@ class TrainConfig(Section):
     whole_word_mask: bool = False
     head_lr: float | None = Field(None, gt=0, description="classify: learning rate of the new head (default lr)")
     layer_lr_decay: float = Field(1.0, gt=0, le=1, description="classify: each lower layer's lr is multiplied by this")
-    class_weights: bool = Field(False, description="classify: weight the loss by inverse class frequency")
+    class_weights: bool = Field(False, description="classify: weight the loss by inverse class frequency; "
+                                                    "multilabel: weight each tag's positives by its negatives/positives")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="clm, mlm, classify (and multilabel): mix this share "
+                                                                "of a uniform target into the true one")
+    regression_loss: Literal["mse", "huber"] = Field("mse", description="regress: loss on the standardized target "
+                                                                        "(huber: quadratic within 1 std, linear beyond)")
+    l1: float = Field(0.0, ge=0, description="L1 penalty l1*sum|w| added to the loss over the weight matrices "
+                                             "(not embedding tables, norms or biases); weight_decay is the L2 side")
 
     @model_validator(mode="after")
     def _check_schedule(self):
@@ -187,11 +199,15 @@ class Config(Section):
             raise ValueError("arch 'bert' is an encoder: use train.objective 'mlm' or 'classify', not 'clm'")
         if not bert and self.train.objective == "mlm":
             raise ValueError(f"arch '{self.model.arch}' is a decoder: use train.objective 'clm' or 'classify', not 'mlm'")
-        has_test = self.train.objective == "classify" and self.data.test
+        labeled = self.train.objective in LABELED_OBJECTIVES
+        has_test = labeled and self.data.test
         if self.train.patience and self.data.val_fraction == 0 and not has_test:
             raise ValueError(f"train.patience={self.train.patience} needs validation data, but data.val_fraction=0"
-                             + (" and data.test is not set" if self.train.objective == "classify" else "")
+                             + (" and data.test is not set" if labeled else "")
                              + "; set data.val_fraction (e.g. 0.1) or train.patience=0")
+        if self.train.objective == "regress" and self.train.label_smoothing:
+            raise ValueError("train.label_smoothing smooths class targets; objective 'regress' predicts a number: "
+                             "leave it 0")
         return self
 
 

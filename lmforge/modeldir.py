@@ -84,8 +84,12 @@ def model_card(model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, info
              f"A {family} made with lmforge {__version__}: {config.n_layer} layers, {config.n_head} heads, "
              f"{config.n_embd} dimensions, context {config.block_size} tokens, "
              f"{count_parameters(model) / 1e6:.2f}M parameters; {tokenizer.kind} tokenizer, {tokenizer.vocab_size} tokens.", ""]
-    if config.labels:
-        lines += [f"Classification head over {len(config.labels)} labels: {', '.join(config.labels)}.", ""]
+    kind = (info.get("classification") or {}).get("kind", "classify")
+    if config.labels and kind == "regress":
+        lines += [f"Regression head predicting '{config.labels[0]}' (a number).", ""]
+    elif config.labels:
+        what = "Multi-label head (a sigmoid per tag)" if kind == "multilabel" else "Classification head"
+        lines += [f"{what} over {len(config.labels)} labels: {', '.join(config.labels)}.", ""]
     train = info.get("training", {})
     if train:
         lines += ["## Training", ""]

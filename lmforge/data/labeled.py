@@ -2,6 +2,7 @@
 label column, map labels to ids, encode and right-pad batches for either model family."""
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,9 @@ def _check_suffix(path: Path) -> None:
 
 
 def read_labeled(path: str | Path, text_field: str = "text", label_field: str = "label",
-                 pair_field: str | None = None, errors: str = "replace") -> LabeledSet:
-    """Read every row of a labeled file; a missing column, an empty label or an empty file is a DataError."""
+                 pair_field: str | None = None, errors: str = "replace", allow_empty_label: bool = False) -> LabeledSet:
+    """Read every row of a labeled file; a missing column, an empty label (unless allowed: a multi-label row
+    may have no tag) or an empty file is a DataError. A JSON list label is kept as JSON text."""
     path = Path(path)
     _check_suffix(path)
     texts, labels, pairs = [], [], []
@@ -51,8 +53,8 @@ def read_labeled(path: str | Path, text_field: str = "text", label_field: str = 
             raise DataError(f"{path}: {'row' if path.suffix.lower() != '.jsonl' else 'record'} {number} has no "
                             f"column '{absent[0]}' (columns: {', '.join(map(str, row)) or 'none'}); {hint}")
         label = row[label_field]
-        label = "" if label is None else str(label).strip()
-        if not label:
+        label = "" if label is None else json.dumps(label) if isinstance(label, list) else str(label).strip()
+        if not label and not allow_empty_label:
             raise DataError(f"{path}: row {number} has an empty '{label_field}'; every row needs a label")
         texts.append("" if row[text_field] is None else str(row[text_field]))
         labels.append(label)
@@ -94,7 +96,7 @@ def label_ids(data: LabeledSet, labels: list[str]) -> np.ndarray:
 def iter_labeled_texts(data_config) -> Iterator[str]:
     """The text (and pair) column of data.train, to train a tokenizer for a classifier from scratch."""
     data = read_labeled(data_config.train, data_config.text_field, data_config.label_field,
-                        data_config.text_pair_field, data_config.encoding_errors)
+                        data_config.text_pair_field, data_config.encoding_errors, allow_empty_label=True)
     yield from data.texts
     yield from data.pairs or []
 
@@ -163,12 +165,14 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 
 
 class EncodedSet:
-    """A LabeledSet encoded once for a model: examples and label ids, batched by index lists."""
+    """A LabeledSet encoded once for a model: examples and label ids (or given `targets`: scores, multi-hot rows),
+    batched by index lists."""
 
-    def __init__(self, data: LabeledSet, tokenizer: Tokenizer, labels: list[str] | None, max_len: int):
+    def __init__(self, data: LabeledSet, tokenizer: Tokenizer, labels: list[str] | None, max_len: int,
+                 targets: np.ndarray | None = None):
         pairs = data.pairs or [None] * len(data)
         self.examples = [encode_example(tokenizer, t, p, max_len) for t, p in zip(data.texts, pairs)]
-        self.targets = label_ids(data, labels) if labels is not None else None
+        self.targets = targets if targets is not None else label_ids(data, labels) if labels is not None else None
         self.pad_id = tokenizer.pad_id
 
     def __len__(self) -> int:

@@ -8,9 +8,14 @@ from ..data.labeled import EncodedSet, LabeledSet
 from .metrics import classification_report
 
 
-@torch.no_grad()
 def predict_probabilities(model, encoded: EncodedSet, batch_size: int = 32) -> np.ndarray:
     """Softmax class probabilities (N, n_labels) for every example of `encoded`, in order."""
+    return torch.from_numpy(head_outputs(model, encoded, batch_size)).softmax(-1).numpy()
+
+
+@torch.no_grad()
+def head_outputs(model, encoded: EncodedSet, batch_size: int = 32) -> np.ndarray:
+    """The head's raw outputs (N, n_labels) in float64 for every example of `encoded`, in order."""
     model.eval()
     device = next(model.parameters()).device
     # sort by length so each batch pads little, then put the rows back in input order
@@ -21,10 +26,10 @@ def predict_probabilities(model, encoded: EncodedSet, batch_size: int = 32) -> n
         batch = encoded.batch(chunk)
         logits = model.classify(batch["ids"].to(device), pad_mask=batch["pad_mask"].to(device),
                                 token_type_ids=batch["token_type_ids"].to(device))
-        probs = logits.float().softmax(-1).cpu().numpy()
+        values = logits.double().cpu().numpy()
         if out is None:
-            out = np.zeros((len(encoded), probs.shape[1]), dtype=np.float64)
-        out[chunk] = probs
+            out = np.zeros((len(encoded), values.shape[1]), dtype=np.float64)
+        out[chunk] = values
     return out if out is not None else np.zeros((0, 0))
 
 

@@ -41,13 +41,14 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[st
             for row_p, row_i in zip(top.values.tolist(), top.indices.tolist())]
 
 
-def mlm_loss(model, inputs: torch.Tensor, labels: torch.Tensor, pad_mask=None):
-    """Summed cross-entropy, correct predictions and count over the masked positions (logits only there)."""
+def mlm_loss(model, inputs: torch.Tensor, labels: torch.Tensor, pad_mask=None, label_smoothing: float = 0.0):
+    """Summed cross-entropy (label-smoothed when asked), correct predictions and count over the masked positions
+    (logits only there)."""
     hidden = model.hidden_states(inputs, pad_mask=pad_mask)
     chosen = labels != IGNORE
     logits = model.mlm_logits(hidden[chosen]).float()
     targets = labels[chosen]
-    total = F.cross_entropy(logits, targets, reduction="sum")
+    total = F.cross_entropy(logits, targets, reduction="sum", label_smoothing=label_smoothing)
     correct = (logits.argmax(-1) == targets).sum()
     return total, correct, chosen.sum()
 

@@ -5,7 +5,8 @@ same batch, so a resumed run sees the data an uninterrupted one would), loss(mod
 (loss, metrics), evaluate(model, steps, batch_size, device) -> dict, count_tokens(batch), can_evaluate,
 and monitor = (metric name, "min" | "max") for early stopping.
 
-lm.py holds the language-model objectives, classify.py text classification; make_task picks one.
+lm.py holds the language-model objectives; classify.py text classification and what the labeled tasks share;
+regress.py and multilabel.py a number or a set of tags per text. make_task picks one.
 """
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from ..data.tokens import TokenWindows, build_token_file, open_tokens
 from .classify import (EMBEDDING_PREFIXES, HEAD_PREFIXES, ClassificationTask, attach_head, layerwise_groups,
                        make_classification_task)
 from .lm import EVAL_SEED, CausalLMTask, MaskedLMTask
+from .multilabel import MultiLabelTask, make_multilabel_task
+from .regress import RegressionTask, make_regression_task
 
 __all__ = ["EMBEDDING_PREFIXES", "EVAL_SEED", "HEAD_PREFIXES", "CausalLMTask", "ClassificationTask", "MaskedLMTask",
-           "attach_head", "layerwise_groups", "make_classification_task", "make_task"]
+           "MultiLabelTask", "RegressionTask", "attach_head", "layerwise_groups", "make_classification_task",
+           "make_multilabel_task", "make_regression_task", "make_task"]
 
 
 def make_task(lm, work_dir: Path, progress: bool = False):
@@ -30,14 +34,19 @@ def make_task(lm, work_dir: Path, progress: bool = False):
         bin_path = build_token_file(config.data.paths, lm.tokenizer, Path(work_dir) / "data",
                                     config.data.text_field, config.data.encoding_errors, progress=progress)
         windows = TokenWindows(open_tokens(bin_path), config.model.block_size, config.data.val_fraction)
-        return CausalLMTask(windows, config.train.seed)
+        return CausalLMTask(windows, config.train.seed, config.train.label_smoothing)
     if objective == "mlm":
         if getattr(lm.model, "is_causal", True) or not hasattr(lm.model, "mlm_logits"):
             raise ValueError(f"objective 'mlm' needs an encoder (arch 'bert'); this model is '{config.model.arch}'")
         bin_path = build_token_file(config.data.paths, lm.tokenizer, Path(work_dir) / "data",
                                     config.data.text_field, config.data.encoding_errors, progress=progress)
         return MaskedLMTask(open_tokens(bin_path), lm.tokenizer, config.model.block_size, config.data.val_fraction,
-                            config.train.seed, config.train.mask_prob, config.train.whole_word_mask)
+                            config.train.seed, config.train.mask_prob, config.train.whole_word_mask,
+                            config.train.label_smoothing)
     if objective == "classify":
         return make_classification_task(lm)
+    if objective == "regress":
+        return make_regression_task(lm)
+    if objective == "multilabel":
+        return make_multilabel_task(lm)
     raise ValueError(f"unknown train.objective '{objective}'")

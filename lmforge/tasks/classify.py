@@ -8,25 +8,15 @@ import torch
 import torch.nn.functional as F
 
 
-class ClassificationTask:
-    """Text classification for both families: BERT pools [CLS], GPT reads the last real token.
+class LabeledTask:
+    """What the tasks on labeled rows share (classification, regression, multi-label): both families (BERT pools
+    [CLS], GPT reads the last real token), batches drawn from a per-epoch shuffle fixed by (seed, epoch), so step s
+    always gives the same rows, and layer-wise learning rates for fine-tuning."""
 
-    Batches are drawn from a per-epoch shuffle fixed by (seed, epoch), so step s always gives the same rows.
-    """
-
-    monitor = ("val_accuracy", "max")
-
-    def __init__(self, train, val, labels: list[str], seed: int, grad_accum: int = 1,
-                 class_weights: bool = False):
+    def __init__(self, train, val, labels: list[str], seed: int, grad_accum: int = 1):
         self.train, self.val, self.labels, self.seed, self.grad_accum = train, val, labels, seed, grad_accum
         self.can_evaluate = val is not None and len(val) > 0
         self._orders: dict[int, np.ndarray] = {}
-        self.weights = None
-        if class_weights:
-            # inverse class frequency, scaled so a balanced set gets weight 1 everywhere
-            counts = np.bincount(train.targets, minlength=len(labels)).astype(np.float64)
-            weights = np.where(counts > 0, counts.sum() / (len(labels) * np.maximum(counts, 1)), 0.0)
-            self.weights = torch.tensor(weights, dtype=torch.float32)
 
     def _order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
@@ -44,11 +34,43 @@ class ClassificationTask:
     def count_tokens(batch: dict) -> int:
         return int(batch["pad_mask"].sum())
 
+    @staticmethod
+    def outputs(model, batch: dict):
+        """The head's outputs (B, n_labels) in float32."""
+        return model.classify(batch["ids"], pad_mask=batch["pad_mask"], token_type_ids=batch["token_type_ids"]).float()
+
+    def val_batches(self, batch_size: int, device):
+        """The whole validation set in order, batch by batch, on `device`."""
+        for first in range(0, len(self.val), batch_size):
+            batch = self.val.batch(range(first, min(first + batch_size, len(self.val))))
+            yield {k: v.to(device) for k, v in batch.items()}
+
+    def parameter_groups(self, model, cfg):
+        """(params, lr_scale): the head at head_lr/lr; layer i of n at layer_lr_decay**(n - i), embeddings lowest."""
+        return layerwise_groups(model, cfg)
+
+
+class ClassificationTask(LabeledTask):
+    """Single-label text classification: cross-entropy over the classes (weighted, label-smoothed when asked)."""
+
+    monitor = ("val_accuracy", "max")
+
+    def __init__(self, train, val, labels: list[str], seed: int, grad_accum: int = 1,
+                 class_weights: bool = False, label_smoothing: float = 0.0):
+        super().__init__(train, val, labels, seed, grad_accum)
+        self.label_smoothing = label_smoothing
+        self.weights = None
+        if class_weights:
+            # inverse class frequency, scaled so a balanced set gets weight 1 everywhere
+            counts = np.bincount(train.targets, minlength=len(labels)).astype(np.float64)
+            weights = np.where(counts > 0, counts.sum() / (len(labels) * np.maximum(counts, 1)), 0.0)
+            self.weights = torch.tensor(weights, dtype=torch.float32)
+
     def loss(self, model, batch: dict):
-        """Cross-entropy of the class logits (weighted by class when asked) and the batch accuracy."""
-        logits = model.classify(batch["ids"], pad_mask=batch["pad_mask"], token_type_ids=batch["token_type_ids"]).float()
+        """Cross-entropy of the class logits (weighted by class, label-smoothed when asked) and the batch accuracy."""
+        logits = self.outputs(model, batch)
         weight = self.weights.to(logits.device) if self.weights is not None else None
-        loss = F.cross_entropy(logits, batch["labels"], weight=weight)
+        loss = F.cross_entropy(logits, batch["labels"], weight=weight, label_smoothing=self.label_smoothing)
         return loss, {"accuracy": (logits.argmax(-1) == batch["labels"]).float().mean()}
 
     @torch.no_grad()
@@ -58,17 +80,12 @@ class ClassificationTask:
 
         model.eval()
         total, predicted = 0.0, []
-        for first in range(0, len(self.val), batch_size):
-            batch = {k: v.to(device) for k, v in self.val.batch(range(first, min(first + batch_size, len(self.val)))).items()}
-            logits = model.classify(batch["ids"], pad_mask=batch["pad_mask"], token_type_ids=batch["token_type_ids"]).float()
+        for batch in self.val_batches(batch_size, device):
+            logits = self.outputs(model, batch)
             total += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
             predicted.append(logits.argmax(-1).cpu().numpy())
         report = classification_report(self.val.targets, np.concatenate(predicted), self.labels)
         return {"val_loss": total / len(self.val), "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"]}
-
-    def parameter_groups(self, model, cfg):
-        """(params, lr_scale): the head at head_lr/lr; layer i of n at layer_lr_decay**(n - i), embeddings lowest."""
-        return layerwise_groups(model, cfg)
 
     def finish(self, model, run_path: Path) -> dict | None:
         """At the end of a run: the validation report as eval.json and the confusion matrix as confusion.png."""
@@ -111,42 +128,72 @@ def layerwise_groups(model, cfg) -> list[tuple[list, float]]:
     return [(params, scale) for scale, params in groups.items()]
 
 
-def make_classification_task(lm) -> ClassificationTask:
-    """Read data.train (and data.test, else a val_fraction split), and give the model a head for its labels."""
-    from ..data.labeled import EncodedSet, label_names, read_labeled
+def read_labeled_data(lm, objective: str, allow_empty_label: bool = False):
+    """(read, train): a reader for data.train's format and columns, and data.train itself (not yet split)."""
+    from ..data.labeled import read_labeled
 
-    config, data = lm.config, lm.config.data
+    data = lm.config.data
     if not data.train:
-        raise ValueError("objective 'classify' needs labeled data: set data.train (a .csv, .tsv or .jsonl file), "
-                         "or call fit('train.csv', objective='classify')")
-    read = lambda path: read_labeled(path, data.text_field, data.label_field, data.text_pair_field,  # noqa: E731
-                                     data.encoding_errors)
-    train = read(data.train)
-    labels = label_names(train)
+        raise ValueError(f"objective '{objective}' needs labeled data: set data.train (a .csv, .tsv or .jsonl file), "
+                         f"or call fit('train.csv', objective='{objective}')")
+
+    def read(path):
+        return read_labeled(path, data.text_field, data.label_field, data.text_pair_field, data.encoding_errors,
+                            allow_empty_label=allow_empty_label)
+
+    return read, read(data.train)
+
+
+def split_validation(lm, read, train):
+    """(train, val): data.test read as validation when set, else a fixed data.val_fraction of train, else None."""
+    config, data = lm.config, lm.config.data
     if data.test:
-        val = read(data.test)
-    elif data.val_fraction > 0 and len(train) >= 2:
+        return train, read(data.test)
+    if data.val_fraction > 0 and len(train) >= 2:
         # a fixed shuffle (seed only) decides which rows validate, so resume and reruns agree
         order = np.random.default_rng([config.train.seed, 7]).permutation(len(train))
         n_val = max(1, int(round(len(train) * data.val_fraction)))
-        val, train = train.subset(order[:n_val]), train.subset(np.sort(order[n_val:]))
-    else:
-        val = None
-    attach_head(lm, labels, config.train.seed)
+        return train.subset(np.sort(order[n_val:])), train.subset(order[:n_val])
+    return train, None
+
+
+def head_info(lm, kind: str, **extra) -> dict:
+    """What a saved model needs to read its head back: its kind, the data's columns, and `extra` (scaling...)."""
+    data = lm.config.data
+    return {"kind": kind, "text_field": data.text_field, "label_field": data.label_field,
+            "text_pair_field": data.text_pair_field, **extra}
+
+
+def make_classification_task(lm) -> ClassificationTask:
+    """Read data.train (and data.test, else a val_fraction split), and give the model a head for its labels."""
+    from ..data.labeled import EncodedSet, label_names
+
+    config = lm.config
+    read, train = read_labeled_data(lm, "classify")
+    labels = label_names(train)
+    train, val = split_validation(lm, read, train)
+    attach_head(lm, labels, config.train.seed, "classify")
     labels = lm.config.model.labels
     block = config.model.block_size
-    lm.meta["classification"] = {"text_field": data.text_field, "label_field": data.label_field,
-                                 "text_pair_field": data.text_pair_field}
+    lm.meta["classification"] = head_info(lm, "classify")
     return ClassificationTask(EncodedSet(train, lm.tokenizer, labels, block),
                               EncodedSet(val, lm.tokenizer, labels, block) if val is not None else None,
-                              labels, config.train.seed, config.train.grad_accum, config.train.class_weights)
+                              labels, config.train.seed, config.train.grad_accum, config.train.class_weights,
+                              config.train.label_smoothing)
 
 
-def attach_head(lm, labels: list[str], seed: int) -> None:
-    """Keep the model's head when it has these labels; else give it a fresh nn.Linear over `labels`, drawn
-    from `seed` alone (not from the global random state, which whatever ran before may have moved)."""
+def head_kind(lm) -> str:
+    """'classify', 'regress' or 'multilabel': what the model's head predicts (models saved before kinds: classify)."""
+    return (lm.meta.get("classification") or {}).get("kind", "classify")
+
+
+def attach_head(lm, labels: list[str], seed: int, kind: str = "classify") -> None:
+    """Keep the model's head when it has these labels and this kind; else give it a fresh nn.Linear over `labels`
+    (one output each; one for a regression), drawn from `seed` alone (not from the global random state, which
+    whatever ran before may have moved)."""
     current = lm.config.model.labels
-    if current and set(current) == set(labels) and getattr(lm.model, "classifier", None) is not None:
+    if (current and set(current) == set(labels) and getattr(lm.model, "classifier", None) is not None
+            and head_kind(lm) == kind):
         return
     width = lm.config.model.n_embd
     with torch.random.fork_rng(devices=[]):

@@ -16,8 +16,8 @@ class CausalLMTask:
 
     monitor = ("val_loss", "min")
 
-    def __init__(self, windows: TokenWindows, seed: int):
-        self.windows, self.seed = windows, seed
+    def __init__(self, windows: TokenWindows, seed: int, label_smoothing: float = 0.0):
+        self.windows, self.seed, self.label_smoothing = windows, seed, label_smoothing
         self.can_evaluate = windows.has("val")
 
     def train_batch(self, step: int, micro: int, batch_size: int) -> dict:
@@ -28,10 +28,12 @@ class CausalLMTask:
     def count_tokens(batch: dict) -> int:
         return batch["ids"].numel()
 
-    @staticmethod
-    def loss(model, batch: dict):
+    def loss(self, model, batch: dict, label_smoothing: float | None = None):
+        """Mean next-token cross-entropy, label-smoothed by train.label_smoothing unless told otherwise."""
+        smoothing = self.label_smoothing if label_smoothing is None else label_smoothing
         logits = model(batch["ids"])
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch["targets"].reshape(-1))
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch["targets"].reshape(-1),
+                               label_smoothing=smoothing)
         return loss, {}
 
     @torch.no_grad()
@@ -42,7 +44,8 @@ class CausalLMTask:
         total = 0.0
         for _ in range(steps):
             ids, targets = self.windows.sample("val", batch_size, rng)
-            loss, _ = self.loss(model, {"ids": ids.to(device), "targets": targets.to(device)})
+            # the true negative log-likelihood: smoothing is a training device, perplexity must not include it
+            loss, _ = self.loss(model, {"ids": ids.to(device), "targets": targets.to(device)}, label_smoothing=0.0)
             total += loss.item()
         loss = total / steps
         return {"val_loss": loss, "val_perplexity": perplexity(loss)}
@@ -54,7 +57,7 @@ class MaskedLMTask:
     monitor = ("val_loss", "min")
 
     def __init__(self, tokens: np.ndarray, tokenizer, block_size: int, val_fraction: float, seed: int,
-                 mask_prob: float = 0.15, whole_word: bool = False):
+                 mask_prob: float = 0.15, whole_word: bool = False, label_smoothing: float = 0.0):
         from ..data.masking import Masker
 
         self.width = block_size - 2  # room for [CLS] and [SEP]
@@ -62,7 +65,7 @@ class MaskedLMTask:
             raise ValueError(f"block_size {block_size} is too short for masked-LM ([CLS] and [SEP] take 2)")
         # TokenWindows checks each split holds one window (block_size+1 tokens) and splits train/val
         self.windows = TokenWindows(tokens, self.width - 1, val_fraction)
-        self.tokens, self.seed = tokens, seed
+        self.tokens, self.seed, self.label_smoothing = tokens, seed, label_smoothing
         self.cls_id, self.sep_id = tokenizer.cls_id, tokenizer.sep_id
         self.masker = Masker(tokenizer, mask_prob, whole_word)
         self.can_evaluate = val_fraction > 0 and self.windows.has("val")
@@ -83,12 +86,12 @@ class MaskedLMTask:
     def count_tokens(batch: dict) -> int:
         return batch["ids"].numel()
 
-    @staticmethod
-    def loss(model, batch: dict):
-        """Mean cross-entropy over the masked positions only, and the share of them predicted right."""
+    def loss(self, model, batch: dict):
+        """Mean cross-entropy (label-smoothed when asked) over the masked positions only, and the share of them
+        predicted right."""
         from ..infer.fill_mask import mlm_loss
 
-        total, correct, count = mlm_loss(model, batch["ids"], batch["labels"])
+        total, correct, count = mlm_loss(model, batch["ids"], batch["labels"], label_smoothing=self.label_smoothing)
         count = count.clamp(min=1)
         return total / count, {"mlm_accuracy": correct.float() / count}
 

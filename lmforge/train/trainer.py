@@ -16,6 +16,7 @@ from torch import nn
 from ..config import TrainConfig
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, truncate_metrics
 from .optim import learning_rate, make_optimizer
+from .penalty import l1_parameters, l1_penalty
 from .plots import plot_metrics
 from .progress import Progress
 
@@ -109,6 +110,8 @@ def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16"
                 else contextlib.nullcontext())
     params = [p for p in model.parameters() if p.requires_grad]
+    # after the task made its head, so a new classifier is covered too (see penalty.py for which parameters)
+    penalized = [p for _, p in l1_parameters(model)] if cfg.l1 else []
     bar = Progress(cfg.max_steps, start, enabled=progress)
     result = TrainResult(step=start, train_loss=None, best=state["best"])
     began, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
@@ -136,7 +139,13 @@ def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *
                 batch = _to(task.train_batch(step, micro, cfg.batch_size), device)
                 with autocast:
                     loss, metrics = task.loss(model, batch)
-                (loss / cfg.grad_accum).backward()
+                objective = loss
+                if cfg.l1:
+                    # minimized with the loss; logged apart as l1_penalty, so "loss" stays comparable to val_loss
+                    penalty = cfg.l1 * l1_penalty(penalized)
+                    objective = loss + penalty
+                    metrics = {**metrics, "l1_penalty": penalty}
+                (objective / cfg.grad_accum).backward()
                 window_loss += loss.detach() / cfg.grad_accum
                 for key, value in metrics.items():
                     window_extra[key] = window_extra.get(key, 0) + value.detach() / cfg.grad_accum

@@ -95,7 +95,8 @@ class LM:
     # -- training -------------------------------------------------------------------------------
     def fit(self, data=None, *, objective: str | None = None, run_dir: str | Path | None = None, resume: bool = False,
             progress: bool = True, hooks=(), **train_options: Any) -> TrainResult:
-        """Train on `data` (files, folders, globs; labeled .csv/.jsonl for classification).
+        """Train on `data` (files, folders, globs; a labeled .csv/.tsv/.jsonl for objective 'classify', 'regress'
+        or 'multilabel').
 
         Keyword options are train.* settings (max_steps=500, lr=3e-4, ...). With `run_dir`, checkpoints,
         metrics.jsonl and final/ are written there and resume=True continues the newest checkpoint.
@@ -131,9 +132,10 @@ class LM:
             if cfg.patience and not task.can_evaluate:
                 raise ConfigError(f"train.patience={cfg.patience} needs validation data, but this task has none "
                                   "(the validation split is too short to evaluate); add data or set train.patience=0")
+            labeled = cfg.objective in LABELED_OBJECTIVES
             self.meta.update({"name": self.config.run.name, "training": {
-                "objective": cfg.objective, "data": _source_name(self.config.data.paths) if cfg.objective not in LABELED_OBJECTIVES
-                else self.config.data.train, "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,
+                "objective": cfg.objective, "data": self.config.data.train if labeled
+                else _source_name(self.config.data.paths), "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,
                 "lr": cfg.lr, "parameters": count_parameters(self.model)}, "metrics": {}})
 
             def remember(step: int, record: dict) -> None:
@@ -234,7 +236,8 @@ class LM:
             _check_threshold(threshold, kind)
             field = label_field or saved.get("label_field", "label")
             labeled = read_labeled(data, text_field or saved.get("text_field", "text"), field,
-                                   text_pair_field or saved.get("text_pair_field"), allow_empty_label=kind == "multilabel")
+                                   text_pair_field or saved.get("text_pair_field"),
+                                   allow_empty_label=kind == "multilabel")
             if kind == "regress":
                 from .infer.regress import evaluate_regressor
                 return evaluate_regressor(self.model, self.tokenizer, saved["target_mean"], saved["target_std"],

@@ -148,12 +148,12 @@ class TrainConfig(Section):
     whole_word_mask: bool = False
     head_lr: float | None = Field(None, gt=0, description="classify: learning rate of the new head (default lr)")
     layer_lr_decay: float = Field(1.0, gt=0, le=1, description="classify: each lower layer's lr is multiplied by this")
-    class_weights: bool = Field(False, description="classify: weight the loss by inverse class frequency; "
-                                                    "multilabel: weight each tag's positives by its negatives/positives")
+    class_weights: bool = Field(False, description="classify: weight the loss by inverse class frequency; multilabel: "
+                                                    "weight each tag's positives by its negatives / positives")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="clm, mlm, classify (and multilabel): mix this share "
                                                                 "of a uniform target into the true one")
-    regression_loss: Literal["mse", "huber"] = Field("mse", description="regress: loss on the standardized target "
-                                                                        "(huber: quadratic within 1 std, linear beyond)")
+    regression_loss: Literal["mse", "huber"] = Field(
+        "mse", description="regress: loss on the standardized target (huber: quadratic within 1 std, linear beyond)")
     l1: float = Field(0.0, ge=0, description="L1 penalty l1*sum|w| added to the loss over the weight matrices "
                                              "(not embedding tables, norms or biases); weight_decay is the L2 side")
 

@@ -98,7 +98,8 @@ def test_regression_head_learns_a_linear_target_to_near_zero_error(regressor):
     assert metrics["pearson"] > 0.99 and metrics["spearman"] > 0.98
     assert result.eval["val_mse"] == pytest.approx(metrics["mse"], rel=1e-4)
     report = json.loads((folder / "run" / "eval.json").read_text())
-    assert report["mean_baseline_mse"] == pytest.approx(((scores - lm.meta["classification"]["target_mean"]) ** 2).mean())
+    train_mean = lm.meta["classification"]["target_mean"]
+    assert report["mean_baseline_mse"] == pytest.approx(((scores - train_mean) ** 2).mean())
     assert (folder / "run" / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -109,7 +110,8 @@ def test_regression_reloads_with_its_kind_name_and_target_scaling(regressor):
     assert head["kind"] == "regress" and loaded.config.model.labels == ["score"]
     train_scores = np.array([row["score"] for row in scored(400, 0)])
     # the scaling comes from the training split (data.test validates, so that is all 400 rows)
-    assert head["target_mean"] == pytest.approx(train_scores.mean()) and head["target_std"] == pytest.approx(train_scores.std())
+    assert head["target_mean"] == pytest.approx(train_scores.mean())
+    assert head["target_std"] == pytest.approx(train_scores.std())
     texts = ["gray gray gray gray the a", "red red red red of and"]
     (high, values), (low, _) = loaded.classify(texts)
     assert values == {"score": high} and high == pytest.approx(12, abs=1.0) and low == pytest.approx(-8, abs=1.0)
@@ -224,13 +226,14 @@ def test_label_smoothing_zero_is_plain_cross_entropy_and_positive_follows_the_de
     assert smoothed.item() == pytest.approx(_smoothed(logits, targets.reshape(-1), 0.1).item(), rel=1e-6)
 
     bert = tiny_model("bert", vocab_size=50, labels=["a", "b", "c"])
-    cls_batch = {"ids": ids, "pad_mask": torch.ones_like(ids, dtype=torch.bool), "token_type_ids": torch.zeros_like(ids),
-                 "labels": torch.tensor([0, 2, 1])}
+    cls_batch = {"ids": ids, "pad_mask": torch.ones_like(ids, dtype=torch.bool),
+                 "token_type_ids": torch.zeros_like(ids), "labels": torch.tensor([0, 2, 1])}
     cls_logits = bert.classify(ids).float()
     task = ClassificationTask(None, None, ["a", "b", "c"], seed=0, label_smoothing=0.0)
     assert torch.equal(task.loss(bert, cls_batch)[0], F.cross_entropy(cls_logits, cls_batch["labels"]))
     task.label_smoothing = 0.2
-    assert task.loss(bert, cls_batch)[0].item() == pytest.approx(_smoothed(cls_logits, cls_batch["labels"], 0.2).item(), rel=1e-6)
+    expected = _smoothed(cls_logits, cls_batch["labels"], 0.2).item()
+    assert task.loss(bert, cls_batch)[0].item() == pytest.approx(expected, rel=1e-6)
 
     labels = torch.full_like(ids, -100)
     labels[:, 3] = targets[:, 3]

@@ -29,6 +29,8 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 def pearson(a, b) -> float:
     """Pearson's correlation; 0.0 when either side is constant (the coefficient is undefined there)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or a.min() == a.max() or b.min() == b.max():
+        return 0.0
     a, b = a - a.mean(), b - b.mean()
     denom = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denom) if denom > 0 else 0.0

@@ -67,7 +67,8 @@ class RegressionTask(LabeledTask):
         report["mean_baseline_mse"] = float(((self.val_scores - self.mean) ** 2).mean())
         atomic_write_text(Path(run_path) / "eval.json", json.dumps(report, indent=1))
         save_scatter_png(self.val_scores, predicted, Path(run_path) / "scatter.png",
-                         f"validation: MSE {report['mse']:.3f} (predicting the mean: {report['mean_baseline_mse']:.3f})\n"
+                         f"validation: MSE {report['mse']:.3f} "
+                         f"(predicting the mean: {report['mean_baseline_mse']:.3f})\n"
                          f"Pearson {report['pearson']:.3f}, Spearman {report['spearman']:.3f}")
         return report
 

@@ -53,8 +53,16 @@ class LM:
             base = cls.from_pretrained(config.model.init)
             # a fine-tuning may choose its own pooling; every other set architecture key must match
             wanted_pooling = config.model.pooling if "pooling" in config.model.model_fields_set else None
-            _check_same_model(base.config.model, config.model, f"model.init={config.model.init}", free={"pooling"})
-            model_cfg = base.config.model.model_copy(update={"dropout": config.model.dropout})
+            # the pretrained model decides the architecture: a recipe's sizes (configs/classify.toml's) give way
+            ignored = _model_diffs(base.config.model, config.model, free={"pooling", "classifier_bias"})
+            if ignored:
+                import warnings
+                warnings.warn(f"model.init={config.model.init} decides the architecture; ignoring the config's "
+                              + "; ".join(ignored), stacklevel=2)
+            update = {"dropout": config.model.dropout}
+            if "classifier_bias" in config.model.model_fields_set:  # e.g. false, for a head HF's GPT-2 can express
+                update["classifier_bias"] = config.model.classifier_bias
+            model_cfg = base.config.model.model_copy(update=update)
             for module in base.model.modules():  # the new run's dropout, not the saved one
                 if isinstance(module, torch.nn.Dropout):
                     module.p = config.model.dropout
@@ -62,9 +70,13 @@ class LM:
                     module.dropout = config.model.dropout
             config = config.model_copy(update={"model": model_cfg.model_copy(update={"init": config.model.init})})
             lm = cls(base.model, base.tokenizer, config, base.meta)
+            lm.add_tokens(config.tokenizer.add_tokens)
+            lm.add_tokens(config.tokenizer.add_special_tokens, special=True)
             return lm.set_pooling(wanted_pooling) if wanted_pooling else lm
         check_fits(config)  # before training a tokenizer or allocating: 200,000 layers must not hang
         tokenizer = make_tokenizer(config)
+        tokenizer.backend.add_tokens(config.tokenizer.add_tokens)
+        tokenizer.backend.add_special_tokens(config.tokenizer.add_special_tokens)
         model_cfg = config.model.model_copy(update={"vocab_size": tokenizer.vocab_size})
         config = config.model_copy(update={"model": model_cfg})
         with torch.random.fork_rng(devices=[]):  # the same seed gives the same initial weights
@@ -83,7 +95,8 @@ class LM:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "LM":
-        """Load a model directory (final/, checkpoints/step-N/ or one written by LM.save)."""
+        """Load a model directory (final/, checkpoints/step-N/ or one written by LM.save), or a Hugging Face
+        gpt2 / bert / llama checkpoint directory (converted in memory)."""
         model, tokenizer, model_cfg, meta = load_model_dir(path, device)
         config = Config(model=model_cfg, tokenizer={"kind": tokenizer.kind})
         return cls(model, tokenizer, config, meta)
@@ -91,6 +104,28 @@ class LM:
     def save(self, path: str | Path) -> Path:
         """Write a model directory: config.json, model.safetensors, tokenizer.json, README.md."""
         return save_model_dir(path, self.model, self.tokenizer, self.config.model, self.meta)
+
+    def save_hf(self, path: str | Path) -> Path:
+        """Write a Hugging Face directory that transformers' AutoModelFor* and AutoTokenizer load as it is."""
+        from .interop import save_hf_dir
+
+        return save_hf_dir(path, self.model, self.tokenizer, self.config.model)
+
+    def add_tokens(self, tokens: str | list[str], special: bool = False) -> int:
+        """Add tokens to the vocabulary and grow the embeddings (and a tied head) to fit; new rows start at the
+        mean embedding. special=True: never split, skipped when decoding. Returns how many were new."""
+        from .models.resize import resize_vocab
+
+        tokens = [tokens] if isinstance(tokens, str) else list(tokens)
+        bad = [t for t in tokens if not isinstance(t, str) or not t]
+        if bad:
+            raise ValueError(f"tokens to add must be non-empty strings, got {bad!r}")
+        backend = self.tokenizer.backend
+        added = backend.add_special_tokens(tokens) if special else backend.add_tokens(tokens)
+        if self.tokenizer.vocab_size > self.config.model.vocab_size:
+            resize_vocab(self.model, self.tokenizer.vocab_size)
+            self.config = self.config.model_copy(update={"model": self.model.config})
+        return added
 
     # -- training -------------------------------------------------------------------------------
     def fit(self, data=None, *, objective: str | None = None, run_dir: str | Path | None = None, resume: bool = False,
@@ -299,12 +334,17 @@ def make_tokenizer(config: Config) -> Tokenizer:
 
 def _check_same_model(saved: ModelConfig, wanted: ModelConfig, where: str, free: set[str] = frozenset()) -> None:
     """A checkpoint's architecture must match the config that resumes or fine-tunes it."""
-    fields_set = wanted.model_fields_set - _FREE_MODEL_FIELDS - free
-    diffs = [f"model.{key}: saved {getattr(saved, key)!r}, config {getattr(wanted, key)!r}"
-             for key in sorted(fields_set) if getattr(saved, key) != getattr(wanted, key)]
+    diffs = _model_diffs(saved, wanted, free)
     if diffs:
         raise ConfigError(f"the config does not match the model in {where}:\n  " + "\n  ".join(diffs) +
                           "\n(remove these keys from the config, or start a new run)")
+
+
+def _model_diffs(saved: ModelConfig, wanted: ModelConfig, free: set[str] = frozenset()) -> list[str]:
+    """The model keys a config sets to something other than the checkpoint's values."""
+    fields_set = wanted.model_fields_set - _FREE_MODEL_FIELDS - free
+    return [f"model.{key}: saved {getattr(saved, key)!r}, config {getattr(wanted, key)!r}"
+            for key in sorted(fields_set) if getattr(saved, key) != getattr(wanted, key)]
 
 
 def train_from_config(config: Config, resume: bool = False, progress: bool = True, hooks=()) -> tuple[LM, TrainResult]:

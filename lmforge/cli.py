@@ -43,6 +43,13 @@ checkpoints/step-N/ and final/ (a model directory for generate, eval, fill-mask,
   lmforge classify runs/classify/final --file reviews.csv --json > predictions.jsonl
   lmforge classify runs/tags/final --text "..." --threshold 0.3   # multi-label: every tag at or over 0.3
   lmforge classify runs/scores/final --file reviews.txt           # regression: one score per text""",
+    "convert": """examples:
+  lmforge convert path/to/gpt2 my-gpt2                   # a Hugging Face directory -> an lmforge model directory
+  lmforge convert runs/gpt-tiny/final hf-out --to hf     # lmforge -> Hugging Face (AutoModelFor*.from_pretrained)
+  lmforge convert path/to/all-MiniLM-L6-v2 minilm        # sentence-transformers layouts work too
+
+Hugging Face gpt2, bert and llama checkpoints (and their sequence classifiers) are read; any command that takes
+a model directory also takes such a checkpoint directly, converting it in memory.""",
     "demo": """examples:
   lmforge demo                  # what `make demo` runs: a small GPT and a small BERT on the built-in corpus
   lmforge demo --steps 300      # shorter""",
@@ -112,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None,
                    help="multi-label models: give every tag at this probability or more (default: saved, 0.5)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
+
+    p = command("convert", "Convert a model between lmforge's and Hugging Face's directory formats.")
+    p.add_argument("source", help="an lmforge model directory or a Hugging Face gpt2/bert/llama checkpoint directory")
+    p.add_argument("destination", help="the directory to write (must not exist unless --force)")
+    p.add_argument("--to", choices=["lmforge", "hf"], default="lmforge", help="output format (default: lmforge)")
+    p.add_argument("--force", action="store_true", help="replace DESTINATION if it exists")
 
     p = command("demo", "Pretrain a small GPT and a small BERT on the built-in corpus and show what they do.")
     p.add_argument("--steps", type=int, default=None, help="training steps for each model")
@@ -255,6 +268,18 @@ def _classify(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    from .api import LM
+
+    destination = Path(args.destination)
+    if destination.exists() and not args.force:
+        raise FileExistsError(f"'{destination}' exists; choose another destination or pass --force to replace it")
+    lm = LM.from_pretrained(args.source)
+    (lm.save_hf if args.to == "hf" else lm.save)(destination)
+    print(f"wrote {destination} ({'Hugging Face' if args.to == 'hf' else 'lmforge'} format): {lm!r}")
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -263,7 +288,7 @@ def _demo(args) -> int:
 
 
 HANDLERS = {"train": _train, "generate": _generate, "eval": _eval, "fill-mask": _fill_mask,
-            "classify": _classify, "demo": _demo}
+            "classify": _classify, "convert": _convert, "demo": _demo}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

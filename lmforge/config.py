@@ -56,6 +56,8 @@ class ModelConfig(Section):
     type_vocab_size: int = Field(2, ge=1, description="BERT token-type (segment) embeddings")
     vocab_size: int = Field(0, ge=0, le=MAX_VOCAB, description="set from the tokenizer; leave 0")
     labels: list[str] = Field(default_factory=list, description="class names of a classification head (set from the data)")
+    classifier_bias: bool = Field(True, description="whether the classification head has a bias (Hugging Face's GPT-2 "
+                                                    "and Llama classifiers have none)")
     init: str | None = Field(None, description="a model directory to start from (fine-tuning)")
 
     @model_validator(mode="after")
@@ -103,6 +105,10 @@ class TokenizerConfig(Section):
     vocab_size: int = Field(4096, ge=16, le=MAX_VOCAB, description="target size for bpe / wordpiece (char takes what the corpus has)")
     path: str | None = None
     lowercase: bool = False
+    add_tokens: list[str] = Field(default_factory=list, description="tokens to add to the vocabulary (the embeddings "
+                                                                    "grow; new rows start at the mean embedding)")
+    add_special_tokens: list[str] = Field(default_factory=list, description="like add_tokens, but never split "
+                                                                            "and skipped when decoding")
 
 
 class DataConfig(Section):

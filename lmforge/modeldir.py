@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import ValidationError
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from . import __version__
-from .config import ModelConfig
+from .config import ModelConfig, _describe_error
 from .files import atomic_directory
 from .models import build_model, count_parameters
 from .tokenizer import Tokenizer
@@ -31,6 +33,8 @@ def save_model_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, con
         # `info` may be a loaded config.json (fine-tuning): its old model section must not win over `config`
         meta = {**info, "format": "lmforge", "lmforge_version": __version__, "arch": config.arch,
                 "model": config.model_dump(exclude={"init"}), "tokenizer": {"kind": tokenizer.kind}}
+        if tokenizer.eos_token is not None:
+            meta["tokenizer"]["eos_token"] = tokenizer.eos_token
         (temp / "config.json").write_text(json.dumps(meta, indent=2))
         (temp / "README.md").write_text(model_card(model, tokenizer, config, info))
     return path
@@ -51,30 +55,81 @@ def read_model_config(path: str | Path) -> tuple[ModelConfig, dict]:
             meta = json.loads(config_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ModelDirError(f"'{config_path}' is not valid JSON: {error}") from None
+        if not isinstance(meta, dict):
+            raise ModelDirError(f"'{config_path}' must hold a JSON object ({{...}}) with a 'model' section, "
+                                f"not {type(meta).__name__}: {meta!r}")
     if "model_type" in meta and "format" not in meta:
-        raise ModelDirError(f"'{path}' is a Hugging Face checkpoint (model_type={meta['model_type']!r}); this version of "
-                            "lmforge reads its own model directories only (made by `lmforge train` or LM.save)")
+        raise ModelDirError(f"'{path}' is a Hugging Face checkpoint (model_type={meta['model_type']!r}): load it with "
+                            "LM.from_pretrained or load_model_dir (converted in memory), or `lmforge convert` it")
     if missing:
         hint = " (is it a run directory? its model is in final/ or checkpoints/step-N/)" if (path / "final").is_dir() or (path / "checkpoints").is_dir() else ""
         raise ModelDirError(f"'{path}' is not a model directory: missing {', '.join(missing)}{hint}")
-    if "model" not in meta:
-        raise ModelDirError(f"'{config_path}' has no 'model' section; it was not written by lmforge")
-    return ModelConfig.model_validate(meta["model"]), meta
+    if not isinstance(meta.get("model"), dict):
+        raise ModelDirError(f"'{config_path}' has no 'model' section (an object of model settings); "
+                            "it was not written by lmforge")
+    try:
+        return ModelConfig.model_validate(meta["model"]), meta
+    except ValidationError as error:
+        raise ModelDirError(_describe_error(error, str(config_path)).replace(
+            "invalid configuration", "unusable model settings").replace("\n  ", "\n  model.")) from None
 
 
 def load_model_dir(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Tokenizer, ModelConfig, dict]:
-    """Load (model, tokenizer, model config, config.json contents) from a model directory."""
+    """Load (model, tokenizer, model config, config.json contents) from a model directory; a Hugging Face
+    checkpoint directory (gpt2, bert, llama) is converted in memory."""
+    from .interop import is_hf_dir, load_hf_dir
+
     path = Path(path)
+    if is_hf_dir(path):
+        return load_hf_dir(path, device)
     config, meta = read_model_config(path)
     model = build_model(config)
+    weights = path / "model.safetensors"
+    check_weight_shapes(weights, model, config)
     try:
-        load_model(model, str(path / "model.safetensors"), strict=True, device=device)
+        load_model(model, str(weights), strict=True, device=device)
     except Exception as error:  # safetensors raises several types for bad or mismatched files
-        raise ModelDirError(f"'{path / 'model.safetensors'}' does not fit its config.json: {error}") from None
+        raise ModelDirError(f"'{weights}' does not fit its config.json: {error}") from None
     tokenizer = Tokenizer.load(path / "tokenizer.json")
+    tokenizer.eos_token = (meta.get("tokenizer") or {}).get("eos_token")
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelDirError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}")
     return model.to(device).eval(), tokenizer, config, meta
+
+
+def check_weight_shapes(weights: Path, model: nn.Module, config: ModelConfig) -> None:
+    """Compare the file's tensor shapes with the model config.json describes, and name the setting that
+    disagrees (e.g. "config.json says n_embd=32, the weights have 16") instead of a size-mismatch dump."""
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except Exception as error:  # not a safetensors file at all
+        raise ModelDirError(f"'{weights}' is not a readable safetensors file: {error}") from None
+    config_file = weights.parent / "config.json"
+    fields = {name: getattr(config, name) for name in ("n_embd", "vocab_size", "block_size", "intermediate_size",
+                                                       "type_vocab_size")}
+    fields["labels (count)"] = len(config.labels)
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name in shapes and shapes[name] != tuple(tensor.shape):
+            raise shape_mismatch(config_file, name, tuple(tensor.shape), shapes[name], fields)
+    layers = {int(n.split(".")[1]) for n in shapes if n.startswith("h.")}
+    if layers and max(layers) + 1 != config.n_layer:
+        raise ModelDirError(f"'{config_file}' says n_layer={config.n_layer}, the weights have {max(layers) + 1}")
+
+
+def shape_mismatch(config_file: Path, name: str, expected: tuple, got: tuple, fields: dict,
+                   transposed: bool = False) -> ModelDirError:
+    """The error for a weight whose shape disagrees with config.json, naming the config key when one explains it."""
+    shown_got, shown_expected = (got[::-1], expected[::-1]) if transposed else (got, expected)
+    detail = f"(tensor {name} has shape {list(shown_got)}, config.json implies {list(shown_expected)})"
+    for want, have in zip(expected, got):
+        if want != have:
+            key = next((k for k, v in fields.items() if v == want), None)
+            if key is not None:
+                key = key.replace(" (count)", "")
+                return ModelDirError(f"'{config_file}' says {key}={want}, the weights have {have} {detail}")
+    return ModelDirError(f"the weights do not fit '{config_file}' {detail}")
 
 
 def model_card(model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, info: dict) -> str:

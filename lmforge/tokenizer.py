@@ -16,8 +16,10 @@ KINDS = ("char", "bpe", "wordpiece")
 class Tokenizer:
     """Text <-> ids. Saved as a standard tokenizer.json that `tokenizers` (and transformers) can read."""
 
-    def __init__(self, backend: _Backend):
+    def __init__(self, backend: _Backend, eos_token: str | None = None):
         self.backend = backend
+        # a checkpoint from elsewhere may end texts with its own token (Llama's "</s>"); saved in config.json
+        self.eos_token = eos_token
         self.kind = {"WordLevel": "char", "BPE": "bpe", "WordPiece": "wordpiece"}.get(type(backend.model).__name__, "bpe")
 
     # -- building -------------------------------------------------------------------------------
@@ -101,6 +103,8 @@ class Tokenizer:
 
     @property
     def eos_id(self) -> int | None:
+        if self.eos_token is not None:
+            return self.token_to_id(self.eos_token)
         return self.token_to_id(EOS) if self.kind != "wordpiece" else self.token_to_id("[SEP]")
 
     @property

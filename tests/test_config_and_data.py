@@ -139,5 +139,5 @@ def test_a_folder_that_is_not_a_model_directory_says_what_is_missing(tmp_path):
         read_model_config(tmp_path / "run")
     (tmp_path / "hf").mkdir()
     write(tmp_path / "hf" / "config.json", json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(ModelDirError, match="Hugging Face"):
+    with pytest.raises(ModelDirError, match="Hugging Face checkpoint.*LM.from_pretrained"):
         read_model_config(tmp_path / "hf")

@@ -59,7 +59,7 @@ class BERT(nn.Module):
         self.mlm_ln = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=True)
         self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.classifier = nn.Linear(cfg.n_embd, len(cfg.labels)) if cfg.labels else None
+        self.classifier = nn.Linear(cfg.n_embd, len(cfg.labels), bias=cfg.classifier_bias) if cfg.labels else None
         init_weights(self, cfg.n_layer)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight

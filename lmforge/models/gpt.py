@@ -38,7 +38,7 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.classifier = nn.Linear(cfg.n_embd, len(cfg.labels)) if cfg.labels else None
+        self.classifier = nn.Linear(cfg.n_embd, len(cfg.labels), bias=cfg.classifier_bias) if cfg.labels else None
         init_weights(self, cfg.n_layer)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight

@@ -188,19 +188,21 @@ def head_kind(lm) -> str:
 
 
 def attach_head(lm, labels: list[str], seed: int, kind: str = "classify") -> None:
-    """Keep the model's head when it has these labels and this kind; else give it a fresh nn.Linear over `labels`
-    (one output each; one for a regression), drawn from `seed` alone (not from the global random state, which
-    whatever ran before may have moved)."""
-    current = lm.config.model.labels
-    if (current and set(current) == set(labels) and getattr(lm.model, "classifier", None) is not None
-            and head_kind(lm) == kind):
+    """Keep the model's head when it has these labels, this kind and model.classifier_bias; else give it a fresh
+    nn.Linear over `labels` (one output each; one for a regression), drawn from `seed` alone (not from the global
+    random state, which whatever ran before may have moved)."""
+    current, bias = lm.config.model.labels, lm.config.model.classifier_bias
+    head = getattr(lm.model, "classifier", None)
+    if (current and set(current) == set(labels) and head is not None and head_kind(lm) == kind
+            and (head.bias is not None) == bias):
         return
     width = lm.config.model.n_embd
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = torch.nn.Linear(width, len(labels))
+        head = torch.nn.Linear(width, len(labels), bias=bias)
         torch.nn.init.normal_(head.weight, std=0.02)
-        torch.nn.init.zeros_(head.bias)
+        if bias:
+            torch.nn.init.zeros_(head.bias)
     device = next(lm.model.parameters()).device
     lm.model.classifier = head.to(device)
     model_cfg = lm.config.model.model_copy(update={"labels": list(labels)})

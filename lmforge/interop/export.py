@@ -1,0 +1,56 @@
+"""Export: an lmforge model -> a Hugging Face directory that transformers' Auto classes load as it is."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..config import ModelConfig
+from ..files import atomic_directory
+from ..tokenizer import Tokenizer
+from .families import CONCAT, FOR_ARCH, TRANSPOSE, Pair
+from .hf_tokenizer import save_hf_tokenizer
+
+
+def save_hf_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, cfg: ModelConfig) -> Path:
+    """Write config.json, model.safetensors, the tokenizer files and (decoders) generation_config.json, all at
+    once: a model Hugging Face cannot express is refused before anything is written."""
+    path = Path(path)
+    family = FOR_ARCH[cfg.arch]
+    hf_config = family.hf_config(cfg)  # raises for settings the family has no way to express
+    # a classifier exports as *ForSequenceClassification (base + pooler + head), anything else as the LM
+    roles = {"base", "pooler", "cls"} if cfg.labels else {"base", "lm"}
+    state = model.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for pair in family.pairs(cfg):
+        if pair.role in roles:
+            tensors.update(_to_theirs(pair, state[pair.ours], cfg))
+    dtype = next(model.parameters()).dtype
+    hf_config.update(architectures=[family.architecture(cfg)], vocab_size=cfg.vocab_size,
+                     dtype=str(dtype).removeprefix("torch."))
+    if cfg.labels:
+        hf_config.update(id2label={str(i): name for i, name in enumerate(cfg.labels)},
+                         label2id={name: i for i, name in enumerate(cfg.labels)})
+    with atomic_directory(path) as temp:
+        ids = save_hf_tokenizer(tokenizer, temp, cfg.block_size)
+        special = {f"{role.removesuffix('_token')}_token_id": ids.get(role) for role in ("bos_token", "eos_token", "pad_token")}
+        hf_config.update({k: v for k, v in special.items() if v is not None})
+        save_file(tensors, str(temp / "model.safetensors"), metadata={"format": "pt"})
+        (temp / "config.json").write_text(json.dumps(hf_config, indent=2, ensure_ascii=False))
+        if model.is_causal:
+            generation = {k: v for k, v in special.items() if v is not None}
+            (temp / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    return path
+
+
+def _to_theirs(pair: Pair, value: torch.Tensor, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    value = value.detach().cpu()
+    if pair.kind == TRANSPOSE:
+        return {pair.theirs[0]: value.t().contiguous()}
+    if pair.kind == CONCAT:
+        sizes = [cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim]
+        return {name: part.contiguous().clone() for name, part in zip(pair.theirs, value.split(sizes, dim=0))}
+    return {pair.theirs[0]: value.contiguous().clone()}

@@ -1,0 +1,255 @@
+"""The three Hugging Face families lmforge reads and writes (gpt2, bert, llama): their config.json keys and
+the name of each weight, as one table per family that both directions use."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from ..config import ModelConfig
+from ..modeldir import ModelDirError
+
+# how a Hugging Face tensor becomes an lmforge one: as it is, transposed (GPT-2's Conv1D stores (in, out)),
+# or several concatenated along the output dimension (separate q, k, v -> one fused qkv projection)
+COPY, TRANSPOSE, CONCAT = "copy", "transpose", "concat"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One lmforge parameter and the Hugging Face tensor(s) it is made of. `role` says which part of the model:
+    'base' (always there), 'lm' (language-model head), 'pooler', 'cls' (sequence-classification head)."""
+
+    ours: str
+    theirs: tuple[str, ...]
+    kind: str = COPY
+    role: str = "base"
+
+
+class Family(ABC):
+    """What one Hugging Face `model_type` looks like."""
+
+    model_type: str
+    prefix: str  # the base model's prefix inside task checkpoints (GPT2LMHeadModel -> "transformer.")
+    head_prefixes: tuple[str, ...]
+    ignored: tuple[str, ...] = ()  # buffers and heads lmforge has no use for
+    fields: dict[str, str]  # lmforge ModelConfig field -> the config.json key that sets it (for messages)
+    tied_copy: str  # where some files keep a copy of the tied output layer (the word embeddings again)
+
+    @abstractmethod
+    def config(self, hf: dict, where: str) -> dict:
+        """ModelConfig fields from a config.json (errors name `where`)."""
+
+    @abstractmethod
+    def hf_config(self, cfg: ModelConfig) -> dict:
+        """config.json keys for an lmforge model; refuses what the family cannot express."""
+
+    @abstractmethod
+    def pairs(self, cfg: ModelConfig) -> list[Pair]:
+        """Every weight of a model of this config, lmforge name beside Hugging Face's."""
+
+    @abstractmethod
+    def architecture(self, cfg: ModelConfig) -> str:
+        """The transformers class an export loads as."""
+
+
+def _need(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise ModelDirError(f"{where}: {message}")
+
+
+def _refuse(cfg: ModelConfig, checks: dict[str, object], target: str) -> None:
+    """Export check: each ModelConfig field must have the value the Hugging Face family can express."""
+    for field, wanted in checks.items():
+        value = getattr(cfg, field)
+        if value != wanted:
+            raise ValueError(f"cannot export: Hugging Face {target} has no way to express model.{field}={value!r} "
+                             f"(it needs {wanted!r}); this model can only be used within lmforge")
+
+
+class GPT2(Family):
+    model_type, prefix = "gpt2", "transformer."
+    head_prefixes = ("lm_head.", "score.")
+    ignored = (".attn.bias", ".attn.masked_bias")
+    tied_copy = "lm_head.weight"
+    fields = {"n_embd": "n_embd", "vocab_size": "vocab_size", "block_size": "n_positions",
+              "intermediate_size": "n_inner", "n_layer": "n_layer"}
+
+    def config(self, hf: dict, where: str) -> dict:
+        act = hf.get("activation_function", "gelu_new")
+        _need(act in ("gelu_new", "gelu_pytorch_tanh"), where,
+              f"activation_function={act!r} is not supported (lmforge's GPT-2 uses the tanh GELU: gelu_new)")
+        _need(hf.get("scale_attn_weights", True) and not hf.get("scale_attn_by_inverse_layer_idx", False), where,
+              "only the standard 1/sqrt(head size) attention scaling is supported")
+        _need(not hf.get("add_cross_attention", False), where, "cross-attention (add_cross_attention) is not supported")
+        return {"arch": "gpt", "n_embd": hf["n_embd"], "n_layer": hf["n_layer"], "n_head": hf["n_head"],
+                "block_size": hf.get("n_positions", 1024), "intermediate_size": hf.get("n_inner") or 4 * hf["n_embd"],
+                "norm_eps": hf.get("layer_norm_epsilon", 1e-5), "dropout": hf.get("resid_pdrop", 0.0),
+                "tie_embeddings": hf.get("tie_word_embeddings", True), "position": "learned", "norm": "layernorm",
+                "mlp": "gelu", "bias": True, "classifier_bias": False}
+
+    def hf_config(self, cfg: ModelConfig) -> dict:
+        _refuse(cfg, {"position": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True}, "gpt2")
+        if cfg.labels:
+            _refuse(cfg, {"classifier_bias": False}, "GPT2ForSequenceClassification (its score layer has no bias)")
+        return {"model_type": "gpt2", "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
+                "n_positions": cfg.block_size, "n_inner": cfg.intermediate_size, "activation_function": "gelu_new",
+                "layer_norm_epsilon": cfg.norm_eps, "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout,
+                "attn_pdrop": cfg.dropout, "tie_word_embeddings": cfg.tie_embeddings}
+
+    def architecture(self, cfg: ModelConfig) -> str:
+        return "GPT2ForSequenceClassification" if cfg.labels else "GPT2LMHeadModel"
+
+    def pairs(self, cfg: ModelConfig) -> list[Pair]:
+        t = "transformer."
+        out = [Pair("wte.weight", (t + "wte.weight",)), Pair("wpe.weight", (t + "wpe.weight",))]
+        for i in range(cfg.n_layer):
+            ours, theirs = f"h.{i}.", f"{t}h.{i}."
+            for a, b in [("ln_1", "ln_1"), ("ln_2", "ln_2")]:
+                out += [Pair(f"{ours}{a}.{p}", (f"{theirs}{b}.{p}",)) for p in ("weight", "bias")]
+            for a, b in [("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.up", "mlp.c_fc"),
+                         ("mlp.down", "mlp.c_proj")]:
+                out += [Pair(f"{ours}{a}.weight", (f"{theirs}{b}.weight",), TRANSPOSE),
+                        Pair(f"{ours}{a}.bias", (f"{theirs}{b}.bias",))]
+        out += [Pair(f"ln_f.{p}", (f"{t}ln_f.{p}",)) for p in ("weight", "bias")]
+        if not cfg.tie_embeddings:
+            out.append(Pair("lm_head.weight", ("lm_head.weight",), role="lm"))
+        out.append(Pair("classifier.weight", ("score.weight",), role="cls"))
+        return out
+
+
+class Bert(Family):
+    model_type, prefix = "bert", "bert."
+    head_prefixes = ("cls.", "classifier.")
+    ignored = ("embeddings.position_ids", "cls.seq_relationship.", "cls.predictions.decoder.bias")
+    tied_copy = "cls.predictions.decoder.weight"
+    fields = {"n_embd": "hidden_size", "vocab_size": "vocab_size", "block_size": "max_position_embeddings",
+              "intermediate_size": "intermediate_size", "type_vocab_size": "type_vocab_size",
+              "n_layer": "num_hidden_layers"}
+
+    def config(self, hf: dict, where: str) -> dict:
+        _need(hf.get("hidden_act", "gelu") == "gelu", where,
+              f"hidden_act={hf.get('hidden_act')!r} is not supported (BERT's exact GELU, 'gelu', is)")
+        position = hf.get("position_embedding_type", "absolute")
+        _need(position == "absolute", where,
+              f"position_embedding_type={position!r} is not supported (only 'absolute' positions are)")
+        _need(not hf.get("is_decoder", False), where, "a BERT used as a decoder (is_decoder) is not supported")
+        return {"arch": "bert", "n_embd": hf["hidden_size"], "n_layer": hf["num_hidden_layers"],
+                "n_head": hf["num_attention_heads"], "intermediate_size": hf.get("intermediate_size"),
+                "block_size": hf.get("max_position_embeddings", 512), "type_vocab_size": hf.get("type_vocab_size", 2),
+                "norm_eps": hf.get("layer_norm_eps", 1e-12), "dropout": hf.get("hidden_dropout_prob", 0.1),
+                "tie_embeddings": hf.get("tie_word_embeddings", True), "position": "learned", "norm": "layernorm",
+                "mlp": "gelu", "bias": True, "norm_position": "post", "classifier_bias": True}
+
+    def hf_config(self, cfg: ModelConfig) -> dict:
+        _refuse(cfg, {"position": "learned", "norm_position": "post", "norm": "layernorm", "mlp": "gelu", "bias": True},
+                "bert")
+        if cfg.labels:
+            _refuse(cfg, {"pooling": "cls", "classifier_bias": True},
+                    "BertForSequenceClassification (it reads the pooled [CLS] state through a biased classifier)")
+        return {"model_type": "bert", "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
+                "num_attention_heads": cfg.n_head, "intermediate_size": cfg.intermediate_size, "hidden_act": "gelu",
+                "max_position_embeddings": cfg.block_size, "type_vocab_size": cfg.type_vocab_size,
+                "layer_norm_eps": cfg.norm_eps, "hidden_dropout_prob": cfg.dropout,
+                "attention_probs_dropout_prob": cfg.dropout, "position_embedding_type": "absolute",
+                "tie_word_embeddings": cfg.tie_embeddings}
+
+    def architecture(self, cfg: ModelConfig) -> str:
+        return "BertForSequenceClassification" if cfg.labels else "BertForMaskedLM"
+
+    def pairs(self, cfg: ModelConfig) -> list[Pair]:
+        e = "bert.embeddings."
+        out = [Pair("wte.weight", (e + "word_embeddings.weight",)), Pair("wpe.weight", (e + "position_embeddings.weight",)),
+               Pair("wtt.weight", (e + "token_type_embeddings.weight",))]
+        out += [Pair(f"ln_emb.{p}", (f"{e}LayerNorm.{p}",)) for p in ("weight", "bias")]
+        for i in range(cfg.n_layer):
+            ours, theirs = f"h.{i}.", f"bert.encoder.layer.{i}."
+            for p in ("weight", "bias"):
+                out.append(Pair(f"{ours}attn.qkv.{p}", tuple(f"{theirs}attention.self.{n}.{p}"
+                                                             for n in ("query", "key", "value")), CONCAT))
+                for a, b in [("attn.proj", "attention.output.dense"), ("ln_1", "attention.output.LayerNorm"),
+                             ("mlp.up", "intermediate.dense"), ("mlp.down", "output.dense"), ("ln_2", "output.LayerNorm")]:
+                    out.append(Pair(f"{ours}{a}.{p}", (f"{theirs}{b}.{p}",)))
+        for p in ("weight", "bias"):
+            out.append(Pair(f"pooler.{p}", (f"bert.pooler.dense.{p}",), role="pooler"))
+            out.append(Pair(f"mlm_dense.{p}", (f"cls.predictions.transform.dense.{p}",), role="lm"))
+            out.append(Pair(f"mlm_ln.{p}", (f"cls.predictions.transform.LayerNorm.{p}",), role="lm"))
+            out.append(Pair(f"classifier.{p}", (f"classifier.{p}",), role="cls"))
+        out.append(Pair("lm_head.bias", ("cls.predictions.bias",), role="lm"))
+        if not cfg.tie_embeddings:
+            out.append(Pair("lm_head.weight", ("cls.predictions.decoder.weight",), role="lm"))
+        return out
+
+
+class Llama(Family):
+    model_type, prefix = "llama", "model."
+    head_prefixes = ("lm_head.", "score.")
+    ignored = ("rotary_emb.inv_freq",)
+    tied_copy = "lm_head.weight"
+    fields = {"n_embd": "hidden_size", "vocab_size": "vocab_size", "intermediate_size": "intermediate_size",
+              "n_kv_head": "num_key_value_heads", "n_layer": "num_hidden_layers"}
+
+    def config(self, hf: dict, where: str) -> dict:
+        _need(hf.get("hidden_act", "silu") == "silu", where,
+              f"hidden_act={hf.get('hidden_act')!r} is not supported (Llama's SwiGLU uses 'silu')")
+        rope = hf.get("rope_parameters") or {}
+        scaling = hf.get("rope_scaling")
+        kind = (scaling or {}).get("rope_type", (scaling or {}).get("type")) if scaling else rope.get("rope_type", "default")
+        _need(kind in (None, "default"), where,
+              f"rope scaling {kind!r} is not supported (only plain rotary positions, rope_type 'default', are)")
+        n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
+        head_dim = hf.get("head_dim") or n_embd // n_head
+        _need(head_dim * n_head == n_embd, where,
+              f"head_dim={head_dim} with {n_head} heads does not make hidden_size={n_embd}; lmforge needs them equal")
+        bias = bool(hf.get("attention_bias", False))
+        _need(bias == bool(hf.get("mlp_bias", False)), where,
+              "attention_bias and mlp_bias differ; lmforge has one switch (model.bias) for both")
+        return {"arch": "llama", "n_embd": n_embd, "n_layer": hf["num_hidden_layers"], "n_head": n_head,
+                "n_kv_head": hf.get("num_key_value_heads") or n_head, "intermediate_size": hf["intermediate_size"],
+                "block_size": hf.get("max_position_embeddings", 2048), "norm_eps": hf.get("rms_norm_eps", 1e-6),
+                "rope_theta": rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+                "dropout": hf.get("attention_dropout", 0.0), "tie_embeddings": hf.get("tie_word_embeddings", False),
+                "position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": bias, "classifier_bias": False}
+
+    def hf_config(self, cfg: ModelConfig) -> dict:
+        _refuse(cfg, {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu"}, "llama")
+        if cfg.labels:
+            _refuse(cfg, {"classifier_bias": False}, "LlamaForSequenceClassification (its score layer has no bias)")
+        return {"model_type": "llama", "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
+                "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim,
+                "intermediate_size": cfg.intermediate_size, "hidden_act": "silu",
+                "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps,
+                "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+                "attention_bias": cfg.bias, "mlp_bias": cfg.bias, "attention_dropout": cfg.dropout,
+                "tie_word_embeddings": cfg.tie_embeddings}
+
+    def architecture(self, cfg: ModelConfig) -> str:
+        return "LlamaForSequenceClassification" if cfg.labels else "LlamaForCausalLM"
+
+    def pairs(self, cfg: ModelConfig) -> list[Pair]:
+        params = ("weight", "bias") if cfg.bias else ("weight",)
+        out = [Pair("wte.weight", ("model.embed_tokens.weight",))]
+        for i in range(cfg.n_layer):
+            ours, theirs = f"h.{i}.", f"model.layers.{i}."
+            out.append(Pair(f"{ours}ln_1.weight", (f"{theirs}input_layernorm.weight",)))
+            out.append(Pair(f"{ours}ln_2.weight", (f"{theirs}post_attention_layernorm.weight",)))
+            for p in params:
+                # HF's q/k rows are already in the rotate-half order lmforge's rotary uses: no permutation
+                out.append(Pair(f"{ours}attn.qkv.{p}", tuple(f"{theirs}self_attn.{n}_proj.{p}" for n in "qkv"), CONCAT))
+                out.append(Pair(f"{ours}attn.proj.{p}", (f"{theirs}self_attn.o_proj.{p}",)))
+                out += [Pair(f"{ours}mlp.{n}.{p}", (f"{theirs}mlp.{n}_proj.{p}",)) for n in ("gate", "up", "down")]
+        out.append(Pair("ln_f.weight", ("model.norm.weight",)))
+        if not cfg.tie_embeddings:
+            out.append(Pair("lm_head.weight", ("lm_head.weight",), role="lm"))
+        out.append(Pair("classifier.weight", ("score.weight",), role="cls"))
+        return out
+
+
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2(), Bert(), Llama())}
+FOR_ARCH = {"gpt": FAMILIES["gpt2"], "bert": FAMILIES["bert"], "llama": FAMILIES["llama"]}
+
+
+def family(model_type: object, where: str) -> Family:
+    """The Family of a config.json's model_type, or a clear error listing the supported ones."""
+    if model_type not in FAMILIES:
+        raise ModelDirError(f"{where}: model_type={model_type!r} is not supported; lmforge reads "
+                            f"{', '.join(FAMILIES)} (GPT-2, BERT and Llama checkpoints)")
+    return FAMILIES[model_type]

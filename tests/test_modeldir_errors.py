@@ -1,0 +1,56 @@
+"""Broken lmforge model directories: each gives an error that names the file and what is wrong."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmforge.api import LM
+from lmforge.cli import main
+from lmforge.modeldir import ModelDirError, load_model_dir
+
+
+@pytest.fixture
+def saved(tmp_path, corpus_file):
+    lm = LM.new("gpt", tokenizer="char", corpus=corpus_file, n_layer=2, n_head=4, n_embd=16, block_size=32)
+    return lm.save(tmp_path / "model")
+
+
+@pytest.mark.parametrize("content", ["42", '"x"', "null", "[1, 2]"])
+def test_config_json_that_is_not_an_object(saved, content):
+    (saved / "config.json").write_text(content)
+    with pytest.raises(ModelDirError, match=r"config.json' must hold a JSON object"):
+        load_model_dir(saved)
+
+
+def test_wrong_types_in_config_json_name_the_file_and_the_key(saved, capsys):
+    meta = json.loads((saved / "config.json").read_text())
+    meta["model"]["n_layer"] = "four"
+    (saved / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelDirError, match=r"config.json.*\n  model.n_layer: .*'four'") as caught:
+        load_model_dir(saved)
+    assert "pydantic" not in str(caught.value) and "errors.pydantic.dev" not in str(caught.value)
+    meta["model"] = "gpt"
+    (saved / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelDirError, match="no 'model' section"):
+        load_model_dir(saved)
+    assert main(["generate", str(saved), "--prompt", "a"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.mark.parametrize("key,value,message", [("n_embd", 32, "says n_embd=32, the weights have 16"),
+                                               ("vocab_size", 200, "says vocab_size=200, the weights have"),
+                                               ("block_size", 64, "says block_size=64, the weights have 32"),
+                                               ("n_layer", 3, "says n_layer=3, the weights have 2")])
+def test_weights_that_disagree_with_config_json_name_the_setting(saved, key, value, message):
+    meta = json.loads((saved / "config.json").read_text())
+    meta["model"][key] = value
+    (saved / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelDirError, match=message) as caught:
+        load_model_dir(saved)
+    assert "size mismatch" not in str(caught.value)
+
+
+def test_an_intact_model_directory_still_loads(saved):
+    model, tokenizer, config, _ = load_model_dir(saved)
+    assert config.n_embd == 16 and tokenizer.vocab_size == config.vocab_size

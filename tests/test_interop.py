@@ -130,3 +130,14 @@ def test_greedy_generation_equals_transformers_generate(tmp_path, kind):
     eos = lm.tokenizer.eos_id
     new = new[:new.index(eos)] if eos in new else new
     assert lm.generate(prompt, max_new_tokens=20, temperature=0) == lm.tokenizer.decode(new)
+
+
+def test_the_cli_takes_a_hugging_face_directory_where_a_model_directory_goes(tmp_path, capsys):
+    from lmforge.cli import main
+
+    _, directory = make_hf(tmp_path, "gpt2")
+    capsys.readouterr()
+    assert main(["generate", str(directory), "--prompt", "the cat", "--temperature", "0", "--max-new-tokens", "8",
+                 "--json"]) == 0
+    text = json.loads(capsys.readouterr().out)["text"]
+    assert text == load(directory).generate("the cat", max_new_tokens=8, temperature=0)

@@ -207,3 +207,29 @@ def test_convert_round_trip_and_an_existing_destination(tmp_path, capsys):
     ids = torch.tensor([[2, 5, 9, 11, 3]])
     assert torch.equal(load(directory).model(ids), load(tmp_path / "hf").model(ids))
     assert VOCAB == load(tmp_path / "hf").config.model.vocab_size
+
+
+def test_classify_recipe_fine_tunes_a_hugging_face_encoder(tmp_path, capsys):
+    import random
+
+    _, directory = make_hf(tmp_path, "bert-base")
+    rng = random.Random(0)
+    for split, count in (("train", 200), ("test", 40)):
+        lines = ["text,label"]
+        for _ in range(count):
+            animal = rng.choice(["cat", "dog"])
+            lines.append(f"the {animal} {rng.choice(['sees', 'likes', 'eats'])} {rng.choice(['the red apple', 'some bread'])},"
+                         f"{'pos' if animal == 'cat' else 'neg'}")
+        (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", "configs/classify.toml", f"model.init={directory}", f"data.train={tmp_path / 'train.csv'}",
+                 f"data.test={tmp_path / 'test.csv'}", f"run.dir={run}", "train.max_steps=40", "train.lr=1e-3",
+                 "train.warmup_steps=5", "train.eval_every=20", "train.batch_size=16", "--quiet"]) == 0
+    # the recipe's own sizes (4 x 128, rotary) give way to the checkpoint's, and the user is told
+    assert "decides the architecture; ignoring the config's" in capsys.readouterr().err
+    tuned = LM.from_pretrained(run / "final").config.model
+    assert (tuned.n_embd, tuned.n_layer, tuned.position, tuned.labels) == (32, 2, "learned", ["neg", "pos"])
+    assert main(["convert", str(run / "final"), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")
+    assert hf.config.id2label == {0: "neg", 1: "pos"}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -173,7 +174,5 @@ def _to_ours(pair: Pair, values: list[torch.Tensor]) -> torch.Tensor:
 
 def _count_layers(tensors: dict[str, torch.Tensor]) -> int | None:
     """Number of blocks in the weights, from the largest layer index in the names."""
-    import re
-
     found = [int(m.group(1)) for n in tensors if (m := re.search(r"(?:^|\.)(?:h|layer|layers)\.(\d+)\.", n))]
     return max(found) + 1 if found else None

@@ -329,6 +329,9 @@ def make_tokenizer(config: Config) -> Tokenizer:
         texts = iter_labeled_texts(config.data)
     else:
         texts = iter_texts(config.data.paths, config.data.text_field, config.data.encoding_errors)
+        if config.data.scrub:  # the vocabulary must not learn what the scrub pass removes from the training text
+            from .data.scrub import scrub_text
+            texts = map(scrub_text, texts)
     return Tokenizer.train(tok.kind, texts, tok.vocab_size, tok.lowercase)
 
 

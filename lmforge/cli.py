@@ -129,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     p = command("demo", "Pretrain a small GPT and a small BERT on the built-in corpus and show what they do.")
     p.add_argument("--steps", type=int, default=None, help="training steps for each model")
     p.add_argument("--run-dir", default="runs/demo", help="where the demo's runs go (replaced each time)")
+
+    from .audit.commands import add_audit_command
+    from .data.commands import add_data_command
+    add_data_command(commands)  # lmforge data scrub|dedup|contamination|augment|synthesize
+    add_audit_command(commands)  # lmforge audit memorization
     return parser
 
 
@@ -305,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         _check_text_arguments(args)
-        return HANDLERS[args.command](args)
+        return (args.handler if hasattr(args, "handler") else HANDLERS[args.command])(args)  # groups set a handler
     except (ConfigError, DataError, ModelDirError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -122,6 +122,11 @@ class DataConfig(Section):
     test: str | None = Field(None, description="labeled test/validation set for classification")
     label_field: str = "label"
     text_pair_field: str | None = None
+    scrub: bool = Field(False, description="replace PII in data.paths by typed placeholders before training")
+    dedup: bool = Field(False, description="drop exact and near-duplicate documents of data.paths before training")
+    dedup_near: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard similarity above which documents are near duplicates")
+    contamination: list[str] = Field(default_factory=list, description="evaluation files checked for n-gram overlap "
+                                     "with the training text; the result goes into the model card")
 
 
 class TrainConfig(Section):

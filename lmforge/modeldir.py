@@ -150,6 +150,8 @@ def model_card(model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, info
         lines += ["## Training", ""]
         lines += [f"- {key}: {value}" for key, value in train.items()]
         lines.append("")
+    from .data.card import model_card_data_lines
+    lines += model_card_data_lines(info)  # sources, scrub/dedup statistics, contamination: recorded facts only
     metrics = info.get("metrics", {})
     if metrics:
         lines += ["## Evaluation", ""]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.prepare import prepare_corpus
 from ..data.tokens import TokenWindows, build_token_file, open_tokens
 from .classify import (EMBEDDING_PREFIXES, HEAD_PREFIXES, ClassificationTask, attach_head, layerwise_groups,
                        make_classification_task)
@@ -31,14 +32,16 @@ def make_task(lm, work_dir: Path, progress: bool = False):
     if objective == "clm":
         if not getattr(lm.model, "is_causal", False):
             raise ValueError(f"objective 'clm' needs a decoder; this model is '{config.model.arch}'")
-        bin_path = build_token_file(config.data.paths, lm.tokenizer, Path(work_dir) / "data",
+        paths = prepare_corpus(lm, config.data.paths, work_dir, progress)  # data.scrub / dedup / contamination
+        bin_path = build_token_file(paths, lm.tokenizer, Path(work_dir) / "data",
                                     config.data.text_field, config.data.encoding_errors, progress=progress)
         windows = TokenWindows(open_tokens(bin_path), config.model.block_size, config.data.val_fraction)
         return CausalLMTask(windows, config.train.seed, config.train.label_smoothing)
     if objective == "mlm":
         if getattr(lm.model, "is_causal", True) or not hasattr(lm.model, "mlm_logits"):
             raise ValueError(f"objective 'mlm' needs an encoder (arch 'bert'); this model is '{config.model.arch}'")
-        bin_path = build_token_file(config.data.paths, lm.tokenizer, Path(work_dir) / "data",
+        paths = prepare_corpus(lm, config.data.paths, work_dir, progress)
+        bin_path = build_token_file(paths, lm.tokenizer, Path(work_dir) / "data",
                                     config.data.text_field, config.data.encoding_errors, progress=progress)
         return MaskedLMTask(open_tokens(bin_path), lm.tokenizer, config.model.block_size, config.data.val_fraction,
                             config.train.seed, config.train.mask_prob, config.train.whole_word_mask,

@@ -141,7 +141,13 @@ def read_labeled_data(lm, objective: str, allow_empty_label: bool = False):
         return read_labeled(path, data.text_field, data.label_field, data.text_pair_field, data.encoding_errors,
                             allow_empty_label=allow_empty_label)
 
-    return read, read(data.train)
+    if data.scrub or data.dedup:
+        raise ValueError("data.scrub and data.dedup prepare data.paths (pretraining text); scrub or deduplicate a "
+                         "labeled file first: lmforge data scrub train.csv clean/ (then data.train='clean/train.csv')")
+    train = read(data.train)
+    from ..data.prepare import check_labeled_contamination
+    check_labeled_contamination(lm, data.train, [data.test] if data.test else [])  # recorded for the model card
+    return read, train
 
 
 def split_validation(lm, read, train):

@@ -1,0 +1,73 @@
+"""The data passes inside training's data preparation: data.scrub, data.dedup and data.contamination of the
+config run before tokenization, into the run directory, and what they found goes into the model card."""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+from .card import make_card, read_card
+from .contamination import find_contamination
+from .corpus import DataError
+from .tokens import source_signature
+
+
+def _source_name(paths) -> str:
+    return ", ".join(map(str, paths)) if paths else "built-in corpus (CPython documentation topics, pydoc_data)"
+
+
+def prepare_corpus(lm, paths: list[str], work_dir, progress: bool = False) -> list[str]:
+    """Run the passes the config asks for over `paths` into work_dir/data/prepared (reused while the sources
+    and options are unchanged); record the data card in lm.meta['data']. Returns the paths to train on."""
+    from .dedup import dedup_corpus
+    from .scrub import scrub_corpus
+
+    data = lm.config.data
+    options = {"scrub": data.scrub, "dedup": data.dedup, "near": data.dedup_near, "text_field": data.text_field}
+    card = make_card([_source_name(paths)], "sources", {}, {})
+    card["passes"] = []
+    prepared = list(paths)
+    if (data.scrub or data.dedup) and not paths:
+        raise ValueError("data.scrub / data.dedup need data.paths (the built-in corpus has no personal data to scrub)")
+    if data.scrub or data.dedup:
+        root = Path(work_dir) / "data" / "prepared"
+        signature = hashlib.sha256(json.dumps([source_signature(paths, data.text_field), options]).encode()).hexdigest()[:16]
+        final = root / ("dedup" if data.dedup else "scrub")
+        existing = read_card(final)
+        if existing is None or existing.get("signature") != signature:
+            current = list(paths)
+            if data.scrub:
+                scrub_corpus(current, root / "scrub", progress=progress, overwrite=True)
+                current = [str(root / "scrub")]
+            if data.dedup:
+                dedup_corpus(current, root / "dedup", near=data.dedup_near, text_field=data.text_field,
+                             progress=progress, overwrite=True)
+            existing = read_card(final)
+            existing["signature"] = signature
+            (final / "data_card.json").write_text(json.dumps(existing, indent=1, ensure_ascii=False), encoding="utf-8")
+        card = existing
+        prepared = [str(final)]
+    for eval_path in data.contamination:
+        report = find_contamination(prepared, eval_path, text_field=data.text_field, progress=progress)
+        card["passes"].append({"pass": "contamination", "eval": str(eval_path), "items": report["items"],
+                               "contaminated": report["contaminated"], "parameters": report["parameters"]})
+    lm.meta["data"] = {"sources": [_source_name(paths)] if not (data.scrub or data.dedup) else card["sources"],
+                       "passes": card["passes"]}
+    return prepared
+
+
+def check_labeled_contamination(lm, train_path, eval_paths: list[str], progress: bool = False) -> None:
+    """Classification: record in lm.meta['data'] how many items of data.test and data.contamination share most
+    of their word 8-grams with training rows (the model card shows it)."""
+    data = lm.config.data
+    passes = []
+    for eval_path in [*eval_paths, *data.contamination]:
+        try:
+            report = find_contamination([train_path], eval_path, text_field=data.text_field, progress=progress)
+        except DataError as error:  # e.g. a UTF-16 file that the labeled reader decodes but the passes do not
+            warnings.warn(f"no contamination check of {eval_path} against {train_path}: {error}", stacklevel=2)
+            continue
+        passes.append({"pass": "contamination", "eval": str(eval_path), "items": report["items"],
+                       "contaminated": report["contaminated"], "parameters": report["parameters"]})
+    lm.meta["data"] = {"sources": [str(train_path)], "passes": passes}

@@ -46,16 +46,18 @@ class MinHasher:
 
     def __init__(self, num_perm: int = 128, seed: int = 1):
         rng = np.random.default_rng(seed)
-        self.a = rng.integers(1, 1 << 32, size=num_perm, dtype=np.uint64)
-        self.b = rng.integers(0, 1 << 32, size=num_perm, dtype=np.uint64)
+        self.a = rng.integers(1, PRIME, size=num_perm, dtype=np.uint64)
+        self.b = rng.integers(0, PRIME, size=num_perm, dtype=np.uint64)
         self.num_perm = num_perm
 
     def signature(self, hashes: np.ndarray) -> np.ndarray:
         if len(hashes) == 0:
             return np.zeros(self.num_perm, dtype=np.uint64)
-        # a < 2^32 and x < 2^32: the product fits in 64 bits, then reduce modulo the Mersenne prime
-        values = (self.a[:, None] * hashes[None, :] + self.b[:, None]) % np.uint64(PRIME)
-        return values.min(axis=1)
+        # a and b span the prime's whole range so that each function really permutes; the product wraps modulo
+        # 2^64 (numpy's unsigned arithmetic), which still mixes well (small a or x made the functions near monotone)
+        with np.errstate(over="ignore"):
+            values = (self.a[:, None] * hashes[None, :] + self.b[:, None]) % np.uint64(PRIME)
+        return (values & np.uint64(0xFFFFFFFF)).min(axis=1)
 
 
 class Deduplicator:

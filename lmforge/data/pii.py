@@ -182,7 +182,7 @@ DETECTORS: list[Detector] = [
     Detector("US_SSN", _re(r"(?<![\d\-])\d{3}-\d{2}-\d{4}(?![\d\-])"), lambda m, _: ssn_valid(m.group())),
     Detector("IP_ADDRESS", _re(NOT_WORD_BEFORE + r"(?:\d{1,3}\.){3}\d{1,3}" + NOT_WORD_AFTER),
              lambda m, text: ipv4_valid(m.group(), text[max(0, m.start() - 12):m.start()])),
-    Detector("IP_ADDRESS", _re(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}:?(?:[0-9A-Fa-f]{1,4})?(?::[0-9A-Fa-f]{1,4})*(?![\w:])"),
+    Detector("IP_ADDRESS", _re(r"(?<![\w:])(?=[0-9A-Fa-f]*:[0-9A-Fa-f]*:)[0-9A-Fa-f:]{4,39}(?![\w:])"),
              lambda m, _: ipv6_valid(m.group())),
     # Chinese mobiles: 1[3-9] and 9 more digits, optionally +86 and separators as 3-4-4
     Detector("PHONE", _re(r"(?<![\d\w+])(?:(?:\+|00)86[ \-]?)?1[3-9]\d(?:[ \-]?\d{4}){2}(?!\d)")),

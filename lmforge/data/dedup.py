@@ -121,23 +121,30 @@ def dedup_corpus(inputs, out, *, near: float | None = 0.8, text_field: str = "te
     show = Progress("dedup", progress)
     with output_folder(out, inputs, overwrite) as temp:
         for path, relative in files:
-            writer = RecordWriter(temp / relative, path)
+            writer = None  # opened at the first kept document: a file whose documents all went is not written
+
+            def keep(item) -> None:
+                nonlocal writer
+                writer = writer or RecordWriter(temp / relative, path)
+                writer.write(item)
+
             try:
                 for text, item in _documents(path, text_field, lines):
                     if not text.strip():
-                        writer.write(item)
+                        keep(item)
                         continue
                     counts["documents_in"] += 1
                     verdict = dedup.check(text)
                     if verdict is None:
                         counts["documents_out"] += 1
-                        writer.write(item)
+                        keep(item)
                     else:
                         counts[f"{verdict}_duplicates"] += 1
                     show.update(f"{counts['documents_in']:,} documents, {counts['exact_duplicates']:,} exact and "
                                 f"{counts['near_duplicates']:,} near duplicates")
             finally:
-                writer.close()
+                if writer is not None:
+                    writer.close()
         if counts["documents_in"] == 0:
             raise DataError(f"the corpus is empty: no documents in {', '.join(str(p) for p, _ in files)}")
         write_card(temp, make_card(inputs, "dedup", counts, {"near": near, "num_perm": num_perm, "shingle": shingle,

@@ -1,6 +1,6 @@
 """Deduplication: exact (a hash of the normalized text) and near duplicates (MinHash signatures over word
 shingles, banded into an LSH index, candidates confirmed by their estimated Jaccard similarity). The first
-occurrence is kept. Memory grows with the number of kept documents (a signature each), not their length."""
+occurrence is kept. Memory grows with the number of kept documents (about 1.5 KB each), not their length."""
 from __future__ import annotations
 
 import hashlib
@@ -52,12 +52,12 @@ class MinHasher:
 
     def signature(self, hashes: np.ndarray) -> np.ndarray:
         if len(hashes) == 0:
-            return np.zeros(self.num_perm, dtype=np.uint64)
+            return np.zeros(self.num_perm, dtype=np.uint32)
         # a and b span the prime's whole range so that each function really permutes; the product wraps modulo
         # 2^64 (numpy's unsigned arithmetic), which still mixes well (small a or x made the functions near monotone)
         with np.errstate(over="ignore"):
             values = (self.a[:, None] * hashes[None, :] + self.b[:, None]) % np.uint64(PRIME)
-        return (values & np.uint64(0xFFFFFFFF)).min(axis=1)
+        return (values & np.uint64(0xFFFFFFFF)).min(axis=1).astype(np.uint32)
 
 
 class Deduplicator:
@@ -67,22 +67,25 @@ class Deduplicator:
         if near is not None and not 0 < near <= 1:
             raise ValueError(f"near-duplicate threshold must be in (0, 1], got {near}")
         self.near, self.shingle = near, shingle
-        self.exact: set[bytes] = set()
+        self.exact: set[int] = set()
         if near is not None:
             self.hasher = MinHasher(num_perm, seed)
             self.bands, self.rows = choose_bands(near, num_perm)
-            self.index: list[dict[bytes, int]] = [{} for _ in range(self.bands)]
-            self.signatures = np.zeros((1024, num_perm), dtype=np.uint64)
+            # one dict per band from a 64-bit digest of the band to the first kept document that had it: ints
+            # rather than the band's bytes keep the index near 1 KB per kept document, with the signatures
+            self.index: list[dict[int, int]] = [{} for _ in range(self.bands)]
+            self.signatures = np.zeros((1024, num_perm), dtype=np.uint32)
             self.kept = 0
 
     def check(self, text: str) -> str | None:
         """None for a new text (remembered), else 'exact' or 'near' (and the text is not remembered)."""
-        key = hashlib.blake2b(" ".join(text.split()).lower().encode(), digest_size=16).digest()
+        key = int.from_bytes(hashlib.blake2b(" ".join(text.split()).lower().encode(), digest_size=16).digest(), "little")
         if key in self.exact:
             return "exact"
         if self.near is not None:
             signature = self.hasher.signature(shingles(text, self.shingle))
-            keys = [signature[i * self.rows:(i + 1) * self.rows].tobytes() for i in range(self.bands)]
+            keys = [int.from_bytes(hashlib.blake2b(signature[i * self.rows:(i + 1) * self.rows].tobytes(),
+                                                   digest_size=8).digest(), "little") for i in range(self.bands)]
             candidates = {self.index[i][k] for i, k in enumerate(keys) if k in self.index[i]}
             for other in candidates:
                 if np.mean(self.signatures[other] == signature) >= self.near:

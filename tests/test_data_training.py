@@ -14,6 +14,7 @@ from lmforge import LM
 from lmforge.audit.memorization import memorization_audit
 from lmforge.cli import main
 from lmforge.config import build_config
+from lmforge.data.corpus import resolve_paths
 from lmforge.data.synthesize import synthesize
 
 from conftest import small_corpus
@@ -50,6 +51,7 @@ def test_train_with_scrub_dedup_and_contamination_writes_the_model_card(tmp_path
     prepared = tmp_path / "run" / "data" / "prepared" / "dedup"
     assert sorted(p.name for p in prepared.iterdir()) == ["DATA_CARD.md", "a.txt", "b.txt", "data_card.json"]
     assert "[EMAIL] or call [PHONE]" in (prepared / "a.txt").read_text()
+    assert [p.name for p in resolve_paths([str(prepared)])] == ["a.txt", "b.txt"]  # the card is not training text
     card = (tmp_path / "run" / "final" / "README.md").read_text()
     assert "## Data" in card and f"source: {corpus}" in card
     assert "EMAIL 2, PHONE 2" in card  # scrub counts (both copies were scrubbed before dedup)
@@ -134,3 +136,32 @@ def test_scrub_and_dedup_of_100_mb_stay_in_bounded_memory(tmp_path):
     assert large["workers_kb"] - small["workers_kb"] < 20 * 1024, peaks
     per_document_kb = (large["dedup_kb"] - small["dedup_kb"]) / (large["documents"] - small["documents"])
     assert per_document_kb < 2.0, (per_document_kb, peaks)
+
+
+def test_data_and_audit_commands_have_help_with_examples(capsys):
+    for argv in (["data"], ["data", "scrub"], ["data", "dedup"], ["data", "contamination"], ["data", "augment"],
+                 ["data", "synthesize"], ["audit"], ["audit", "memorization"]):
+        with pytest.raises(SystemExit) as done:
+            main([*argv, "--help"])
+        assert done.value.code == 0 and "examples:" in capsys.readouterr().out, argv
+
+
+def test_synthesize_and_audit_from_the_command_line(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(small_corpus(100), encoding="utf-8")
+    LM.new("gpt", corpus=corpus, n_layer=1, n_head=2, n_embd=16, block_size=16).save(tmp_path / "model")
+    (tmp_path / "prompts.txt").write_text("the cat\na dog\n", encoding="utf-8")
+    assert main(["data", "synthesize", str(tmp_path / "model"), "--prompts", str(tmp_path / "prompts.txt"), "--n", "4",
+                 "--out", str(tmp_path / "s.jsonl"), "--max-new-tokens", "12", "--quiet"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and {r["prompt"] for r in rows} == {"the cat", "a dog"}
+    recipe = tmp_path / "audit.toml"
+    recipe.write_text(f'[model]\nn_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 32\n[data]\npaths = ["{corpus}"]\n'
+                      f'[train]\nmax_steps = 10\neval_every = 0\n[run]\ndir = "{tmp_path / "audit"}"\n')
+    assert main(["audit", "memorization", "--config", str(recipe), "--canaries", "2", "--repetitions", "0,2",
+                 "--candidates", "20", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "exposure (bits" in out and "   2 x" in out
+    report = json.loads((tmp_path / "audit" / "memorization.json").read_text())
+    assert [c["repetitions"] for c in report["canaries"]] == [0, 2] and report["candidates"] == 20
+    assert main(["audit", "memorization", "--config", str(recipe), "--repetitions", "a,b"]) == 2

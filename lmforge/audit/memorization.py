@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.corpus import DataError, iter_documents
+from ..train.checkpoint import list_checkpoints
 
 FIRST = ["Alice", "Bruno", "Chen", "Dana", "Emeka", "Fatima", "Goran", "Hana", "Ivan", "Jun", "Kofi", "Lena", "Mateo",
          "Nadia", "Omar", "Priya", "Quentin", "Rosa", "Sven", "Tariq", "Uma", "Viktor", "Wei", "Ximena", "Yusuf", "Zoe"]
@@ -111,6 +112,9 @@ def memorization_audit(config, *, canaries: int = 20, repetitions=(0, 1, 4, 16),
     planted = make_canaries(canaries, repetitions, seed)
     with tempfile.TemporaryDirectory(prefix="lmforge-audit-") as scratch:
         run_path = Path(work_dir) if work_dir is not None else config.run.path
+        if list_checkpoints(run_path / "checkpoints"):
+            raise FileExistsError(f"run directory '{run_path}' already holds checkpoints; set run.name or run.dir "
+                                  "to audit in a new one")
         corpus = write_corpus_with_canaries(config.data.paths, planted, Path(scratch) / "canaries" / "corpus.txt",
                                             config.data.val_fraction, seed, config.data.text_field)
         data = config.data.model_copy(update={"paths": [str(corpus)]})

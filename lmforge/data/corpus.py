@@ -45,7 +45,8 @@ def resolve_paths(paths: list[str] | str) -> list[Path]:
             found.append(path)
         elif path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES | RECORD_SUFFIXES
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                           and p.name != "DATA_CARD.md")  # a prepared corpus's data card is not training text
             if not files:
                 raise DataError(f"folder '{entry}' holds no .txt, .md, .jsonl, .csv or .tsv files")
             found += files

@@ -7,6 +7,7 @@ import json
 import warnings
 from pathlib import Path
 
+from ..files import atomic_write_text
 from .card import make_card, read_card
 from .contamination import find_contamination
 from .corpus import DataError
@@ -45,7 +46,7 @@ def prepare_corpus(lm, paths: list[str], work_dir, progress: bool = False) -> li
                              progress=progress, overwrite=True)
             existing = read_card(final)
             existing["signature"] = signature
-            (final / "data_card.json").write_text(json.dumps(existing, indent=1, ensure_ascii=False), encoding="utf-8")
+            atomic_write_text(final / "data_card.json", json.dumps(existing, indent=1, ensure_ascii=False))
         card = existing
         prepared = [str(final)]
     for eval_path in data.contamination:

@@ -54,6 +54,7 @@ def test_text_without_pii_is_unchanged():
 def test_placeholders_and_consistent_pseudonyms():
     text = "mail a.b@example.com, phone 13812345678 or 138-1234-5678, again a.b@example.com, other c@d.org"
     assert scrub_text(text) == "mail [EMAIL], phone [PHONE] or [PHONE], again [EMAIL], other [EMAIL]"
+    assert scrub_text("call 13912345678 4111 1111 1111 1111 or 4111111111111111") == "call [PHONE] [CREDIT_CARD] or [CREDIT_CARD]"
     out = Scrubber("pseudonym", salt="k").scrub(text)[0]
     tags = out.replace(",", "").split()
     emails = [t for t in tags if t.startswith("[EMAIL_")]

@@ -60,12 +60,13 @@ def write_corpus_with_canaries(paths, canaries: list[dict], out: Path, val_fract
 
 
 @torch.no_grad()
-def sequence_log_likelihoods(model, tokenizer, texts: list[str], batch_size: int = 256) -> np.ndarray:
+def sequence_log_likelihoods(model, tokenizer, texts: list[str], block_size: int, batch_size: int = 256) -> np.ndarray:
     """Total log-probability of each text's tokens after its first, under a decoder (texts begin after a newline)."""
     device = next(model.parameters()).device
     scores = []
     for first in range(0, len(texts), batch_size):
-        encoded = [tokenizer.encode("\n" + t) for t in texts[first:first + batch_size]]
+        # a canary longer than the context keeps its end (the secret) and drops the start of its prefix
+        encoded = [tokenizer.encode("\n" + t)[-(block_size + 1):] for t in texts[first:first + batch_size]]
         width = max(map(len, encoded))
         ids = torch.zeros(len(encoded), width, dtype=torch.long)
         mask = torch.zeros(len(encoded), width - 1, dtype=torch.bool)
@@ -88,7 +89,7 @@ def exposure(model, tokenizer, canary: dict, candidates: int, rng: np.random.Gen
         if secret != canary["secret"]:
             others.add(secret)
     texts = [canary_text(canary["name"], canary["secret"])] + [canary_text(canary["name"], s) for s in sorted(others)]
-    scores = sequence_log_likelihoods(model, tokenizer, texts)
+    scores = sequence_log_likelihoods(model, tokenizer, texts, model.config.block_size)
     true, rest = scores[0], scores[1:]
     rank = 1 + float(np.sum(rest > true + 1e-6)) + 0.5 * float(np.sum(np.abs(rest - true) <= 1e-6))
     return math.log2(candidates + 1) - math.log2(rank), rank

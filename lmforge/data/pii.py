@@ -177,7 +177,10 @@ DETECTORS: list[Detector] = [
     Detector("CN_RESIDENT_ID", _re(r"(?<![\dA-Za-z])\d{17}[\dXx](?![\dA-Za-z])"), lambda m, _: cn_id_valid(m.group())),
     Detector("PASSPORT_MRZ", _re(r"(?<![A-Z0-9<])[A-Z0-9<]{9}\d[A-Z<]{3}\d{6}\d[MFX<]\d{6}\d[A-Z0-9<]{14}\d\d(?![A-Z0-9<])"),
              lambda m, _: mrz_valid(m.group())),
-    Detector("CREDIT_CARD", _re(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d\-])"),
+    # 13-19 digits, compact or in groups with one separator kind (4-4-4-4[-3], Amex 4-6-5): a looser pattern
+    # would swallow a neighbouring number ("13912345678 4111...") and hide the card inside it
+    Detector("CREDIT_CARD", _re(r"(?<![\d\-])(?:\d{4}([ \-]?)\d{4}\1\d{4}\1\d{1,4}(?:\1\d{1,3})?|\d{4}([ \-]?)\d{6}\2\d{4,5})"
+                                r"(?![\d\-])"),
              lambda m, _: (lambda d: card_prefix_valid(d) and luhn_valid(d))(re.sub(r"\D", "", m.group()))),
     Detector("US_SSN", _re(r"(?<![\d\-])\d{3}-\d{2}-\d{4}(?![\d\-])"), lambda m, _: ssn_valid(m.group())),
     Detector("IP_ADDRESS", _re(NOT_WORD_BEFORE + r"(?:\d{1,3}\.){3}\d{1,3}" + NOT_WORD_AFTER),

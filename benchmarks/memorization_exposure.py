@@ -1,6 +1,6 @@
 """The memorization table: canary exposure by number of insertions, with and without scrubbing.
 
-A small character-level GPT is trained on the first --corpus-chars characters of Tiny Shakespeare
+A small character-level GPT (2 layers x 128) is trained for 600 steps (about 2 epochs) on Tiny Shakespeare
 (../shared/data/tinyshakespeare) with canaries ("the phone number of <name> is 13xxxxxxxxx") inserted 0, 1, 4,
 16 and 64 times (two canaries each); each canary's exposure is log2(candidates+1) - log2(rank of its true number
 among --candidates random ones). --scrub runs lmforge's scrubber over the corpus first (data.scrub=true), which
@@ -30,8 +30,9 @@ from lmforge.config import build_config  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scrub", action="store_true")
-    parser.add_argument("--corpus-chars", type=int, default=300_000)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--corpus-chars", type=int, default=2_000_000, help="default: the whole file (1.1M)")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--canaries", type=int, default=10)
     parser.add_argument("--repetitions", default="0,1,4,16,64")
     parser.add_argument("--candidates", type=int, default=2000)
@@ -46,16 +47,16 @@ def main() -> int:
         corpus = Path(scratch) / "shakespeare.txt"
         corpus.write_text(source.read_text(encoding="utf-8")[:args.corpus_chars], encoding="utf-8")
         config = build_config({
-            "model": {"arch": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128},
+            "model": {"arch": "gpt", "n_layer": args.layers, "n_head": 4, "n_embd": 128, "block_size": 128},
             "data": {"paths": [str(corpus)], "scrub": args.scrub},
-            "train": {"max_steps": args.steps, "batch_size": 32, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 100,
+            "train": {"max_steps": args.steps, "batch_size": 32, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 50,
                       "eval_every": args.steps, "eval_steps": 10, "save_every": 0, "seed": args.seed}}, "benchmark")
         began = time.perf_counter()
         report = memorization_audit(config, canaries=args.canaries,
                                     repetitions=[int(r) for r in args.repetitions.split(",")],
                                     candidates=args.candidates, seed=args.seed, progress=False,
                                     work_dir=Path(scratch) / "run")
-    epochs = args.steps * 32 * 128 / args.corpus_chars
+    epochs = args.steps * 32 * 128 / min(args.corpus_chars, len(source.read_text(encoding="utf-8")))
     print(json.dumps({"scrubbed": args.scrub, "exposure_by_repetitions": report["exposure_by_repetitions"],
                       "max_exposure": report["max_exposure"], "val_loss": report["final_loss"],
                       "epochs_over_corpus": round(epochs, 1), "seconds": round(time.perf_counter() - began, 1),

@@ -193,8 +193,9 @@ class LM:
     def generate(self, prompt: str | list[str], *, max_new_tokens: int = 100, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
                  stop: str | list[str] | tuple = (), seed: int | None = None, use_cache: bool = True,
-                 stream: bool = False) -> str | list[str]:
-        """Continue a prompt (or a list of prompts); temperature=0 is greedy. stream=True prints as it goes."""
+                 stream: bool = False, num_beams: int = 1, length_penalty: float = 1.0) -> str | list[str]:
+        """Continue a prompt (or a list of prompts); temperature=0 is greedy. stream=True prints as it goes.
+        num_beams > 1 runs beam search (scores divided by length ** length_penalty; sampling options unused)."""
         from .infer.generate import SamplingConfig, generate
 
         if not getattr(self.model, "is_causal", False):
@@ -205,6 +206,13 @@ class LM:
         if not prompts:
             raise ValueError("no prompts given")
         stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        if num_beams > 1:
+            from .infer.beam import beam_generate
+            outputs = beam_generate(self.model, self.tokenizer, prompts, num_beams=num_beams,
+                                    max_new_tokens=max_new_tokens, length_penalty=length_penalty, stop=stops)
+            if stream and single:
+                sys.stdout.write(outputs[0])
+            return outputs[0] if single else outputs
         sampling = SamplingConfig(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stops, seed)
 
         def on_text(row: int, piece: str) -> None:
@@ -214,6 +222,14 @@ class LM:
         outputs = generate(self.model, self.tokenizer, prompts, sampling, use_cache=use_cache,
                            on_text=on_text if stream and single else None)
         return outputs[0] if single else outputs
+
+    def embed(self, texts: str | list[str], batch_size: int = 32, normalize: bool = True):
+        """Mean-pooled final hidden states (N, n_embd) as a float tensor, unit length unless normalize=False."""
+        from .infer.embed import embed_texts
+
+        single = isinstance(texts, str)
+        vectors = embed_texts(self.model, self.tokenizer, [texts] if single else list(texts), batch_size, normalize)
+        return vectors[0] if single else vectors
 
     def fill_mask(self, text: str, top_k: int = 5):
         """Predict each [MASK] of `text`: one mask -> [(token, probability), ...]; several -> a list of such lists."""

@@ -28,7 +28,8 @@ checkpoints/step-N/ and final/ (a model directory for generate, eval, fill-mask,
     "generate": """examples:
   lmforge generate runs/gpt-tiny/final --prompt "Once upon a time" --max-new-tokens 200 --temperature 0.8 --top-p 0.95
   lmforge generate runs/gpt-tiny/final --prompt "def " --temperature 0 --stop "\\n\\n"
-  lmforge generate runs/gpt-tiny/final --prompt "A" --prompt "B" --json      # a batch, one JSON line each""",
+  lmforge generate runs/gpt-tiny/final --prompt "A" --prompt "B" --json      # a batch, one JSON line each
+  lmforge generate runs/gpt-tiny/final --prompt "The" --num-beams 4 --length-penalty 1.0   # beam search""",
     "eval": """examples:
   lmforge eval runs/gpt-tiny/final --data held_out.txt            # loss, perplexity, tokens
   lmforge eval runs/gpt-tiny/final --data held_out.txt --json     # one JSON object on the last line
@@ -50,6 +51,15 @@ checkpoints/step-N/ and final/ (a model directory for generate, eval, fill-mask,
 
 Hugging Face gpt2, bert and llama checkpoints (and their sequence classifiers) are read; any command that takes
 a model directory also takes such a checkpoint directly, converting it in memory.""",
+    "serve": """examples:
+  lmforge serve runs/gpt-tiny/final --port 8000 --max-batch 8
+  lmforge serve runs/gpt-tiny/final --api-key secret --max-queue 32 --timeout 60
+  curl 127.0.0.1:8000/v1/completions -H 'content-type: application/json' \\
+       -d '{"model": "gpt-tiny", "prompt": "Once", "max_tokens": 50, "stream": true}'
+  lmforge serve runs/bert-tiny/final      # /v1/fill-mask, /v1/embeddings (and /v1/classify for a classifier)
+
+OpenAI-compatible: /v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings; also /v1/fill-mask,
+/v1/classify, /health, /metrics (Prometheus). Needs the serve extra: pip install 'lmforge[serve]'.""",
     "demo": """examples:
   lmforge demo                  # what `make demo` runs: a small GPT and a small BERT on the built-in corpus
   lmforge demo --steps 300      # shorter""",
@@ -94,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], help="stop when this text appears (repeatable)")
     p.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (slower)")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (sampling options unused)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam scores are divided by length ** this")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of streaming")
 
     p = command("eval", "Evaluate a model on held-out data.")
@@ -125,6 +137,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("destination", help="the directory to write (must not exist unless --force)")
     p.add_argument("--to", choices=["lmforge", "hf"], default="lmforge", help="output format (default: lmforge)")
     p.add_argument("--force", action="store_true", help="replace DESTINATION if it exists")
+
+    p = command("serve", "Serve a model directory over HTTP with an OpenAI-compatible API.")
+    p.add_argument("model", help="model directory (decoder: completions and chat; encoder: fill-mask, classify)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-name", default=None, help="the name clients use (default: the run's directory name)")
+    p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (1 turns batching off)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 503 + Retry-After")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/ (401 otherwise)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take, queueing included")
+    p.add_argument("--max-tokens", type=int, default=None, help="most tokens one request may ask for")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
 
     p = command("demo", "Pretrain a small GPT and a small BERT on the built-in corpus and show what they do.")
     p.add_argument("--steps", type=int, default=None, help="training steps for each model")
@@ -196,7 +220,7 @@ def _generate(args) -> int:
     prompts = args.prompt or [""]
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,
-                   use_cache=not args.no_cache)
+                   use_cache=not args.no_cache, num_beams=args.num_beams, length_penalty=args.length_penalty)
     if args.json or len(prompts) > 1:
         outputs = lm.generate(prompts, **options)
         for prompt, text in zip(prompts, outputs):
@@ -285,6 +309,23 @@ def _convert(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from .serve import require_serve_packages, serve
+
+    try:
+        require_serve_packages()
+    except ModuleNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.max_batch < 1 or args.max_queue < 0 or args.timeout <= 0:
+        raise ValueError(f"--max-batch must be >= 1, --max-queue >= 0 and --timeout > 0; got {args.max_batch}, "
+                         f"{args.max_queue} and {args.timeout}")
+    serve(args.model, host=args.host, port=args.port, model_name=args.model_name, max_batch=args.max_batch,
+          max_queue=args.max_queue, api_key=args.api_key, timeout=args.timeout, max_tokens=args.max_tokens,
+          device=args.device)
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -293,7 +334,7 @@ def _demo(args) -> int:
 
 
 HANDLERS = {"train": _train, "generate": _generate, "eval": _eval, "fill-mask": _fill_mask,
-            "classify": _classify, "convert": _convert, "demo": _demo}
+            "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -230,6 +230,7 @@ class Engine:
                 generation.emit(("done", {"prompt_tokens": generation.prompt_tokens, "completion_tokens": completion,
                                           "total_tokens": generation.prompt_tokens + completion}))
         if feed:
+            self.metrics.decode_steps += 1
             for row, logits in self.decoder.step(feed).items():
                 owners[row].logits = logits
 

@@ -13,7 +13,7 @@ class Metrics:
     def __init__(self):
         self.lock = threading.Lock()
         self.requests: Counter = Counter()  # (endpoint, status) -> count
-        self.prompt_tokens = self.generated_tokens = 0
+        self.prompt_tokens = self.generated_tokens = self.decode_steps = 0
         self.rejected = self.cancelled = 0
         self.queue_depth = self.active_sequences = 0
         self.latency_counts = [0] * len(LATENCY_BUCKETS)
@@ -43,6 +43,8 @@ class Metrics:
             for name, kind, value, text in [
                 ("prompt_tokens_total", "counter", self.prompt_tokens, "Prompt tokens of finished generations."),
                 ("generated_tokens_total", "counter", self.generated_tokens, "Tokens sampled."),
+                ("decode_steps_total", "counter", self.decode_steps,
+                 "Batched decoding steps (generated tokens / steps = the mean batch size)."),
                 ("rejected_total", "counter", self.rejected, "Requests refused with 503 because the queue was full."),
                 ("cancelled_total", "counter", self.cancelled, "Generations stopped because the client went away."),
                 ("queue_depth", "gauge", self.queue_depth, "Requests waiting for a batch slot."),

@@ -75,7 +75,7 @@ def run(model_dir: Path, max_batch: int, args) -> dict:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "lmforge", "serve", str(model_dir), "--host", "127.0.0.1",
                                "--port", str(port), "--model-name", "bench", "--max-batch", str(max_batch),
-                               "--max-queue", str(args.clients)], cwd=ROOT, stderr=subprocess.DEVNULL)
+                               "--max-queue", str(args.clients)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

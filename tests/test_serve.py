@@ -176,6 +176,33 @@ def test_a_disconnect_mid_stream_stops_generation_and_frees_the_slot(gpt):
         assert got.choices[0].text == gpt.generate("a", max_new_tokens=5, temperature=0)
 
 
+@pytest.fixture(scope="module")
+def long_gpt():
+    return tiny_lm("gpt", block_size=1024)
+
+
+LONG = {"model": "tiny", "prompt": "the", "max_tokens": 1000, "ignore_eos": True}
+
+
+def test_a_client_that_leaves_a_non_streamed_request_cancels_it(long_gpt):
+    with live_server(long_gpt, max_batch=1) as (url, app, _):
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(url + "/v1/completions", json=LONG, timeout=0.2)
+        deadline = time.monotonic() + 20
+        while metric(url, "lmforge_cancelled_total") != 1:
+            assert time.monotonic() < deadline, "the generation was not cancelled"
+            time.sleep(0.02)
+        assert metric(url, "lmforge_active_sequences") == 0
+        assert metric(url, "lmforge_generated_tokens_total") < 1000
+
+
+def test_a_request_past_the_timeout_gets_504(long_gpt):
+    with live_server(long_gpt, timeout=0.1) as (url, app, _):
+        response = httpx.post(url + "/v1/completions", json=LONG, timeout=60)
+        assert response.status_code == 504 and "timeout" in response.json()["error"]["message"]
+        assert metric(url, "lmforge_active_sequences") == 0
+
+
 def test_a_full_queue_answers_503_with_retry_after(gpt):
     body = {"model": "tiny", "prompt": "the", "max_tokens": 250, "stream": True, "ignore_eos": True}
     with live_server(gpt, max_batch=1, max_queue=1) as (url, app, _):
@@ -258,7 +285,9 @@ def test_encoder_endpoints_fill_mask_classify_embeddings():
         got = httpx.post(url + "/v1/fill-mask", json={"text": "the cat [MASK] the red apple.", "top_k": 3}).json()
         assert got["masks"][0]["predictions"] == [{"token": t, "probability": pytest.approx(p, abs=1e-5)}
                                                   for t, p in lm.fill_mask("the cat [MASK] the red apple.", top_k=3)]
-        got = httpx.post(url + "/v1/classify", json={"texts": ["the cat", "a dog eats"]}).json()
+        # as `curl -d` sends it: JSON labelled as a form
+        got = httpx.post(url + "/v1/classify", content=b'{"texts": ["the cat", "a dog eats"]}',
+                         headers={"content-type": "application/x-www-form-urlencoded"}).json()
         assert [(d["label"], d["probabilities"]) for d in got["data"]] == [
             (label, pytest.approx(probs, abs=1e-5)) for label, probs in lm.classify(["the cat", "a dog eats"])]
         emb = client(url).embeddings.create(model="tiny", input="the cat")
@@ -283,3 +312,25 @@ def test_missing_serve_extra_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now raises ImportError
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'lmforge\[serve\]'"):
         require_serve_packages()
+
+
+def test_cli_serve_help_and_errors(tmp_path, capsys):
+    from lmforge.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "lmforge serve runs/gpt-tiny/final" in capsys.readouterr().out
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
+    assert "--max-batch must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_generate_num_beams(tmp_path, capsys, gpt):
+    from lmforge.cli import main
+
+    gpt.save(tmp_path / "m")
+    assert main(["generate", str(tmp_path / "m"), "--prompt", "the", "--num-beams", "3", "--max-new-tokens", "8",
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["text"] == gpt.generate("the", max_new_tokens=8, num_beams=3)

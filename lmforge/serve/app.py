@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..infer.beam import beam_search, cut_at_stop
@@ -22,26 +22,11 @@ from ..infer.embed import embed_ids, encode_for_embedding
 from ..infer.generate import SamplingConfig
 from .chat import ChatTemplate
 from .engine import Call, Engine, Generation, QueueFull, Sequence
-from .metrics import Metrics
+from .errors import APIError
+from .metrics import CountRequests, Metrics
 from .schemas import ChatRequest, ClassifyRequest, CompletionRequest, EmbeddingRequest, FillMaskRequest, Sampling
 
 MAX_INPUTS = 2048
-
-
-class APIError(Exception):
-    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
-
-    def response(self) -> JSONResponse:
-        kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                503: "server_overloaded", 504: "timeout"}.get(self.status, "invalid_request_error"
-                                                                if self.status < 500 else "server_error")
-        return JSONResponse({"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}},
-                            status_code=self.status, headers=self.headers)
 
 
 @dataclass
@@ -54,27 +39,18 @@ class ServerOptions:
     max_tokens: int | None = None  # per-request ceiling (default: the model's block_size)
 
 
-class _CountRequests:
-    """ASGI middleware: counts every response by endpoint and status for /metrics (streaming-safe)."""
+class _BodiesAreJson:
+    """ASGI middleware: a POST body is read as JSON whatever its content type, since `curl -d '{...}'` sends
+    JSON labelled as a form."""
 
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app):
+        self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        status = [500]
-
-        async def counting_send(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, counting_send)
-        finally:
-            self.metrics.count_request(scope["path"] if scope["path"].startswith(("/v1/", "/health", "/metrics"))
-                                       else "other", status[0])
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
 
 
 def create_app(lm, options: ServerOptions | None = None, chat_template: ChatTemplate | None = None) -> FastAPI:
@@ -128,7 +104,8 @@ def create_app(lm, options: ServerOptions | None = None, chat_template: ChatTemp
                            code="invalid_api_key")
 
     guarded = [Depends(check_key)]
-    app.add_middleware(_CountRequests, metrics=metrics)
+    app.add_middleware(_BodiesAreJson)
+    app.add_middleware(CountRequests, metrics=metrics)
 
     def check_model(name: str | None) -> None:
         if name is not None and name != options.model_name:
@@ -259,15 +236,20 @@ def create_app(lm, options: ServerOptions | None = None, chat_template: ChatTemp
         """Wait for a whole generation (not streamed); a client that leaves cancels it."""
         texts, reasons = [""] * count, [None] * count
         logprobs: list[list[dict]] = [[] for _ in range(count)]
+        getter, looked = None, time.monotonic()
         try:
             while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), timeout=0.5)
-                except asyncio.TimeoutError:
+                # the getter survives the timeouts, so no event is lost between two looks at the connection
+                getter = getter or asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter}, timeout=0.25)
+                if time.monotonic() - looked > 0.25:  # events may flow without pause: look by the clock
+                    looked = time.monotonic()
                     if await request.is_disconnected():
                         engine.cancel(generation)
-                        raise APIError(400, "client disconnected") from None
+                        raise APIError(400, "client disconnected")
+                if not done:
                     continue
+                event, getter = getter.result(), None
                 if event[0] == "delta":
                     texts[event[1]] += event[2]
                     logprobs[event[1]] += event[3]
@@ -280,6 +262,9 @@ def create_app(lm, options: ServerOptions | None = None, chat_template: ChatTemp
         except asyncio.CancelledError:
             engine.cancel(generation)
             raise
+        finally:
+            if getter is not None:
+                getter.cancel()
 
     def completion_logprobs(entries: list[dict]) -> dict:
         tokens = [token_text(e["token"]) for e in entries]

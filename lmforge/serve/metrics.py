@@ -59,3 +59,26 @@ class Metrics:
                       f"lmforge_request_latency_seconds_sum {self.latency_sum}",
                       f"lmforge_request_latency_seconds_count {self.latency_count}"]
         return "\n".join(lines) + "\n"
+
+
+class CountRequests:
+    """ASGI middleware: counts every response by endpoint and status for /metrics (streaming-safe)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = [500]
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            self.metrics.count_request(scope["path"] if scope["path"].startswith(("/v1/", "/health", "/metrics"))
+                                       else "other", status[0])

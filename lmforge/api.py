@@ -1,6 +1,7 @@
 """The Python face of lmforge: LM bundles a model, its tokenizer and its config."""
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -206,6 +207,8 @@ class LM:
         if not prompts:
             raise ValueError("no prompts given")
         stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        if num_beams < 1 or not math.isfinite(length_penalty):
+            raise ValueError(f"num_beams must be >= 1 and length_penalty finite, got {num_beams} and {length_penalty}")
         if num_beams > 1:
             from .infer.beam import beam_generate
             outputs = beam_generate(self.model, self.tokenizer, prompts, num_beams=num_beams,

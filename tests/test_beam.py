@@ -1,4 +1,5 @@
-"""Beam search: with enough beams it finds what an exhaustive search finds; one beam is greedy."""
+"""Beam search: with enough beams it finds what an exhaustive search finds; one beam is greedy; it equals
+transformers' beam search on imported checkpoints."""
 import itertools
 
 import pytest
@@ -94,3 +95,21 @@ def test_bad_beam_arguments_are_refused_clearly():
     with pytest.raises(ValueError, match="block_size 16"):
         beam_search(model, [1] * 10, num_beams=2, max_new_tokens=10)
     assert cut_at_stop("ab.cd.", (".", "c")) == "ab"
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_beam_search_equals_transformers_on_an_imported_model(tmp_path, kind):
+    pytest.importorskip("transformers")
+    from test_interop import load, make_hf
+
+    hf, directory = make_hf(tmp_path, kind)
+    lm = load(directory)
+    hf.generation_config.eos_token_id = None  # every beam runs to max_new_tokens: no end-of-text conventions
+    for prompt in ([5, 9, 2], [17]):
+        ours = beam_search(lm.model, prompt, num_beams=4, max_new_tokens=10, eos_id=None, num_return=4)
+        with torch.no_grad():
+            theirs = hf.generate(torch.tensor([prompt]), num_beams=4, num_return_sequences=4, max_new_tokens=10,
+                                 do_sample=False, length_penalty=1.0, pad_token_id=hf.config.pad_token_id,
+                                 output_scores=True, return_dict_in_generate=True)
+        assert [h.tokens for h in ours] == [row[len(prompt):].tolist() for row in theirs.sequences]
+        assert [h.score for h in ours] == pytest.approx(theirs.sequences_scores.tolist(), abs=1e-4)

@@ -28,7 +28,9 @@ class Section(BaseModel):
 class ModelConfig(Section):
     """Architecture. `arch` picks the family; the switches below default from it."""
 
-    arch: Literal["gpt", "llama", "bert"] = "gpt"
+    arch: Literal["gpt", "llama", "bert", "lstm", "gru", "rnn", "textcnn"] = Field(
+        "gpt", description="Transformers: gpt, llama (decoders), bert (encoder); baselines: lstm, gru, rnn (a plain "
+                           "tanh RNN) language models, textcnn (Kim's convolutional classifier)")
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
     n_kv_head: int | None = Field(None, ge=1, description="key/value heads (grouped-query attention); default n_head")
@@ -59,9 +61,23 @@ class ModelConfig(Section):
     classifier_bias: bool = Field(True, description="whether the classification head has a bias (Hugging Face's GPT-2 "
                                                     "and Llama classifiers have none)")
     init: str | None = Field(None, description="a model directory to start from (fine-tuning)")
+    bptt: int | None = Field(None, ge=1, description="arch lstm/gru/rnn only: truncate backpropagation through time "
+                                                     "every bptt steps of a window (the state still flows on); "
+                                                     "default: the whole window (block_size)")
+    kernel_sizes: list[int] | None = Field(None, description="arch textcnn only: convolution widths (default [3, 4, 5])")
+    n_filters: int | None = Field(None, ge=1, description="arch textcnn only: filters per width (default 100)")
+    batch_norm: bool | None = Field(None, description="arch textcnn only: batch normalization after each "
+                                                      "convolution (default true)")
 
     @model_validator(mode="after")
     def _fill_arch_defaults(self):
+        if self.arch in BASELINE_ARCHS:
+            check_baseline_keys(self)
+            return self
+        wrong = [key for key in ("bptt", "kernel_sizes", "n_filters", "batch_norm") if getattr(self, key) is not None]
+        if wrong:
+            raise ValueError(f"model.{wrong[0]} is a key of the baseline archs (lstm, gru, rnn, textcnn); "
+                             f"arch '{self.arch}' has no use for it: remove it")
         llama = self.arch == "llama"
         defaults = {
             "bias": not llama,
@@ -94,8 +110,50 @@ class ModelConfig(Section):
         return self
 
     @property
+    def is_transformer(self) -> bool:
+        return self.arch not in BASELINE_ARCHS
+
+    @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+
+BASELINE_ARCHS = ("lstm", "gru", "rnn", "textcnn")
+# keys only the Transformers read; on a baseline arch they must stay at their defaults
+TRANSFORMER_KEYS = ("n_head", "n_kv_head", "intermediate_size", "bias", "norm", "mlp", "position", "rope_theta",
+                    "norm_eps", "norm_position", "pooling", "type_vocab_size")
+
+
+def check_baseline_keys(cfg: ModelConfig) -> None:
+    """Fill an RNN's or TextCNN's defaults and reject keys that belong to another arch."""
+    fields = type(cfg).model_fields
+    foreign = [key for key in TRANSFORMER_KEYS if getattr(cfg, key) != fields[key].default]
+    rnn = cfg.arch != "textcnn"
+    own = ("bptt",) if rnn else ("kernel_sizes", "n_filters", "batch_norm")
+    foreign += [key for key in ("bptt", "kernel_sizes", "n_filters", "batch_norm") if key not in own
+                and getattr(cfg, key) is not None]
+    if not rnn and cfg.n_layer != fields["n_layer"].default:
+        foreign.append("n_layer")
+    if foreign:
+        raise ValueError(f"arch '{cfg.arch}' does not use model.{', model.'.join(foreign)} (keys of "
+                         f"{'the Transformers or textcnn' if rnn else 'the Transformers or the RNNs'}): remove "
+                         f"{'it' if len(foreign) == 1 else 'them'}")
+    if rnn:
+        if cfg.bptt is not None and cfg.bptt > cfg.block_size:
+            raise ValueError(f"model.bptt={cfg.bptt} is longer than model.block_size={cfg.block_size}, the training "
+                             "window it truncates; use at most block_size, or leave bptt unset")
+        return
+    if cfg.kernel_sizes is None:
+        object.__setattr__(cfg, "kernel_sizes", [3, 4, 5])
+    if cfg.n_filters is None:
+        object.__setattr__(cfg, "n_filters", 100)
+    if cfg.batch_norm is None:
+        object.__setattr__(cfg, "batch_norm", True)
+    if not cfg.kernel_sizes or any(k < 1 for k in cfg.kernel_sizes):
+        raise ValueError(f"model.kernel_sizes must be a non-empty list of widths >= 1, got {cfg.kernel_sizes}")
+    if max(cfg.kernel_sizes) > cfg.block_size:
+        raise ValueError(f"model.kernel_sizes has a width {max(cfg.kernel_sizes)} wider than model.block_size="
+                         f"{cfg.block_size} (the longest input): use narrower kernels or a larger block_size")
 
 
 class TokenizerConfig(Section):
@@ -201,11 +259,14 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _fill_family_defaults(self):
-        bert = self.model.arch == "bert"
+        bert, cnn = self.model.arch == "bert", self.model.arch == "textcnn"
         if self.tokenizer.kind is None:
-            object.__setattr__(self.tokenizer, "kind", "wordpiece" if bert else "char")
+            object.__setattr__(self.tokenizer, "kind", "wordpiece" if bert or cnn else "char")
         if self.train.objective is None:
-            object.__setattr__(self.train, "objective", "mlm" if bert else "clm")
+            object.__setattr__(self.train, "objective", "mlm" if bert else "classify" if cnn else "clm")
+        if cnn and self.train.objective != "classify":
+            raise ValueError(f"arch 'textcnn' is a classifier: use train.objective 'classify', not "
+                             f"'{self.train.objective}'")
         if bert and self.train.objective == "clm":
             raise ValueError("arch 'bert' is an encoder: use train.objective 'mlm' or 'classify', not 'clm'")
         if not bert and self.train.objective == "mlm":

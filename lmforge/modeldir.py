@@ -134,11 +134,15 @@ def shape_mismatch(config_file: Path, name: str, expected: tuple, got: tuple, fi
 
 def model_card(model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, info: dict) -> str:
     """A short model card: what the model is, what it was trained on, how it scored, what it is not for."""
-    family = {"gpt": "GPT-2-style decoder", "llama": "Llama-style decoder", "bert": "BERT-style encoder"}[config.arch]
+    if hasattr(model, "describe"):  # the baselines (RNNs, TextCNN) describe themselves
+        summary = f"{model.describe()}; made with lmforge {__version__}, "
+    else:
+        family = {"gpt": "GPT-2-style decoder", "llama": "Llama-style decoder", "bert": "BERT-style encoder"}[config.arch]
+        summary = (f"A {family} made with lmforge {__version__}: {config.n_layer} layers, {config.n_head} heads, "
+                   f"{config.n_embd} dimensions, context {config.block_size} tokens, ")
     lines = [f"# {info.get('name', 'lmforge model')}", "",
-             f"A {family} made with lmforge {__version__}: {config.n_layer} layers, {config.n_head} heads, "
-             f"{config.n_embd} dimensions, context {config.block_size} tokens, "
-             f"{count_parameters(model) / 1e6:.2f}M parameters; {tokenizer.kind} tokenizer, {tokenizer.vocab_size} tokens.", ""]
+             f"{summary}{count_parameters(model) / 1e6:.2f}M parameters; {tokenizer.kind} tokenizer, "
+             f"{tokenizer.vocab_size} tokens.", ""]
     kind = (info.get("classification") or {}).get("kind", "classify")
     if config.labels and kind == "regress":
         lines += [f"Regression head predicting '{config.labels[0]}' (a number).", ""]

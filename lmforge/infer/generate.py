@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.layers import make_cache
 from ..tokenizer import Tokenizer
 
 
@@ -70,16 +69,16 @@ def next_token(logits: torch.Tensor, history: torch.Tensor, history_mask: torch.
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
 
-def _encode_prompts(tokenizer: Tokenizer, prompts: list[str], context: int, reserve: int) -> list[list[int]]:
+def _encode_prompts(tokenizer: Tokenizer, prompts: list[str], context: int | None, reserve: int) -> list[list[int]]:
     encoded = []
-    limit = max(1, context - min(reserve, context // 2))
+    limit = max(1, context - min(reserve, context // 2)) if context else None
     for prompt in prompts:
         ids = tokenizer.encode(prompt)
         if not ids:
             if tokenizer.eos_id is None:
                 raise ValueError("empty prompt and the tokenizer has no end-of-text token to start from")
             ids = [tokenizer.eos_id]
-        if len(ids) > limit:
+        if limit is not None and len(ids) > limit:
             warnings.warn(f"prompt of {len(ids)} tokens is longer than the room in the context "
                           f"({limit} of {context} tokens); keeping its last {limit} tokens", stacklevel=3)
             ids = ids[-limit:]
@@ -93,12 +92,14 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
     """Continue each prompt; returns the generated continuations (prompt not included).
 
     `on_text(row, piece)` is called with each new piece of decoded text as it is produced (streaming).
-    Past the context length the window slides: the cache is rebuilt from the last half of the context.
+    Past the context length the window slides: the cache is rebuilt from the last half of the context. The model
+    makes its own cache (`model.make_cache`: KV caches for a Transformer, the state for an RNN) and says how far
+    it sees (`model.context_length`; None for a recurrent model, which carries its state on without limit).
     """
     cfg.check()
     model.eval()
     device = next(model.parameters()).device
-    context = model.config.block_size
+    context = getattr(model, "context_length", model.config.block_size)
     rows = _encode_prompts(tokenizer, prompts, context, cfg.max_new_tokens)
     B, width = len(rows), max(map(len, rows))
     pad = tokenizer.pad_id
@@ -117,14 +118,14 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
     cache, cache_start, fed = None, 0, 0  # the cache holds columns cache_start..fed-1 of `tokens`
     for _ in range(cfg.max_new_tokens):
         if use_cache:
-            if cache is None or tokens.size(1) - cache_start > context:
+            if cache is None or (context and tokens.size(1) - cache_start > context):
                 keep = context if cache is None else context // 2
-                cache_start = fed = max(0, tokens.size(1) - keep)
-                cache = make_cache(model.config, B, context, dtype=next(model.parameters()).dtype, device=device)
+                cache_start = fed = max(0, tokens.size(1) - keep) if context else 0
+                cache = model.make_cache(B, context, dtype=next(model.parameters()).dtype, device=device)
             window, window_mask = tokens[:, fed:], mask[:, cache_start:]
             fed = tokens.size(1)
         else:
-            start = max(0, tokens.size(1) - context)
+            start = max(0, tokens.size(1) - context) if context else 0
             window, window_mask = tokens[:, start:], mask[:, start:]
         positions = (window_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -window.size(1):]
         logits = model(window, positions=positions if padded else positions[0],

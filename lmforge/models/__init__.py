@@ -5,9 +5,12 @@ from torch import nn
 
 from ..config import ModelConfig
 from .bert import BERT
+from .cnn import TextCNN
 from .gpt import GPT
+from .rnn import RecurrentLM
 
-REGISTRY = {"gpt": GPT, "llama": GPT, "bert": BERT}
+REGISTRY = {"gpt": GPT, "llama": GPT, "bert": BERT, "lstm": RecurrentLM, "gru": RecurrentLM, "rnn": RecurrentLM,
+            "textcnn": TextCNN}
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

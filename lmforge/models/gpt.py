@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .layers import MLP, Attention, KVCache, RotaryEmbedding, init_weights, make_norm
+from .layers import MLP, Attention, KVCache, RotaryEmbedding, init_weights, make_cache, make_norm
 
 
 class Block(nn.Module):
@@ -42,6 +42,15 @@ class GPT(nn.Module):
         init_weights(self, cfg.n_layer)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+
+    @property
+    def context_length(self) -> int:
+        """The longest sequence it attends over; generation slides its window past it."""
+        return self.config.block_size
+
+    def make_cache(self, batch: int, max_len: int, dtype=torch.float32, device="cpu") -> list[KVCache]:
+        """An empty generation cache: one KVCache per layer for `max_len` positions."""
+        return make_cache(self.config, batch, max_len, dtype, device)
 
     def hidden_states(self, ids, *, positions=None, pad_mask=None, cache: list[KVCache] | None = None):
         """Final-norm hidden states (B, T, n_embd). `pad_mask` (B, past+T) marks real tokens."""

@@ -112,7 +112,7 @@ EMBEDDING_PREFIXES = ("wte.", "wpe.", "wtt.", "ln_emb.")
 def layerwise_groups(model, cfg) -> list[tuple[list, float]]:
     """Parameter groups for fine-tuning: head at head_lr / lr, block i at decay**(n_layer - i),
     embeddings at decay**(n_layer + 1); everything else (final norm, MLM head) at the full rate."""
-    n_layer = len(model.h)
+    n_layer = len(getattr(model, "h", ()))  # models without Transformer blocks get no layer-wise decay
     head_scale = (cfg.head_lr / cfg.lr) if cfg.head_lr else 1.0
     groups: dict[float, list] = {}
     for name, param in model.named_parameters():
@@ -202,7 +202,7 @@ def attach_head(lm, labels: list[str], seed: int, kind: str = "classify") -> Non
     if (current and set(current) == set(labels) and head is not None and head_kind(lm) == kind
             and (head.bias is not None) == bias):
         return
-    width = lm.config.model.n_embd
+    width = getattr(lm.model, "feature_size", lm.config.model.n_embd)  # what the model's classifier reads
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = torch.nn.Linear(width, len(labels), bias=bias)

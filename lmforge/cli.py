@@ -60,6 +60,13 @@ a model directory also takes such a checkpoint directly, converting it in memory
 
 OpenAI-compatible: /v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings; also /v1/fill-mask,
 /v1/classify, /health, /metrics (Prometheus). Needs the serve extra: pip install 'lmforge[serve]'.""",
+    "bench-arch": """examples:
+  lmforge bench-arch --data input.txt --minutes 5 --archs lstm,gpt,llama --out arch.png
+  lmforge bench-arch --data notes/ --minutes 2 --archs gru,gpt --set lstm:model.n_embd=512 --set train.batch_size=16
+
+Each arch trains alone for the same wall-clock budget (evaluation not counted), with its learning-rate schedule
+fitted to that budget; then a table (parameters, tokens/s, best val loss) and a PNG of val loss against time.
+Finished archs are kept in --run-dir/<arch>/bench.json and reused by a later call with the same settings.""",
     "demo": """examples:
   lmforge demo                  # what `make demo` runs: a small GPT and a small BERT on the built-in corpus
   lmforge demo --steps 300      # shorter""",
@@ -149,6 +156,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take, queueing included")
     p.add_argument("--max-tokens", type=int, default=None, help="most tokens one request may ask for")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p = command("bench-arch", "Train several architectures for the same time each and compare their curves.")
+    p.add_argument("--data", required=True, help="text file, folder or glob (a character tokenizer is trained on it)")
+    p.add_argument("--minutes", type=float, default=5.0, help="training time per arch (default 5)")
+    p.add_argument("--archs", default="lstm,gpt,llama", help="comma-separated: gpt, llama, lstm, gru, rnn")
+    p.add_argument("--out", default="arch.png", help="the curves' PNG; the numbers go beside it as .json")
+    p.add_argument("--run-dir", default="runs/bench-arch", help="one run directory per arch goes here")
+    p.add_argument("--block-size", type=int, default=64, help="training window, every arch (default 64)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--set", action="append", default=[], metavar="[ARCH:]section.key=value",
+                   help="a config override for every arch, or for one with an ARCH: prefix (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
 
     p = command("demo", "Pretrain a small GPT and a small BERT on the built-in corpus and show what they do.")
     p.add_argument("--steps", type=int, default=None, help="training steps for each model")
@@ -323,6 +341,12 @@ def _serve(args) -> int:
     serve(args.model, host=args.host, port=args.port, model_name=args.model_name, max_batch=args.max_batch,
           max_queue=args.max_queue, api_key=args.api_key, timeout=args.timeout, max_tokens=args.max_tokens,
           device=args.device)
+def _bench_arch(args) -> int:
+    from .compare.arch import bench_arch
+
+    archs = [name.strip() for name in args.archs.split(",") if name.strip()]
+    bench_arch(args.data, args.minutes, archs, Path(args.out), Path(args.run_dir), args.block_size, args.batch_size,
+               args.set, progress=not args.quiet)
     return 0
 
 
@@ -334,7 +358,7 @@ def _demo(args) -> int:
 
 
 HANDLERS = {"train": _train, "generate": _generate, "eval": _eval, "fill-mask": _fill_mask,
-            "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo}
+            "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo, "bench-arch": _bench_arch}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

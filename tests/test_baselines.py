@@ -203,3 +203,28 @@ def test_a_textcnn_cannot_generate_and_says_so(tmp_path):
     lm = LM(cnn_model(), Tokenizer.train("char", ["abc"]), build_config({"model": {"arch": "textcnn"}}))
     with pytest.raises(ValueError, match="generate needs a decoder"):
         lm.generate("a")
+
+
+def test_bench_arch_trains_each_arch_for_its_budget_then_tables_and_plots_and_reuses(tmp_path, corpus_file, capsys):
+    out, runs = tmp_path / "arch.png", tmp_path / "runs"
+    argv = ["bench-arch", "--data", str(corpus_file), "--minutes", "0.03", "--archs", "lstm,gpt", "--out", str(out),
+            "--run-dir", str(runs), "--block-size", "16", "--batch-size", "8", "--set", "lstm:model.n_embd=64",
+            "--set", "gpt:model.n_embd=32", "--set", "train.eval_steps=2", "--quiet"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| lstm |" in table and "| gpt |" in table
+    assert out.read_bytes().startswith(b"\x89PNG")
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert [r["arch"] for r in results] == ["lstm", "gpt"]
+    for r in results:
+        losses = [loss for _, loss, _ in r["curve"]]
+        assert len(losses) >= 5 and r["best_val_loss"] == min(losses) and losses[-1] < losses[0]
+        assert r["settings"]["model"]["n_embd"] == (64 if r["arch"] == "lstm" else 32)
+        times = [t for t, _, _ in r["curve"]]
+        assert times == sorted(times) and 0 < times[-1]
+    saved = (runs / "lstm" / "bench.json").read_text()
+    assert main(argv) == 0  # same settings: reused, not trained again
+    assert "reusing" in capsys.readouterr().err and (runs / "lstm" / "bench.json").read_text() == saved
+    assert main([*argv[:-1], "--set", "lstm:model.n_layer=1"]) == 2  # other settings over a kept run
+    assert "holds a run with other settings" in capsys.readouterr().err
+    assert main(["bench-arch", "--data", str(corpus_file), "--archs", "lstm,transformer-xl"]) == 2

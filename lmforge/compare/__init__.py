@@ -1,0 +1,1 @@
+"""Side-by-side comparisons of architectures under one budget (`lmforge bench-arch`)."""

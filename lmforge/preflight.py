@@ -13,11 +13,17 @@ from .config import Config, ConfigError
 GIB = 1 << 30
 # fp32 weights + gradients + AdamW's two moments
 TRAIN_BYTES_PER_PARAMETER = 16
+RECURRENT_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 def estimate_parameters(model, vocab_size: int) -> int:
     """Parameters of a model of ModelConfig `model` with `vocab_size` tokens (norms and biases left out)."""
-    C, head = model.n_embd, model.head_dim
+    C = model.n_embd
+    if model.arch == "textcnn":
+        return vocab_size * C + sum(model.kernel_sizes) * C * model.n_filters
+    if model.arch in RECURRENT_GATES:  # input and recurrent matrices per gate, per layer
+        return model.n_layer * RECURRENT_GATES[model.arch] * 2 * C * C + vocab_size * C * (1 if model.tie_embeddings else 2)
+    head = model.head_dim
     attention = C * (model.n_head + 2 * model.n_kv_head) * head + model.n_head * head * C
     mlp = (3 if model.mlp == "swiglu" else 2) * C * model.intermediate_size
     embeddings = vocab_size * C * (1 if model.tie_embeddings else 2)
@@ -30,7 +36,7 @@ def estimate_parameters(model, vocab_size: int) -> int:
 
 def estimate_activations(model, batch_size: int, vocab_size: int) -> int:
     """Bytes of activations one training micro-batch keeps for backward (a lower estimate: fp32, flash attention)."""
-    per_token_layer = 10 * model.n_embd + 2 * model.intermediate_size
+    per_token_layer = 10 * model.n_embd + 2 * (model.intermediate_size or 0)  # baselines have no MLP
     per_token = model.n_layer * per_token_layer + 2 * vocab_size  # logits and their float copy
     return 4 * batch_size * model.block_size * per_token
 

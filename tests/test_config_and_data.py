@@ -32,7 +32,7 @@ def test_toml_and_overrides_resolve(tmp_path):
     (["train.learning_rate=1"], ["unknown key 'train.learning_rate'", "lr"]),
     (["train.max_steps=many"], ["train.max_steps", "'many'"]),
     (["train.lr=-1"], ["train.lr", "greater than 0"]),
-    (["model.arch=rnn"], ["model.arch", "'gpt'", "'llama'", "'bert'"]),
+    (["model.arch=transformer"], ["model.arch", "'gpt'", "'llama'", "'bert'"]),
     (["nosection.key=1"], ["unknown section 'nosection'"]),
     (["lr=1"], ["section.key"]),
     (["train.lr"], ["section.key=value"]),

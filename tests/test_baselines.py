@@ -228,3 +228,15 @@ def test_bench_arch_trains_each_arch_for_its_budget_then_tables_and_plots_and_re
     assert main([*argv[:-1], "--set", "lstm:model.n_layer=1"]) == 2  # other settings over a kept run
     assert "holds a run with other settings" in capsys.readouterr().err
     assert main(["bench-arch", "--data", str(corpus_file), "--archs", "lstm,transformer-xl"]) == 2
+
+
+def test_beam_search_and_continuous_batching_refuse_a_recurrent_model_clearly(tokenizer):
+    # both reorder or align KV-cache rows, which a recurrent state does not have
+    from lmforge.infer.batching import BatchDecoder
+    from lmforge.infer.beam import beam_search
+
+    model = rnn_model("lstm", vocab_size=tokenizer.vocab_size)
+    with pytest.raises(ValueError, match="beam search needs a Transformer decoder.*'lstm'"):
+        beam_search(model, tokenizer.encode("the cat"), num_beams=2, max_new_tokens=3)
+    with pytest.raises(ValueError, match="continuous batching.*'lstm'"):
+        BatchDecoder(model)

@@ -19,6 +19,9 @@ class BatchDecoder:
     def __init__(self, model):
         if not getattr(model, "is_causal", False):
             raise ValueError("continuous batching needs a decoder (gpt, llama)")
+        if not model.config.is_transformer:  # its rows share one KV cache; a recurrent state has no columns to align
+            raise ValueError(f"continuous batching (lmforge serve) needs a Transformer decoder (gpt, llama); arch "
+                             f"'{model.config.arch}' keeps a recurrent state: use `lmforge generate` or LM.generate")
         self.model = model.eval()
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device

@@ -47,6 +47,9 @@ def beam_search(model, prompt: list[int], *, num_beams: int = 4, max_new_tokens:
         raise ValueError(f"beam search needs max_new_tokens >= 1, got {max_new_tokens}")
     if not prompt:
         raise ValueError("beam search needs a prompt of at least one token")
+    if not model.config.is_transformer:  # beams reorder KV-cache rows; a recurrent state has no such hook yet
+        raise ValueError(f"beam search needs a Transformer decoder (gpt, llama); arch '{model.config.arch}' keeps a "
+                         "recurrent state: use num_beams=1 (greedy or sampling)")
     context = model.config.block_size
     if len(prompt) + max_new_tokens > context:
         raise ValueError(f"beam search keeps the whole sequence in the context: prompt of {len(prompt)} tokens + "

@@ -16,7 +16,7 @@ from .modeldir import load_model_dir, save_model_dir
 from .preflight import check_fits, check_run_dir
 from .models import build_model, count_parameters
 from .tokenizer import Tokenizer
-from .train.checkpoint import list_checkpoints
+from .train.checkpoint import find_resumable, list_checkpoints
 from .train.trainer import RunDir, TrainResult, train
 
 # model fields that may differ between a checkpoint and the config that resumes or fine-tunes it
@@ -129,24 +129,25 @@ class LM:
         return added
 
     # -- training -------------------------------------------------------------------------------
-    def fit(self, data=None, *, objective: str | None = None, run_dir: str | Path | None = None, resume: bool = False,
+    def fit(self, data=None, *, objective: str | None = None, run_dir: str | Path | None = None, resume: bool | Path = False,
             progress: bool = True, hooks=(), **train_options: Any) -> TrainResult:
         """Train on `data` (files, folders, globs; a labeled .csv/.tsv/.jsonl for objective 'classify', 'regress'
         or 'multilabel').
 
         Keyword options are train.* settings (max_steps=500, lr=3e-4, ...). With `run_dir`, checkpoints,
-        metrics.jsonl and final/ are written there and resume=True continues the newest checkpoint.
+        metrics.jsonl and final/ are written there and resume=True continues the newest good checkpoint
+        (or starts from step 0, saying so, when there is none yet); resume may also name a checkpoint.
         """
         from .tasks import make_task
 
         if resume:
             if run_dir is None:
                 raise ValueError("resume=True needs the run_dir to continue")
-            found = list_checkpoints(Path(run_dir) / "checkpoints")
-            if not found:
-                raise FileNotFoundError(f"nothing to resume: '{run_dir}' holds no complete checkpoint")
-            # the run's own tokenizer: retraining one (WordPiece training is not deterministic) could differ
-            self.tokenizer = Tokenizer.load(found[-1] / "tokenizer.json")
+            if not isinstance(resume, (str, Path)):
+                resume = find_resumable(Path(run_dir) / "checkpoints") or True  # True: none yet, start at 0
+            if not isinstance(resume, bool):
+                # the run's own tokenizer: retraining one (WordPiece training is not deterministic) could differ
+                self.tokenizer = Tokenizer.load(Path(resume) / "tokenizer.json")
         updates: dict[str, dict] = {"train": dict(train_options)}
         if objective is not None:
             updates["train"]["objective"] = objective
@@ -185,7 +186,9 @@ class LM:
                                                                                 self.config.model, self.meta))
                 atomic_write_text(run.path / "config.toml", to_toml(self.config))
             result = train(self.model, task, cfg, run, resume=resume, progress=progress, hooks=[remember, *hooks])
-            if run is not None and not result.interrupted and hasattr(task, "finish"):
+            if result.model is not None:  # after FSDP, rank 0 gets the gathered weights in a plain module
+                self.model = result.model
+            if run is not None and not result.interrupted and hasattr(task, "finish") and result.rank == 0:
                 task.finish(self.model, run.path)  # e.g. a classifier's eval.json and confusion.png
         self.model.eval()
         return result
@@ -374,12 +377,14 @@ def train_from_config(config: Config, resume: bool = False, progress: bool = Tru
     run_path = config.run.path
     check_run_dir(run_path)
     existing = list_checkpoints(run_path / "checkpoints")
-    if resume:
-        if not existing:
-            raise FileNotFoundError(f"cannot resume: '{run_path}' has no complete checkpoint in checkpoints/")
-        lm = LM.from_pretrained(existing[-1])
-        _check_same_model(lm.config.model, config.model, str(existing[-1]))
+    source = find_resumable(run_path / "checkpoints") if resume else None
+    if source is not None:
+        lm = LM.from_pretrained(source)
+        _check_same_model(lm.config.model, config.model, str(source))
         lm.config = config.model_copy(update={"model": lm.config.model})
+        resume = source
+    elif resume:  # killed before its first checkpoint: the same restart command starts it (the trainer says so)
+        lm = LM.from_config(config)
     else:
         if existing:
             raise FileExistsError(f"run directory '{run_path}' already holds checkpoints; continue it with "

@@ -211,8 +211,17 @@ class TrainConfig(Section):
     log_every: int = Field(10, ge=1)
     seed: int = Field(1337, ge=0, le=MAX_SEED)
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default")
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="bfloat16: autocast on CPU and GPU; float16: autocast with a gradient scaler (GPU)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+    parallel: Literal["none", "ddp", "fsdp"] = Field(
+        "none", description="data parallel across the processes torchrun starts: ddp (replicas) or fsdp (FSDP2 "
+                            "shards, one group per block); N ranks x grad_accum A = one process with grad_accum N*A")
+    compile: bool = Field(False, description="torch.compile the model (says so and runs eagerly when it cannot)")
+    max_bad_steps: int = Field(5, ge=1, description="NaN/Inf steps in a row (each skipped) that abort the run")
+    grad_norms_every: int = Field(100, ge=0, description="steps between per-layer gradient norms (with vanishing/"
+                                                          "exploding warnings); 0 disables")
+    tensorboard: bool = Field(True, description="also write TensorBoard event files into the run directory")
     mask_prob: float = Field(0.15, gt=0, lt=1, description="MLM: share of tokens masked")
     whole_word_mask: bool = False
     head_lr: float | None = Field(None, gt=0, description="classify: learning rate of the new head (default lr)")

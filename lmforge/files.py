@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -72,3 +74,51 @@ def atomic_directory(path: str | Path):
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+
+
+MANIFEST = "manifest.json"
+
+
+class DamagedFileError(ValueError):
+    """A file whose size or checksum differs from what was recorded when it was written."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """Record every file's size and SHA-256 in directory/manifest.json (call last, before the rename)."""
+    directory = Path(directory)
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+             for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+
+
+def verify_manifest(directory: Path) -> bool:
+    """Check each file against directory/manifest.json; raise DamagedFileError naming the first bad file.
+
+    Returns False when the directory has no manifest (written before manifests existed): nothing to check."""
+    directory = Path(directory)
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise DamagedFileError(f"'{manifest}' is damaged ({error})") from None
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise DamagedFileError(f"'{path}' is missing (listed in {MANIFEST})")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise DamagedFileError(f"'{path}' is damaged: {size} bytes, {expected['bytes']} were written (truncated?)")
+        if file_sha256(path) != expected["sha256"]:
+            raise DamagedFileError(f"'{path}' is damaged: its SHA-256 checksum differs from the one recorded "
+                                   "when it was written (flipped bytes?)")
+    return True

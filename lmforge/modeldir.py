@@ -11,7 +11,7 @@ from torch import nn
 
 from . import __version__
 from .config import ModelConfig, _describe_error
-from .files import atomic_directory
+from .files import DamagedFileError, atomic_directory, verify_manifest, write_manifest
 from .models import build_model, count_parameters
 from .tokenizer import Tokenizer
 
@@ -37,6 +37,7 @@ def save_model_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, con
             meta["tokenizer"]["eos_token"] = tokenizer.eos_token
         (temp / "config.json").write_text(json.dumps(meta, indent=2))
         (temp / "README.md").write_text(model_card(model, tokenizer, config, info))
+        write_manifest(temp)  # sizes and checksums: a damaged file is named on load, never used silently
     return path
 
 
@@ -83,6 +84,10 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> tuple[nn.Module, To
     if is_hf_dir(path):
         return load_hf_dir(path, device)
     config, meta = read_model_config(path)
+    try:
+        verify_manifest(path)
+    except DamagedFileError as error:
+        raise ModelDirError(str(error)) from None
     model = build_model(config)
     weights = path / "model.safetensors"
     check_weight_shapes(weights, model, config)

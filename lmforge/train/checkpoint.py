@@ -1,25 +1,31 @@
-"""Resumable checkpoints: model, optimizer, RNG states and progress, written atomically as safetensors + JSON."""
+"""Resumable checkpoints: model, optimizer, RNG states and progress, written atomically as safetensors + JSON,
+with every file's size and checksum recorded so that a damaged checkpoint is named and skipped, never trusted."""
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file, save_model
-from torch import nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from ..files import atomic_directory, atomic_write_text
+from ..files import DamagedFileError, atomic_directory, verify_manifest, write_manifest
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
 
 
-def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+class CheckpointError(ValueError):
+    """No checkpoint of a run can be used (all are damaged)."""
+
+
+def optimizer_to_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Split an optimizer state_dict into flat tensors (for safetensors) and JSON-able metadata."""
-    state = optimizer.state_dict()
     tensors, scalars = {}, {}
     for pid, values in state["state"].items():
         for key, value in values.items():
@@ -30,7 +36,8 @@ def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, to
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The optimizer state_dict (parameters numbered in param_groups order) that optimizer_to_tensors split."""
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         if name.startswith("state."):
@@ -39,25 +46,21 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     for name, value in meta["scalars"].items():
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict, export: Callable[[nn.Module, Path], None] | None, keep_last: int) -> Path:
-    """Write checkpoints/step-N atomically (a model directory plus optimizer and trainer state)."""
+def save_checkpoint(directory: Path, step: int, export: Callable[[Path], None], optimizer_state: dict,
+                    rng: dict[str, torch.Tensor], trainer_state: dict, keep_last: int) -> Path:
+    """Write checkpoints/step-N atomically: a model directory (via `export`), optimizer and RNG states,
+    the trainer state and a manifest of sizes and checksums; then drop all but the newest `keep_last`."""
     target = directory / f"step-{step}"
     with atomic_directory(target) as temp:
-        if export is not None:
-            export(model, temp)
-        else:
-            save_model(model, str(temp / "model.safetensors"))
-        tensors, meta = optimizer_to_tensors(optimizer)
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for index, value in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{index}"] = value
-        save_file(tensors, str(temp / "optimizer.safetensors"))
+        export(temp)
+        tensors, meta = optimizer_to_tensors(optimizer_state)
+        tensors.update(rng)
+        save_file(tensors, str(temp / OPTIMIZER_FILE))
         (temp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step, "optimizer": meta}, indent=1))
+        write_manifest(temp)
     for old in list_checkpoints(directory)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -71,25 +74,45 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore model, optimizer and RNG states from `path`; return the trainer state (with `step`)."""
-    from safetensors.torch import load_model
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Verify a checkpoint and read (optimizer/RNG tensors, trainer state); DamagedFileError names a bad file."""
+    verify_manifest(path)
+    state_file = path / STATE_FILE
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        state["step"], state["optimizer"]["param_groups"]  # noqa: B018 - the keys a resume needs
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise DamagedFileError(f"'{state_file}' is damaged ({type(error).__name__}: {error})") from None
+    try:
+        tensors = load_file(str(path / OPTIMIZER_FILE))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise DamagedFileError(f"'{path / OPTIMIZER_FILE}' is damaged ({error})") from None
+    return tensors, state
 
-    load_model(model, str(path / "model.safetensors"), strict=True)
-    state = json.loads((path / STATE_FILE).read_text())
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    # load_state_dict moves each state tensor to its parameter's device and dtype
-    optimizer_from_tensors(optimizer, tensors, state.pop("optimizer"))
-    torch.set_rng_state(tensors["rng.cpu"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    return state
+
+def check_checkpoint(path: Path) -> None:
+    """Raise DamagedFileError when any file of the checkpoint is damaged (sizes, checksums, readable state)."""
+    read_checkpoint(path)
+    if not (path / "model.safetensors").is_file():
+        raise DamagedFileError(f"'{path / 'model.safetensors'}' is missing")
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after `step` (they belong to the part of a run that a resume replays)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+def find_resumable(directory: Path) -> Path | None:
+    """The newest checkpoint that verifies; a damaged newer one is skipped with a warning naming the file.
+
+    None when there is no checkpoint at all; CheckpointError when every one is damaged."""
+    found = list_checkpoints(directory)
+    problems = []
+    for path in reversed(found):
+        try:
+            check_checkpoint(path)
+        except DamagedFileError as error:
+            problems.append(str(error))
+            continue
+        if problems:
+            warnings.warn(f"skipping damaged checkpoint(s): {'; '.join(problems)}; resuming from '{path}' instead",
+                          stacklevel=2)
+        return path
+    if problems:
+        raise CheckpointError("no usable checkpoint to resume: " + "; ".join(problems))
+    return None

@@ -33,9 +33,10 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig, scaled: list[tuple[list
     return groups
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, scaled=None) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, scaled=None, fused: bool = True) -> torch.optim.Optimizer:
+    """AdamW over parameter_groups; fused=False for FSDP's sharded parameters."""
     groups = parameter_groups(model, cfg, scaled)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:

@@ -1,15 +1,16 @@
 """Training curves from metrics.jsonl, drawn to a PNG beside it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from .metrics import read_metrics
 
 
 def plot_metrics(metrics_path: Path, out_path: Path | None = None) -> Path | None:
     """Draw training loss (and validation loss, when evaluated) against step; returns the PNG path."""
     if not metrics_path.is_file():
         return None
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r and "lr" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     if not train:

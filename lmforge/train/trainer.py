@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -14,13 +13,21 @@ from safetensors.torch import load_model
 from torch import nn
 
 from ..config import TrainConfig
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, truncate_metrics
+from .checkpoint import find_resumable, optimizer_from_tensors, read_checkpoint, save_checkpoint
+from .distributed import Parallel, pick_device  # noqa: F401 - pick_device is part of this module's API
+from .health import gradient_warnings, layer_grad_norms
+from .metrics import MetricsLog
 from .optim import learning_rate, make_optimizer
 from .penalty import l1_parameters, l1_penalty
 from .plots import plot_metrics
 from .progress import Progress
 
 Export = Callable[[nn.Module, Path], None]
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TrainingDiverged(FloatingPointError, ValueError):
+    """Loss or gradients stayed NaN/Inf (or the weights became so): the run stops, its last good checkpoint kept."""
 
 
 @dataclass
@@ -50,18 +57,9 @@ class TrainResult:
     seconds: float = 0.0
     tokens_per_s: float = 0.0
     final_dir: Path | None = None
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"train.device '{name}' is not a device name (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device is '{name}' but no CUDA GPU is available; use train.device=cpu")
-    return device
+    skipped_steps: int = 0
+    rank: int = 0
+    model: nn.Module | None = None  # a plain module with the final weights (None on FSDP ranks other than 0)
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -72,61 +70,133 @@ def _better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
 
 
-def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *, resume: bool = False,
+def _clone_weights(state: dict) -> dict:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def _weights_finite(model: nn.Module, parallel: Parallel) -> bool:
+    bad = any(not bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
+              for p in model.parameters())
+    return not parallel.any(bad)
+
+
+def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *, resume: bool | Path = False,
           progress: bool = True, hooks: list[Callable[[int, dict], None]] = ()) -> TrainResult:
     """Train `model` on `task` for cfg.max_steps optimizer steps; checkpoint and log into `run`.
 
-    With resume=True the newest complete checkpoint in the run is restored and training continues
-    exactly as if it had not stopped (same batches, same RNG), so the losses match.
+    With resume=True the newest good checkpoint in the run is restored (resume may also name a checkpoint)
+    and training continues exactly as if it had not stopped (same batches, same RNG), so the losses match.
+    Under torchrun (train.parallel ddp/fsdp) every rank calls this; rank 0 alone logs and writes files.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
+    parallel = Parallel(cfg.parallel, cfg.device)
+    try:
+        return _train(model, task, cfg, run, resume, progress, hooks, parallel)
+    finally:
+        parallel.close()
+
+
+def _train(model, task, cfg: TrainConfig, run: RunDir | None, resume, progress: bool, hooks, parallel: Parallel):
+    device, main = parallel.device, parallel.main
+    torch.manual_seed(cfg.seed + parallel.rank)  # each rank its own dropout stream; rank 0 as one process
     model.to(device)
-    scaled = task.parameter_groups(model, cfg) if hasattr(task, "parameter_groups") else None
-    optimizer = make_optimizer(model, cfg, scaled)
     monitor, mode = getattr(task, "monitor", ("val_loss", "min"))
-    state = {"best": None, "bad_evals": 0, "tokens": 0}
-    start = 0
-    best_weights: dict | None = None
+    state = {"best": None, "bad_evals": 0, "tokens": 0, "skipped_steps": 0}
+    bar = Progress(cfg.max_steps, 0, enabled=progress and main)
+    source = None
     if resume:
         if run is None:
             raise ValueError("resume needs a run directory")
-        found = list_checkpoints(run.checkpoints)
-        if not found:
-            raise FileNotFoundError(f"nothing to resume: '{run.checkpoints}' holds no complete checkpoint")
-        state.update(load_checkpoint(found[-1], model, optimizer))
-        start = state.pop("step")
-        truncate_metrics(run.metrics, start)
+        source = Path(resume) if isinstance(resume, (str, Path)) else find_resumable(run.checkpoints)
+        if source is None:
+            bar.note(f"no complete checkpoint in '{run.checkpoints}' yet: starting from step 0")
+    start, tensors, best_weights = 0, None, None
+    if source is not None:
+        tensors, saved = read_checkpoint(source)  # verified: sizes and checksums
+        load_model(model, str(source / "model.safetensors"), strict=True)
+        start, optimizer_meta = saved.pop("step"), saved.pop("optimizer")
+        state.update(saved)
         best_file = run.path / "best" / "model.safetensors"
         if cfg.patience and best_file.is_file():
-            current = _clone_weights(model)
+            current = _clone_weights(model.state_dict())
             load_model(model, str(best_file))
-            best_weights = _clone_weights(model)
+            best_weights = _clone_weights(model.state_dict())
             model.load_state_dict(current)
-    if run is not None:
-        run.path.mkdir(parents=True, exist_ok=True)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16"
-                else contextlib.nullcontext())
-    params = [p for p in model.parameters() if p.requires_grad]
+    if hasattr(task, "grad_accum"):  # a task that numbers its rows by micro-step counts them over all ranks
+        task.grad_accum = cfg.grad_accum * parallel.world
     # after the task made its head, so a new classifier is covered too (see penalty.py for which parameters)
     penalized = [p for _, p in l1_parameters(model)] if cfg.l1 else []
-    bar = Progress(cfg.max_steps, start, enabled=progress)
-    result = TrainResult(step=start, train_loss=None, best=state["best"])
+    if penalized and cfg.parallel == "fsdp":
+        raise ValueError("train.l1 is not available with train.parallel=fsdp (the penalty needs whole weights); "
+                         "use train.parallel=ddp or train.l1=0")
+
+    def objective(module, batch):
+        loss, extra = task.loss(module, batch)
+        if not cfg.l1:
+            return loss, extra
+        # minimized with the loss; "loss" stays comparable to val_loss, the penalty is reported apart as l1_penalty
+        penalty = cfg.l1 * l1_penalty(penalized)
+        return loss + penalty, {**extra, "l1_penalty": penalty, "_loss": loss}
+
+    parallel.wrap(model, objective)
+    scaled = task.parameter_groups(model, cfg) if hasattr(task, "parameter_groups") else None
+    optimizer = make_optimizer(model, cfg, scaled, fused=cfg.parallel != "fsdp")
+    if source is not None:
+        parallel.load_optimizer_state(optimizer, optimizer_from_tensors(tensors, optimizer_meta))
+        parallel.load_rng_state(tensors)
+    last_good = source
+    autocast = (torch.autocast(device.type, dtype=DTYPES[cfg.dtype]) if cfg.dtype in DTYPES
+                else contextlib.nullcontext())
+    scaler = torch.amp.GradScaler(device.type) if cfg.dtype == "float16" else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    bar.start = start
+    result = TrainResult(step=start, train_loss=None, best=state["best"], rank=parallel.rank)
+    metrics = MetricsLog(run.path, start, cfg.tensorboard) if run is not None and main else None
+    forward = _make_forward(task, parallel, cfg, bar)
     began, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
-    # sums over the steps since the last log line (kept on the device: no sync per step)
+    # sums over the good steps since the last log line (kept on the device: no sync per step beyond the guard)
     window_loss, window_extra, window_steps = torch.zeros((), device=device), {}, 0
-    metrics_file = open(run.metrics, "a", encoding="utf-8") if run is not None else None
+    bad_in_a_row = 0
+
+    def write(record: dict) -> None:  # metrics.jsonl and TensorBoard only: hooks see training and eval records
+        if metrics is not None:
+            metrics.log(record)
 
     def log(record: dict) -> None:
-        if metrics_file is not None:
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+        write(record)
+        for hook in hooks:
+            hook(record["step"], record)
+
+    def diverged(reason: str, step: int) -> TrainingDiverged:
+        where = (f"the last good checkpoint is '{last_good}'; after changing the config continue with "
+                 f"--resume {run.path}") if last_good is not None else "no checkpoint was written before it"
+        return TrainingDiverged(f"training diverged: {reason} at step {step}; lower train.lr, raise "
+                                f"train.warmup_steps or keep train.grad_clip on. {where}")
+
+    def export(path: Path) -> None:
+        module = parallel.export_module()  # collective under FSDP
+        if main:
+            run.export(module, path)
 
     def checkpoint(step: int) -> None:
-        if run is not None:
-            save_checkpoint(run.checkpoints, step, model, optimizer, state, run.export, cfg.keep_last)
+        nonlocal last_good
+        if not _weights_finite(model, parallel):  # a diverged model must never become "the last good checkpoint"
+            raise diverged("the weights became NaN/Inf", step)
+        if run is None:
+            return
+        module = parallel.export_module()
+        optimizer_state = parallel.optimizer_state(optimizer)
+        rng = parallel.rng_state()
+        if main:
+            save_checkpoint(run.checkpoints, step, lambda temp: run.export(module, temp), optimizer_state, rng,
+                            {k: v for k, v in state.items()}, cfg.keep_last)
+        last_good = run.checkpoints / f"step-{step}"
+        parallel.barrier()
 
     step = start
     try:
@@ -135,72 +205,108 @@ def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *
             lr = learning_rate(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            for micro in range(cfg.grad_accum):
+            step_loss, step_extra, step_tokens = torch.zeros((), device=device), {}, 0
+            for k in range(cfg.grad_accum):
+                # rank r takes micro-steps r, r+N, ...: N ranks x A micro-steps = one process with N*A
+                micro = k * parallel.world + parallel.rank
                 batch = _to(task.train_batch(step, micro, cfg.batch_size), device)
-                with autocast:
-                    loss, metrics = task.loss(model, batch)
-                objective = loss
-                if cfg.l1:
-                    # minimized with the loss; logged apart as l1_penalty, so "loss" stays comparable to val_loss
-                    penalty = cfg.l1 * l1_penalty(penalized)
-                    objective = loss + penalty
-                    metrics = {**metrics, "l1_penalty": penalty}
-                (objective / cfg.grad_accum).backward()
-                window_loss += loss.detach() / cfg.grad_accum
-                for key, value in metrics.items():
-                    window_extra[key] = window_extra.get(key, 0) + value.detach() / cfg.grad_accum
-                window_tokens += task.count_tokens(batch)
-            window_steps += 1
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            optimizer.step()
+                with parallel.sync(final=k == cfg.grad_accum - 1):
+                    with autocast:
+                        total, extra = forward(batch)
+                    loss = extra.pop("_loss", total)
+                    part = total / cfg.grad_accum
+                    (scaler.scale(part) if scaler is not None else part).backward()
+                step_loss += loss.detach().float() / cfg.grad_accum
+                for key, value in extra.items():
+                    step_extra[key] = step_extra.get(key, 0) + value.detach().float() / cfg.grad_accum
+                step_tokens += task.count_tokens(batch)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if cfg.grad_norms_every and (step + 1) % cfg.grad_norms_every == 0:
+                norms = layer_grad_norms(model, parallel)
+                write({"step": step + 1, **{f"grad_norm/{name}": value for name, value in norms.items()}})
+                for warning in gradient_warnings(norms, cfg.grad_clip, step + 1):
+                    bar.note("warning: " + warning)
+            grad_norm = _local(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
+            # the guard: one sync per step, agreed by all ranks, so a bad batch never reaches the weights
+            loss_ok, grad_ok = torch.stack([step_loss, grad_norm.float().to(device)]).isfinite().tolist()
+            bad = parallel.any(not (loss_ok and grad_ok))
+            overflow = bad and scaler is not None and not parallel.any(not loss_ok)
+            if not bad:
+                bad_in_a_row = 0
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                window_loss += step_loss
+                for key, value in step_extra.items():
+                    window_extra[key] = window_extra.get(key, 0) + value
+                window_steps += 1
+                window_tokens += step_tokens
+            elif overflow:  # float16 gradients overflowed: the scaler lowers its scale and skips, as designed
+                scaler.update()
+            else:
+                bad_in_a_row += 1
+                state["skipped_steps"] += 1
+                what = "loss" if not loss_ok else "gradient norm"
+                write({"step": step + 1, "skipped_step": 1, "skipped_steps": state["skipped_steps"]})
+                bar.note(f"warning: step {step + 1}: NaN/Inf {what}; update skipped "
+                         f"({bad_in_a_row} in a row, {state['skipped_steps']} in all)")
+                if bad_in_a_row >= cfg.max_bad_steps:
+                    raise diverged(f"{bad_in_a_row} steps in a row had NaN/Inf loss or gradients", step + 1)
             optimizer.zero_grad(set_to_none=True)
             step += 1
             last = step == cfg.max_steps
-            if step % cfg.log_every == 0 or last or step == start + 1:
+            if (step % cfg.log_every == 0 or last or step == start + 1) and window_steps:
                 now = time.perf_counter()
-                speed = window_tokens / max(now - window_start, 1e-9)
-                state["tokens"] += window_tokens
-                loss_value = window_loss.item() / window_steps
-                extra = {k: float(v) / window_steps for k, v in window_extra.items()}
+                keys = list(window_extra)
+                totals = parallel.sum(torch.stack([window_loss, *[window_extra[k] for k in keys],
+                                                   torch.tensor(float(window_tokens), device=device)]))
+                totals = totals.tolist()
+                loss_value = totals[0] / window_steps / parallel.world
+                extra = {k: v / window_steps / parallel.world for k, v in zip(keys, totals[1:-1])}
+                tokens = int(totals[-1])
+                speed = tokens / max(now - window_start, 1e-9)
+                state["tokens"] += tokens
                 window_tokens, window_start, window_steps, window_extra = 0, now, 0, {}
-                window_loss.zero_()
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"training loss became {loss_value} at step {step}; "
-                                             "lower train.lr, raise train.warmup_steps or keep train.grad_clip on")
+                window_loss = torch.zeros((), device=device)
                 record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
-                          "tokens_per_s": speed, "elapsed": now - began,
-                          **extra}
+                          "tokens_per_s": speed, "elapsed": now - began, **extra}
                 log(record)
                 result.train_loss, result.tokens_per_s = loss_value, speed
                 bar.update(step, loss=loss_value, lr=lr, tokens_per_s=speed)
-                for hook in hooks:
-                    hook(step, record)
             paused = time.perf_counter()  # evaluation and saving do not count against tokens/s
             if cfg.eval_every and (step % cfg.eval_every == 0 or last) and task.can_evaluate:
-                evaluation = task.evaluate(model, cfg.eval_steps, cfg.batch_size, device)
+                with parallel.gathered():
+                    evaluation = task.evaluate(model, cfg.eval_steps, cfg.batch_size, device)
                 model.train()
                 result.eval = evaluation
                 log({"step": step, **evaluation})
-                for hook in hooks:
-                    hook(step, {"step": step, **evaluation})
                 value = evaluation[monitor]
                 if _better(value, state["best"], mode):
                     state["best"], state["bad_evals"] = value, 0
                     if cfg.patience:
-                        best_weights = _clone_weights(model)
+                        best_weights = _clone_weights(parallel.model_state())
                         if run is not None:
-                            run.export(model, run.path / "best")
+                            export(run.path / "best")
                 else:
                     state["bad_evals"] += 1
                 bar.note("  eval @ step {}: {}".format(step, ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items())))
-                if cfg.patience and state["bad_evals"] >= cfg.patience and not last:
+                stop = bool(cfg.patience and state["bad_evals"] >= cfg.patience and not last)
+                if parallel.any(stop):  # every rank stops at the same step
                     bar.note(f"  early stop: {monitor} has not improved for {cfg.patience} evaluations "
                              f"(best {state['best']:.4g})")
                     result.stopped_early = True
                     break
             if cfg.save_every and step % cfg.save_every == 0 and not last:
-                checkpoint(step)
+                if bad_in_a_row:  # weights that just gave NaN/Inf are no checkpoint to come back to
+                    bar.note(f"warning: no checkpoint at step {step}: its step was skipped as NaN/Inf")
+                else:
+                    checkpoint(step)
             window_start += time.perf_counter() - paused
+        if bad_in_a_row and not result.stopped_early:
+            raise diverged(f"the last {bad_in_a_row} step(s) had NaN/Inf loss or gradients", step)
         if step > start:
             checkpoint(step)
     except KeyboardInterrupt:
@@ -211,19 +317,42 @@ def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *
             bar.note(f"interrupted at step {step}; checkpoint saved; continue with --resume {run.path}")
     finally:
         bar.close()
-        if metrics_file is not None:
-            metrics_file.close()
+        if metrics is not None:
+            metrics.close()
     if best_weights is not None and cfg.patience and not result.interrupted:
-        model.load_state_dict(best_weights)
-    result.step, result.best = step, state["best"]
+        parallel.load_model_state(best_weights)
+    result.step, result.best, result.skipped_steps = step, state["best"], state["skipped_steps"]
     result.seconds = time.perf_counter() - began
+    result.model = parallel.export_module() if cfg.parallel == "fsdp" else model
     if run is not None and not result.interrupted:
-        run.export(model, run.path / "final")
+        if main:
+            run.export(result.model, run.path / "final")
+            plot_metrics(run.metrics)
         result.final_dir = run.path / "final"
-        plot_metrics(run.metrics)
+    if not main and cfg.parallel == "fsdp":
+        result.model = None
     return result
 
 
-def _clone_weights(model: nn.Module) -> dict:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def _make_forward(task, parallel: Parallel, cfg: TrainConfig, bar: Progress):
+    """The micro-step's (loss, metrics); with train.compile through torch.compile, falling back plainly."""
+    compiled = None
+    if cfg.compile:
+        if parallel.mode == "fsdp":
+            bar.note("train.compile: not applied with train.parallel=fsdp in this version; training runs eagerly")
+        else:
+            compiled = torch.compile(parallel.engine if parallel.engine is not None else parallel.model)
 
+    def forward(batch: dict):
+        nonlocal compiled
+        if compiled is not None:
+            try:
+                return compiled(batch) if parallel.engine is not None else parallel.loss_fn(compiled, batch)
+            except Exception as error:  # noqa: BLE001 - any compiler failure (no C++ compiler, an unsupported op)
+                compiled = None
+                reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+                bar.note(f"train.compile: torch.compile failed ({type(error).__name__}: {reason}); "
+                         "training continues without it")
+        return parallel.loss(batch)
+
+    return forward

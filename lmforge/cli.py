@@ -67,6 +67,10 @@ OpenAI-compatible: /v1/models, /v1/completions, /v1/chat/completions, /v1/embedd
 Each arch trains alone for the same wall-clock budget (evaluation not counted), with its learning-rate schedule
 fitted to that budget; then a table (parameters, tokens/s, best val loss) and a PNG of val loss against time.
 Finished archs are kept in --run-dir/<arch>/bench.json and reused by a later call with the same settings.""",
+    "plot": """examples:
+  lmforge plot runs/gpt-tiny                                  # writes runs/gpt-tiny/curves.png
+  lmforge plot runs/lr-1e-3 runs/lr-3e-4 --out compare.png    # several runs overlaid
+  tensorboard --logdir runs/                                  # the same metrics, live""",
     "demo": """examples:
   lmforge demo                  # what `make demo` runs: a small GPT and a small BERT on the built-in corpus
   lmforge demo --steps 300      # shorter""",
@@ -167,6 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="[ARCH:]section.key=value",
                    help="a config override for every arch, or for one with an ARCH: prefix (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p = command("plot", "Draw a run's curves (loss, validation loss, lr, gradient norm, tokens/s) as a PNG.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several are overlaid)")
+    p.add_argument("--out", help="PNG to write (default: RUN/curves.png for one run, curves.png for several)")
 
     p = command("demo", "Pretrain a small GPT and a small BERT on the built-in corpus and show what they do.")
     p.add_argument("--steps", type=int, default=None, help="training steps for each model")
@@ -219,6 +226,8 @@ def _train(args) -> int:
     lm, result = train_from_config(config, resume=bool(args.resume), progress=not args.quiet)
     if result.interrupted:
         return 130
+    if result.rank:  # under torchrun only rank 0 reports
+        return 0
     print(f"trained {result.step} steps in {result.seconds:.1f}s ({result.tokens_per_s:,.0f} tokens/s at the end)")
     if result.eval:
         print("final evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in result.eval.items()))
@@ -347,6 +356,11 @@ def _bench_arch(args) -> int:
     archs = [name.strip() for name in args.archs.split(",") if name.strip()]
     bench_arch(args.data, args.minutes, archs, Path(args.out), Path(args.run_dir), args.block_size, args.batch_size,
                args.set, progress=not args.quiet)
+def _plot(args) -> int:
+    from .train.plots import plot_runs
+
+    out = args.out or (Path(args.runs[0]) / "curves.png" if len(args.runs) == 1 else Path("curves.png"))
+    print(f"wrote {plot_runs(args.runs, out)}")
     return 0
 
 
@@ -359,6 +373,7 @@ def _demo(args) -> int:
 
 HANDLERS = {"train": _train, "generate": _generate, "eval": _eval, "fill-mask": _fill_mask,
             "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo, "bench-arch": _bench_arch}
+            "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo, "plot": _plot}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

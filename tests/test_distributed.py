@@ -15,8 +15,8 @@ from lmforge.tasks import make_task
 from lmforge.train.trainer import RunDir, train
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)
-SETTINGS = dict(batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=3, eval_every=0, log_every=5, threads=1,
-                grad_norms_every=0, tensorboard=False)
+SETTINGS = dict(batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=3, eval_every=6, eval_steps=2, log_every=5, threads=1,
+                grad_norms_every=3, tensorboard=False)
 
 
 def _port() -> int:

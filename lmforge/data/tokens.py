@@ -43,7 +43,7 @@ def build_token_file(paths, tokenizer: Tokenizer, out_dir: str | Path, text_fiel
         if {k: old.get(k) for k in meta} == meta and bin_path.stat().st_size == old["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
             return bin_path
     dtype, eos = token_dtype(tokenizer.vocab_size), tokenizer.eos_id
-    temp = bin_path.with_suffix(".bin.tmp")
+    temp = bin_path.with_suffix(f".bin.{os.getpid()}.tmp")  # torchrun ranks may build the same file at once
     total, chars, began = 0, 0, time.perf_counter()
     with open(temp, "wb") as handle:
         pending: list[tuple[str, bool]] = []

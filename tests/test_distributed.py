@@ -16,7 +16,7 @@ from lmforge.train.trainer import RunDir, train
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)
 SETTINGS = dict(batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=3, eval_every=6, eval_steps=2, log_every=5, threads=1,
-                grad_norms_every=3, tensorboard=False)
+                grad_norms_every=3, tensorboard=False, patience=50)  # patience: best weights kept and restored
 
 
 def _port() -> int:
@@ -89,6 +89,7 @@ def test_an_fsdp_checkpoint_resumes_in_one_process_and_in_two(setup):
     for world, parallel in ((1, "none"), (2, "fsdp"), (1, "fsdp")):
         again = root / f"resume-{world}-{parallel}"
         shutil.copytree(run / "checkpoints" / "step-6", again / "checkpoints" / "step-6")
+        shutil.copytree(run / "best", again / "best")  # as of step 6 or later: a resume reads the best so far
         out = root / f"resume-{world}-{parallel}.safetensors"
         options = dict(parallel=parallel, max_steps=12, grad_accum=4 // world, save_every=6, resume=True)
         if world == 1:

@@ -171,14 +171,15 @@ class Parallel:
         return {k.removeprefix("model."): v for k, v in full.items()}
 
     def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a full state_dict (as model_state gives) into the training model on every rank."""
+        """Load a full state_dict (as model_state gives: under FSDP only rank 0's counts) into the training model."""
         if self.mode != "fsdp":
             self.model.load_state_dict(state)
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+        # rank 0 holds the full state (model_state gives the others {}): it is broadcast and sharded
         set_model_state_dict(self.engine, {f"model.{k}": v for k, v in state.items()},
-                             options=StateDictOptions(full_state_dict=True))
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
     def export_module(self) -> nn.Module:
         """A plain module holding the current full weights, for rank 0 to save; collective under FSDP."""

@@ -50,8 +50,9 @@ class _TaskStep(nn.Module):
         self.model = model
         self.loss = loss
 
-    def forward(self, batch: dict):
-        return self.loss(self.model, batch)
+    def forward(self, batch: dict | None, call: Callable | None = None):
+        # `call` runs any other use of the model (evaluation) inside FSDP's forward hooks
+        return call(self.model) if call is not None else self.loss(self.model, batch)
 
 
 class Parallel:
@@ -129,17 +130,12 @@ class Parallel:
             self.engine.set_requires_gradient_sync(final)
         return contextlib.nullcontext()
 
-    @contextlib.contextmanager
-    def gathered(self):
-        """Calls to the model outside the wrapper (evaluation) need FSDP's root parameters gathered."""
+    def evaluate(self, call: Callable):
+        """call(model) for work outside training steps (evaluation): under FSDP it runs inside the root's
+        forward, whose hooks gather the parameters that live outside the blocks."""
         if self.mode != "fsdp":
-            yield
-            return
-        self.engine.unshard()
-        try:
-            yield
-        finally:
-            self.engine.reshard()
+            return call(self.model)
+        return self.engine(None, call)
 
     # -- collectives (no-ops in one process) -------------------------------------------------------
     def any(self, flag: bool) -> bool:

@@ -278,8 +278,7 @@ def _train(model, task, cfg: TrainConfig, run: RunDir | None, resume, progress: 
                 bar.update(step, loss=loss_value, lr=lr, tokens_per_s=speed)
             paused = time.perf_counter()  # evaluation and saving do not count against tokens/s
             if cfg.eval_every and (step % cfg.eval_every == 0 or last) and task.can_evaluate:
-                with parallel.gathered():
-                    evaluation = task.evaluate(model, cfg.eval_steps, cfg.batch_size, device)
+                evaluation = parallel.evaluate(lambda m: task.evaluate(m, cfg.eval_steps, cfg.batch_size, device))
                 model.train()
                 result.eval = evaluation
                 log({"step": step, **evaluation})

@@ -377,6 +377,9 @@ def train_from_config(config: Config, resume: bool = False, progress: bool = Tru
     run_path = config.run.path
     check_run_dir(run_path)
     existing = list_checkpoints(run_path / "checkpoints")
+    if resume and not run_path.is_dir():  # most likely a typo; a restart loop's first start can mkdir -p it
+        raise FileNotFoundError(f"cannot resume: '{run_path}' does not exist (for a first start under a restart "
+                                f"loop create it: mkdir -p {run_path})")
     source = find_resumable(run_path / "checkpoints") if resume else None
     if source is not None:
         lm = LM.from_pretrained(source)

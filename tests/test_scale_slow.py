@@ -36,6 +36,7 @@ def test_sigkill_at_random_points_then_resume_ends_bitwise_equal(tmp_path, corpu
     kills_during_save = 0
     for trial in range(10):
         run = tmp_path / f"trial-{trial}"
+        run.mkdir()  # as a restart loop does before its first start
         for _ in range(rng.randint(1, 3)):
             process = subprocess.Popen(_args(corpus_file, run, "--resume", str(run)), env=env, cwd=ROOT,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

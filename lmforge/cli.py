@@ -71,13 +71,6 @@ Finished archs are kept in --run-dir/<arch>/bench.json and reused by a later cal
   lmforge plot runs/gpt-tiny                                  # writes runs/gpt-tiny/curves.png
   lmforge plot runs/lr-1e-3 runs/lr-3e-4 --out compare.png    # several runs overlaid
   tensorboard --logdir runs/                                  # the same metrics, live""",
-    "data": """examples:
-  lmforge data tokenize big-corpus/ --tokenizer runs/x/tokenizer.json --out runs/x/data
-  lmforge data tokenize 'shards/*.jsonl' --text-field content --tokenizer my-model/ --out prepared/ --workers 8
-
-tokenize streams the sources (constant memory), uses every core, shows progress, and is resumable: a
-rerun after a kill keeps the finished parts, and one with unchanged sources and tokenizer does nothing.
-Training reuses the token file when run.dir/data holds it for the same data.paths and tokenizer.path.""",
     "demo": """examples:
   lmforge demo                  # what `make demo` runs: a small GPT and a small BERT on the built-in corpus
   lmforge demo --steps 300      # shorter""",
@@ -181,20 +174,6 @@ def _parser() -> argparse.ArgumentParser:
     p = command("plot", "Draw a run's curves (loss, validation loss, lr, gradient norm, tokens/s) as a PNG.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several are overlaid)")
     p.add_argument("--out", help="PNG to write (default: RUN/curves.png for one run, curves.png for several)")
-
-    p = command("data", "Prepare corpora for training (tokenize).")
-    data = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
-    t = data.add_parser("tokenize", help="tokenize a corpus into a memory-mapped token file, on all cores",
-                        description="Tokenize text (.txt/.md, .jsonl, .csv/.tsv; files, folders, globs) into "
-                                    "OUT/tokens.bin + tokens.json.", epilog=EXAMPLES["data"],
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("sources", nargs="+", metavar="SRC", help="files, folders or glob patterns")
-    t.add_argument("--tokenizer", required=True, help="a tokenizer.json, or a model directory holding one")
-    t.add_argument("--out", required=True, help="output folder (e.g. RUN_DIR/data)")
-    t.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    t.add_argument("--text-field", default="text", help="field/column of the text in .jsonl/.csv (default: text)")
-    t.add_argument("--encoding-errors", choices=["replace", "strict"], default="replace")
-    t.add_argument("--quiet", action="store_true", help="no progress display")
 
     p = command("demo", "Pretrain a small GPT and a small BERT on the built-in corpus and show what they do.")
     p.add_argument("--steps", type=int, default=None, help="training steps for each model")
@@ -385,18 +364,6 @@ def _plot(args) -> int:
     return 0
 
 
-def _data(args) -> int:
-    from .data.tokenize import tokenize_corpus
-    from .tokenizer import Tokenizer
-
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be at least 1 (got {args.workers})")
-    info = tokenize_corpus(args.sources, Tokenizer.load(args.tokenizer), args.out, text_field=args.text_field,
-                           errors=args.encoding_errors, workers=args.workers, progress=not args.quiet)
-    print(json.dumps({k: info[k] for k in ("n_tokens", "dtype", "skipped")}))
-    return 0
-
-
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -409,6 +376,7 @@ HANDLERS = {"train": _train, "generate": _generate, "eval": _eval, "fill-mask": 
             "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo, "plot": _plot}
             "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo, "plot": _plot,
             "data": _data}
+            "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo, "plot": _plot}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

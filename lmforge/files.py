@@ -99,10 +99,9 @@ def write_manifest(directory: Path) -> None:
     (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
 
 
-def verify_manifest(directory: Path) -> bool:
-    """Check each file against directory/manifest.json; raise DamagedFileError naming the first bad file.
-
-    Returns False when the directory has no manifest (written before manifests existed): nothing to check."""
+def verify_manifest(directory: Path, suffixes: tuple[str, ...] | None = None) -> bool:
+    """Check each file (or those ending in `suffixes`) against directory/manifest.json; raise DamagedFileError
+    naming the first bad file. False when the directory has no manifest (older): nothing to check."""
     directory = Path(directory)
     manifest = directory / MANIFEST
     if not manifest.is_file():
@@ -112,6 +111,8 @@ def verify_manifest(directory: Path) -> bool:
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
         raise DamagedFileError(f"'{manifest}' is damaged ({error})") from None
     for name, expected in files.items():
+        if suffixes is not None and not name.endswith(suffixes):
+            continue
         path = directory / name
         if not path.is_file():
             raise DamagedFileError(f"'{path}' is missing (listed in {MANIFEST})")

@@ -178,9 +178,41 @@ The output folder gets DATA_CARD.md and data_card.json (counts per type).""", _s
 }
 
 
+def _tokenize_arguments(p) -> None:
+    p.add_argument("sources", nargs="+", metavar="SRC", help="files, folders or glob patterns")
+    p.add_argument("--tokenizer", required=True, help="a tokenizer.json, or a model directory holding one")
+    p.add_argument("--out", required=True, help="output folder (e.g. RUN_DIR/data)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--text-field", default="text", help="field/column of the text in .jsonl/.csv (default: text)")
+    p.add_argument("--encoding-errors", choices=["replace", "strict"], default="replace")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def _tokenize(args) -> int:
+    from ..tokenizer import Tokenizer
+    from .tokenize import tokenize_corpus
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1 (got {args.workers})")
+    info = tokenize_corpus(args.sources, Tokenizer.load(args.tokenizer), args.out, text_field=args.text_field,
+                           errors=args.encoding_errors, workers=args.workers, progress=not args.quiet)
+    print(json.dumps({k: info[k] for k in ("n_tokens", "dtype", "skipped")}))
+    return 0
+
+
+SUBCOMMANDS["tokenize"] = ("Tokenize a corpus into the memory-mapped token file training reads, on all cores.", """examples:
+  lmforge data tokenize big-corpus/ --tokenizer runs/x/final/tokenizer.json --out runs/x/data
+  lmforge data tokenize 'shards/*.jsonl' --text-field content --tokenizer my-model/ --out prepared/ --workers 8
+
+tokenize streams the sources (constant memory), uses every core, shows progress, and is resumable: a
+rerun after a kill keeps the finished parts, and one with unchanged sources and tokenizer does nothing.
+Training reuses the token file when run.dir/data holds it for the same data.paths and tokenizer.path.""",
+                           _tokenize_arguments, _tokenize)
+
+
 def add_data_command(commands) -> None:
     """Register `lmforge data SUBCOMMAND` on the top-level subparsers."""
-    group = commands.add_parser("data", help="Data passes: scrub, dedup, contamination, augment, synthesize.",
+    group = commands.add_parser("data", help="Data passes: scrub, dedup, contamination, augment, synthesize, tokenize.",
                                 description="Data passes. Each writes its output only when it succeeded.",
                                 epilog="examples:\n  lmforge data scrub corpus/ clean/ --report scrub.json\n"
                                        "  lmforge data dedup clean/ deduped/ --near 0.8\n"

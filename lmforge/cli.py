@@ -372,11 +372,8 @@ def _demo(args) -> int:
 
 
 HANDLERS = {"train": _train, "generate": _generate, "eval": _eval, "fill-mask": _fill_mask,
-            "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo, "bench-arch": _bench_arch}
-            "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo, "plot": _plot}
-            "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo, "plot": _plot,
-            "data": _data}
-            "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo, "plot": _plot}
+            "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo, "bench-arch": _bench_arch,
+            "plot": _plot}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -171,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="[ARCH:]section.key=value",
                    help="a config override for every arch, or for one with an ARCH: prefix (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+
     p = command("plot", "Draw a run's curves (loss, validation loss, lr, gradient norm, tokens/s) as a PNG.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several are overlaid)")
     p.add_argument("--out", help="PNG to write (default: RUN/curves.png for one run, curves.png for several)")
@@ -356,6 +357,9 @@ def _bench_arch(args) -> int:
     archs = [name.strip() for name in args.archs.split(",") if name.strip()]
     bench_arch(args.data, args.minutes, archs, Path(args.out), Path(args.run_dir), args.block_size, args.batch_size,
                args.set, progress=not args.quiet)
+    return 0
+
+
 def _plot(args) -> int:
     from .train.plots import plot_runs
 

@@ -275,6 +275,41 @@ class LM:
             results = classify_texts(self.model, self.tokenizer, self.config.model.labels, items, pairs, batch_size)
         return results[0] if single else results
 
+    # -- explaining (lmforge/explain) ----------------------------------------------------------
+    def explain_attention(self, text: str, *, layer: int | None = None, head: int | None = None, out=None):
+        """Attention of every layer and head on `text`: an AttentionMap (.weights (layers, heads, T, T), .tokens);
+        `out` also saves a heatmap PNG (the whole grid, or one layer/head)."""
+        from .explain import explain_attention
+
+        return explain_attention(self.model, self.tokenizer, text, layer=layer, head=head, out=out)
+
+    def attribute(self, text: str, target: str | None = None, *, kind: str = "auto",
+                  method: str = "integrated_gradients", steps: int = 50, baseline: str = "pad", out=None):
+        """Per-token attributions of a class (classifiers) or of the next text `target` (decoders): an Attribution
+        (.scores, .tokens, .completeness_error); `out` also writes it as .html, .png or .json."""
+        from .explain import attribute
+
+        head = (self.meta.get("classification") or {}).get("kind", "classify")
+        if self.config.model.labels and head != "classify" and kind != "next-token":
+            raise ValueError(f"attributions explain a single-label classifier's class; this model's head is '{head}'")
+        result = attribute(self.model, self.tokenizer, text, target, kind=kind, method=method, steps=steps,
+                           baseline=baseline)
+        if out is not None:
+            result.save(out)
+        return result
+
+    def logit_lens(self, text: str, *, top_k: int = 1, out=None):
+        """A decoder's next-token predictions read after every layer: a LogitLens (.top_tokens, .top_probs)."""
+        from .explain import logit_lens
+
+        return logit_lens(self.model, self.tokenizer, text, top_k=top_k, out=out)
+
+    def neighbors(self, word: str, k: int = 10) -> list[tuple[str, float]]:
+        """The k tokens nearest to `word` in the input embedding space, with their cosine similarity."""
+        from .explain import nearest_tokens
+
+        return nearest_tokens(self.model, self.tokenizer, word, k).neighbors
+
     def evaluate(self, data, batch_size: int = 16, *, text_field: str | None = None, label_field: str | None = None,
                  text_pair_field: str | None = None, threshold: float | None = None) -> dict:
         """Metrics on held-out `data`: a classifier gives accuracy, macro_f1, per_class and confusion on a labeled

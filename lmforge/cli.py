@@ -176,6 +176,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several are overlaid)")
     p.add_argument("--out", help="PNG to write (default: RUN/curves.png for one run, curves.png for several)")
 
+    from .explain.cli import add_commands as add_explain_commands
+    add_explain_commands(commands)  # explain attention|attribution|lens|neighbors, and report
+
     p = command("demo", "Pretrain a small GPT and a small BERT on the built-in corpus and show what they do.")
     p.add_argument("--steps", type=int, default=None, help="training steps for each model")
     p.add_argument("--run-dir", default="runs/demo", help="where the demo's runs go (replaced each time)")
@@ -375,9 +378,21 @@ def _demo(args) -> int:
     return 0
 
 
+def _explain(args) -> int:
+    from .explain.cli import run_explain
+
+    return run_explain(args)
+
+
+def _report(args) -> int:
+    from .explain.cli import run_report
+
+    return run_report(args)
+
+
 HANDLERS = {"train": _train, "generate": _generate, "eval": _eval, "fill-mask": _fill_mask,
             "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo, "bench-arch": _bench_arch,
-            "plot": _plot}
+            "plot": _plot, "explain": _explain, "report": _report}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

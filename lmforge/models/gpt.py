@@ -18,9 +18,13 @@ class Block(nn.Module):
         self.ln_2, self.mlp = make_norm(cfg), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, *, pad_mask=None, cache=None, rope=None):
-        x = x + self.drop(self.attn(self.ln_1(x), causal=True, pad_mask=pad_mask, cache=cache, rope=rope))
-        return x + self.drop(self.mlp(self.ln_2(x)))
+    def forward(self, x, *, pad_mask=None, cache=None, rope=None, return_weights: bool = False):
+        attended = self.attn(self.ln_1(x), causal=True, pad_mask=pad_mask, cache=cache, rope=rope,
+                             return_weights=return_weights)
+        attended, weights = attended if return_weights else (attended, None)
+        x = x + self.drop(attended)
+        x = x + self.drop(self.mlp(self.ln_2(x)))
+        return (x, weights) if return_weights else x
 
 
 class GPT(nn.Module):
@@ -52,8 +56,10 @@ class GPT(nn.Module):
         """An empty generation cache: one KVCache per layer for `max_len` positions."""
         return make_cache(self.config, batch, max_len, dtype, device)
 
-    def hidden_states(self, ids, *, positions=None, pad_mask=None, cache: list[KVCache] | None = None):
-        """Final-norm hidden states (B, T, n_embd). `pad_mask` (B, past+T) marks real tokens."""
+    def hidden_states(self, ids, *, positions=None, pad_mask=None, cache: list[KVCache] | None = None,
+                      return_weights: bool = False):
+        """Final-norm hidden states (B, T, n_embd). `pad_mask` (B, past+T) marks real tokens; with
+        return_weights also each layer's attention (B, H, T, past+T)."""
         B, T = ids.shape
         past = cache[0].length if cache else 0
         if positions is None:
@@ -65,9 +71,13 @@ class GPT(nn.Module):
             x = x + self.wpe(positions)
         rope = self.rope(positions) if self.rope is not None else None
         x = self.drop(x)
+        weights = []
         for i, block in enumerate(self.h):
-            x = block(x, pad_mask=pad_mask, cache=cache[i] if cache else None, rope=rope)
-        return self.ln_f(x)
+            x = block(x, pad_mask=pad_mask, cache=cache[i] if cache else None, rope=rope, return_weights=return_weights)
+            if return_weights:
+                x, w = x
+                weights.append(w)
+        return (self.ln_f(x), weights) if return_weights else self.ln_f(x)
 
     def forward(self, ids, *, positions=None, pad_mask=None, cache: list[KVCache] | None = None):
         return self.lm_head(self.hidden_states(ids, positions=positions, pad_mask=pad_mask, cache=cache))

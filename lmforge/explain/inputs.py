@@ -1,0 +1,84 @@
+"""What every explanation needs first: the text encoded as the model reads it, readable token labels,
+and clear errors for models or arguments an explanation cannot serve."""
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+
+import torch
+
+from ..tokenizer import Tokenizer
+
+
+def model_name(model) -> str:
+    """The model's arch name for error messages ('gpt', 'bert', 'lstm', ...)."""
+    config = getattr(model, "config", None)
+    return str(getattr(config, "arch", type(model).__name__))
+
+
+def require_attention(model, what: str) -> None:
+    """Raise a clear error unless the model is a Transformer whose blocks expose attention weights."""
+    blocks = getattr(model, "h", None)
+    if blocks is None or not hasattr(model, "hidden_states") or not all(hasattr(b, "attn") for b in blocks):
+        raise ValueError(f"{what} needs a Transformer with attention (arch gpt, llama or bert); "
+                         f"this model is '{model_name(model)}', which has no attention layers")
+
+
+def check_layer_head(model, layer: int | None, head: int | None) -> None:
+    """A layer or head index that the model does not have is a ValueError naming the valid range."""
+    n_layer, n_head = len(model.h), model.config.n_head
+    if layer is not None and not 0 <= layer < n_layer:
+        raise ValueError(f"layer {layer} does not exist: the model has {n_layer} layers, numbered 0 to {n_layer - 1}")
+    if head is not None and not 0 <= head < n_head:
+        raise ValueError(f"head {head} does not exist: the model has {n_head} heads per layer, "
+                         f"numbered 0 to {n_head - 1}")
+
+
+def encode_text(model, tokenizer: Tokenizer, text: str, keep: str = "start") -> list[int]:
+    """Token ids of `text` as the model reads it ([CLS] ... [SEP] for WordPiece encoders), cut to block_size.
+
+    keep='end' keeps the last tokens (what a next-token prediction depends on); 'start' the first.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("the text to explain is empty; give a text with at least one token")
+    ids = tokenizer.encode(text)
+    if not ids:
+        raise ValueError(f"the text {text!r} gives no tokens with this tokenizer; give a longer text")
+    special = [tokenizer.cls_id, tokenizer.sep_id] if tokenizer.cls_id is not None and tokenizer.sep_id is not None \
+        and not getattr(model, "is_causal", False) else None
+    room = model.config.block_size - (2 if special else 0)
+    if len(ids) > room:
+        warnings.warn(f"the text is {len(ids)} tokens, longer than the model's block_size "
+                      f"{model.config.block_size}: explaining only its {'last' if keep == 'end' else 'first'} "
+                      f"{room} tokens", stacklevel=3)
+        ids = ids[-room:] if keep == "end" else ids[:room]
+    return [special[0], *ids, special[1]] if special else ids
+
+
+def token_labels(tokenizer: Tokenizer, ids) -> list[str]:
+    """One readable label per token: WordPiece and char tokens as stored, byte-level BPE decoded to text
+    (a piece of a multi-byte character keeps its raw form); newlines and tabs shown as \\n and \\t."""
+    labels = []
+    for index in (int(i) for i in ids):
+        raw = tokenizer.id_to_token(index) or f"<{index}>"
+        text = raw
+        if tokenizer.kind == "bpe":
+            decoded = tokenizer.decode([index], skip_special_tokens=False)
+            text = decoded if decoded and "\ufffd" not in decoded else raw
+        labels.append(text.replace("\n", "\\n").replace("\t", "\\t"))
+    return labels
+
+
+@contextmanager
+def evaluation_mode(model):
+    """Run with dropout off, then give the model back in the mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device

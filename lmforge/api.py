@@ -284,7 +284,8 @@ class LM:
         return explain_attention(self.model, self.tokenizer, text, layer=layer, head=head, out=out)
 
     def attribute(self, text: str, target: str | None = None, *, kind: str = "auto",
-                  method: str = "integrated_gradients", steps: int = 50, baseline: str = "pad", out=None):
+                  method: str = "integrated_gradients", steps: int = 50, max_steps: int = 800, baseline: str = "pad",
+                  out=None):
         """Per-token attributions of a class (classifiers) or of the next text `target` (decoders): an Attribution
         (.scores, .tokens, .completeness_error); `out` also writes it as .html, .png or .json."""
         from .explain import attribute
@@ -293,7 +294,7 @@ class LM:
         if self.config.model.labels and head != "classify" and kind != "next-token":
             raise ValueError(f"attributions explain a single-label classifier's class; this model's head is '{head}'")
         result = attribute(self.model, self.tokenizer, text, target, kind=kind, method=method, steps=steps,
-                           baseline=baseline)
+                           max_steps=max_steps, baseline=baseline)
         if out is not None:
             result.save(out)
         return result

@@ -156,6 +156,14 @@ def test_integrated_gradients_pass_completeness_for_decoder_and_classifier(char_
     assert result.kind == "class" and result.tokens[0] == "[CLS]" and result.tokens[-1] == "[SEP]"
     assert result.scores[0] == 0 and result.scores[-1] == 0  # [CLS]/[SEP] stay in the baseline
     assert result.completeness_relative < 0.01
+    with torch.no_grad():  # a saturating head: a few steps cannot follow its bend
+        classifier.model.classifier.weight.mul_(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        coarse = classifier.attribute("the cat sees the red apple", "pos", steps=1, baseline="zero")
+    assert coarse.steps > 1 and coarse.completeness_relative <= 0.05  # steps doubled until the check passed
+    with pytest.warns(UserWarning, match="miss the completeness check.*use more steps"):
+        classifier.attribute("the cat sees the red apple", "pos", steps=1, max_steps=1, baseline="zero")
     gxi = classifier.attribute("the cat sees the red apple", "pos", method="gradient_x_input")
     assert gxi.completeness_error is None and np.abs(gxi.scores).sum() > 0
 

@@ -34,7 +34,8 @@ def add_commands(commands) -> None:
     raw = argparse.RawDescriptionHelpFormatter
     explain = commands.add_parser("explain", help="See inside a model: attention, attributions, logit lens, neighbours.",
                                   description="See why a model predicts what it does. Layers and heads count from 0.",
-                                  epilog="\n\n".join(EXAMPLES[k] for k in ("attention", "attribution", "lens", "neighbors")),
+                                  epilog="examples:\n" + "\n".join(EXAMPLES[k].removeprefix("examples:\n") for k in
+                                                                     ("attention", "attribution", "lens", "neighbors")),
                                   formatter_class=raw)
     kinds = explain.add_subparsers(dest="explain_command", metavar="WHAT", required=True)
 
@@ -57,7 +58,8 @@ def add_commands(commands) -> None:
     p.add_argument("--kind", choices=["auto", "class", "next-token"], default="auto",
                    help="explain a class or the next token (default: class when the model has a classification head)")
     p.add_argument("--method", choices=["integrated_gradients", "gradient_x_input"], default="integrated_gradients")
-    p.add_argument("--steps", type=int, default=50, help="integrated-gradients steps (default 50)")
+    p.add_argument("--steps", type=int, default=50, help="integrated-gradients steps to start with, doubled until "
+                                                         "the completeness check passes (default 50)")
     p.add_argument("--baseline", choices=["pad", "zero"], default="pad",
                    help="the 'absent' input: the pad token's embedding or zeros (default pad)")
     p.add_argument("--out", help="write a .html page, a .png chart or .json")
@@ -82,7 +84,7 @@ def add_commands(commands) -> None:
     p.add_argument("run", help="run directory (or a model directory inside one)")
     p.add_argument("--out", required=True, help="the .html file to write")
     p.add_argument("--samples", type=int, default=3, help="validation texts to attribute (default 3)")
-    p.add_argument("--steps", type=int, default=32, help="integrated-gradients steps per text (default 32)")
+    p.add_argument("--steps", type=int, default=32, help="integrated-gradients steps to start with (default 32)")
 
 
 def _attention(lm, args) -> None:

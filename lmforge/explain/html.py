@@ -4,6 +4,8 @@ from __future__ import annotations
 import base64
 from html import escape
 
+from .attribution import COMPLETENESS_TOLERANCE
+
 STYLE = """
 body { font-family: "DejaVu Sans", "Noto Sans CJK SC", "WenQuanYi Micro Hei", sans-serif; margin: 24px auto;
        max-width: 1100px; padding: 0 16px; color: #222; background: #fff; line-height: 1.45; }
@@ -14,8 +16,8 @@ table { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
 td, th { border: 1px solid #ccd; padding: 3px 10px; text-align: left; }
 th { background: #e8eef5; }
 img { max-width: 100%; border: 1px solid #dde; }
-.tokens { font-size: 20px; line-height: 2.2; padding: 8px; border: 1px solid #dde; border-radius: 4px; }
-.tok { padding: 3px 2px; margin: 0 1px; border-radius: 3px; white-space: pre; }
+.tokens { font-size: 20px; line-height: 1.8; padding: 8px; border: 1px solid #dde; border-radius: 4px; }
+.tok { display: inline-block; padding: 0 3px; margin: 2px 1px; border-radius: 3px; white-space: pre; }
 .note { color: #555; font-size: 13px; }
 .legend span { padding: 2px 8px; margin-right: 6px; border-radius: 3px; }
 .card { border-left: 4px solid #1f4e79; padding-left: 14px; }
@@ -69,7 +71,7 @@ def attribution_summary(attribution) -> str:
     method = attribution.method.replace("_", " ")
     if attribution.completeness_error is not None:
         difference = attribution.output - attribution.baseline_output
-        verdict = "passes" if attribution.completeness_relative <= 0.05 else "MISSES"
+        verdict = "passes" if attribution.completeness_relative <= COMPLETENESS_TOLERANCE else "MISSES"
         parts.append(f"{method} ({attribution.steps} steps, {attribution.baseline} baseline): scores sum to "
                      f"{float(attribution.scores.sum()):+.4f}, log-probability moved {difference:+.4f} from the baseline, "
                      f"completeness {verdict} (error {attribution.completeness_error:.2e})")

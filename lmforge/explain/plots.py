@@ -116,7 +116,7 @@ def attention_figure(attention, path: str | Path | None, layer: int | None = Non
         panels, rows, cols = [(l, h) for l in range(n_layer) for h in range(n_head)], n_layer, n_head
     # cells big enough to read the labels of short texts, the whole figure bounded for long ones
     cell = min(max(2.2, 0.22 * n), 9.0 if len(panels) == 1 else max(2.0, 30.0 / max(rows, cols)))
-    fontsize = max(4.0, min(9.0, 150.0 / max(n, 1) * cell / 9.0))
+    fontsize = max(4.0, min(9.0, 0.6 * cell * 72 / max(n, 1)))  # 60% of a row's height, in points
     with _figure_style(labels):
         figure, axes = plt.subplots(rows, cols, figsize=(cell * cols + 1.5, cell * rows + 1.0), squeeze=False)
         for index, (l, h) in enumerate(panels):

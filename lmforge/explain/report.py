@@ -81,7 +81,7 @@ def _metrics_section(run: Path | None, meta: dict, labels: list[str]) -> str:
                                  for name, r in report["per_class"].items()]))
         with tempfile.TemporaryDirectory(prefix="lmforge-report-") as scratch:
             png = save_confusion_png(report["confusion"], report.get("labels", labels), Path(scratch) / "c.png",
-                                     "validation confusion matrix (rows: true label)").read_bytes()
+                                     "validation confusion").read_bytes()
         parts.append(html.image(png, "confusion matrix"))
     elif report:
         parts.append(html.table(["validation", "value"], [[k, v] for k, v in report.items()
@@ -155,14 +155,19 @@ def build_report(path: str | Path, out: str | Path, *, samples: int = 3, steps: 
             config = load_config(run / "config.toml")
         except ConfigError as error:
             warnings.warn(f"{run / 'config.toml'} could not be read ({error}); the report leaves out its samples")
-    name = meta.get("name") or (run.name if run else model_dir.name)
+    name = run.name if run is not None else model_dir.name
     body = [f"<h1>lmforge run report: {escape(str(name))}</h1>",
             f'<p class="note">Run {escape(str(run or "-"))}, model {escape(str(model_dir))}; {escape(repr(lm))}; '
             f"written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"]
 
-    config_text = (run / "config.toml").read_text(encoding="utf-8") if config is not None else \
-        json.dumps(meta.get("model", {}), indent=1)
-    body.append(_section("Configuration", f"<pre>{escape(config_text)}</pre>"))
+    model_cfg = lm.config.model
+    summary = [["model", f"{model_cfg.arch}: {model_cfg.n_layer} layers, {model_cfg.n_head} heads, {model_cfg.n_embd} "
+                         f"dimensions, context {model_cfg.block_size}"],
+               ["tokenizer", f"{lm.tokenizer.kind}, {lm.tokenizer.vocab_size} tokens"]]
+    summary += [[key, value] for key, value in (meta.get("training") or {}).items()]
+    if labels:
+        summary.append(["labels", ", ".join(labels)])
+    body.append(_section("Run", html.table(["", ""], summary)))
 
     _progress("curves and metrics")
     records = _read_metrics(run)
@@ -194,7 +199,7 @@ def build_report(path: str | Path, out: str | Path, *, samples: int = 3, steps: 
     single_label = (meta.get("classification") or {}).get("kind", "classify") == "classify"
     can_attribute = (bool(labels) and single_label) or (not labels and getattr(lm.model, "is_causal", False))
     if texts and can_attribute:
-        parts = [_note(f"Integrated gradients ({steps} steps, pad baseline) on {len(texts)} texts from {where}.")]
+        parts = [_note(f"Integrated gradients (pad baseline) on {len(texts)} texts from {where}.")]
         for number, (text, extra) in enumerate(texts, 1):
             _progress(f"attributions {number}/{len(texts)}")
             with warnings.catch_warnings():
@@ -212,6 +217,9 @@ def build_report(path: str | Path, out: str | Path, *, samples: int = 3, steps: 
         body.append(_section("Attributions", _note(reason[0].upper() + reason[1:] + ".")))
 
     card = model_dir / "README.md"
+    config_text = (run / "config.toml").read_text(encoding="utf-8") if config is not None else \
+        json.dumps(meta.get("model", {}), indent=1)
+    body.append(_section("Configuration", f"<pre>{escape(config_text)}</pre>"))
     body.append(_section("Model card", f'<div class="card">{html.markdown(card.read_text(encoding="utf-8"))}</div>'
                          if card.is_file() else _note("The model directory has no README.md.")))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,13 +41,13 @@ class AttentionMap:
 
 
 @torch.no_grad()
-def capture_attention(model, tokenizer, text: str, *, pad_mask: torch.Tensor | None = None) -> AttentionMap:
+def capture_attention(model, tokenizer, text: str) -> AttentionMap:
     """Run `text` through the model once with attention weights returned from every layer."""
     require_attention(model, "attention maps")
     ids = encode_text(model, tokenizer, text, keep="start")
     tensor = torch.tensor([ids], device=device_of(model))
     with evaluation_mode(model):
-        _, weights = model.hidden_states(tensor, pad_mask=pad_mask, return_weights=True)
+        _, weights = model.hidden_states(tensor, return_weights=True)
     stacked = torch.stack([w[0] for w in weights]).float().cpu().numpy()
     return AttentionMap(token_labels(tokenizer, ids), ids, stacked, bool(getattr(model, "is_causal", False)))
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .inputs import device_of, encode_text, evaluation_mode, model_name, token_labels
+from .inputs import device_of, encode_text, evaluation_mode, make_readable, model_name, token_labels
 
 METHODS = ("integrated_gradients", "gradient_x_input")
 BASELINES = ("pad", "zero")
@@ -67,12 +67,14 @@ class Attribution:
             from .html import attribution_page
 
             atomic_write_text(path, attribution_page(self))
+            make_readable(path)
         elif suffix == ".png":
             from .plots import attribution_figure
 
             attribution_figure(self, path)
         elif suffix == ".json":
             atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1))
+            make_readable(path)
         else:
             raise ValueError(f"cannot write attributions to '{path}': use a .html, .png or .json file name")
         return path
@@ -195,7 +197,7 @@ def attribute(model, tokenizer, text: str, target: str | None = None, *, kind: s
         labels = list(model.config.labels)
         if target is not None and target not in labels:
             raise ValueError(f"target class {target!r} is not one of the model's labels: {', '.join(labels)}")
-        ids = encode_text(model, tokenizer, text, keep="start")
+        ids = encode_text(model, tokenizer, text, keep="start", specials=True)
         tensor = torch.tensor([ids], device=device)
         with torch.no_grad(), evaluation_mode(model):
             log_probs = model.classify(tensor).float().log_softmax(-1)[0]

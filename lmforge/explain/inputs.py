@@ -34,8 +34,9 @@ def check_layer_head(model, layer: int | None, head: int | None) -> None:
                          f"numbered 0 to {n_head - 1}")
 
 
-def encode_text(model, tokenizer: Tokenizer, text: str, keep: str = "start") -> list[int]:
-    """Token ids of `text` as the model reads it ([CLS] ... [SEP] for WordPiece encoders), cut to block_size.
+def encode_text(model, tokenizer: Tokenizer, text: str, keep: str = "start", specials: bool | None = None) -> list[int]:
+    """Token ids of `text` as the model reads it, cut to block_size: [CLS] ... [SEP] when the tokenizer has them
+    and `specials` (default: for encoders; classification adds them for both families, as training did).
 
     keep='end' keeps the last tokens (what a next-token prediction depends on); 'start' the first.
     """
@@ -44,8 +45,10 @@ def encode_text(model, tokenizer: Tokenizer, text: str, keep: str = "start") -> 
     ids = tokenizer.encode(text)
     if not ids:
         raise ValueError(f"the text {text!r} gives no tokens with this tokenizer; give a longer text")
-    special = [tokenizer.cls_id, tokenizer.sep_id] if tokenizer.cls_id is not None and tokenizer.sep_id is not None \
-        and not getattr(model, "is_causal", False) else None
+    if specials is None:
+        specials = not getattr(model, "is_causal", False)
+    special = [tokenizer.cls_id, tokenizer.sep_id] if specials and tokenizer.cls_id is not None \
+        and tokenizer.sep_id is not None else None
     room = model.config.block_size - (2 if special else 0)
     if len(ids) > room:
         warnings.warn(f"the text is {len(ids)} tokens, longer than the model's block_size "
@@ -67,6 +70,15 @@ def token_labels(tokenizer: Tokenizer, ids) -> list[str]:
             text = decoded if decoded and "\ufffd" not in decoded else raw
         labels.append(text.replace("\n", "\\n").replace("\t", "\\t"))
     return labels
+
+
+def make_readable(path) -> None:
+    """Give a written page or picture the usual permissions (the atomic writer's temp file is private)."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 @contextmanager

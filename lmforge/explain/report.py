@@ -96,14 +96,20 @@ def _classifier_samples(config, count: int) -> tuple[list[tuple[str, str | None]
     """Validation texts (with their true labels) of a classifier run, and where they came from."""
     from types import SimpleNamespace
 
-    from ..tasks.classify import read_labeled_data, split_validation
+    from ..data.labeled import read_labeled
+    from ..tasks.classify import split_validation
 
     data = config.data
     source = data.test or data.train
     if not source or not Path(source).is_file():
         return [], f"the run's labeled data ({source or 'none'}) is not found from here"
-    run = SimpleNamespace(config=config)  # what the task's own reader and split need
-    read, labeled = read_labeled_data(run, "classify", allow_empty_label=True)
+    run = SimpleNamespace(config=config)  # what the task's own split needs
+
+    def read(path):
+        return read_labeled(path, data.text_field, data.label_field, data.text_pair_field, data.encoding_errors,
+                            allow_empty_label=True)
+
+    labeled = read(data.train)
     train_rows = labeled
     labeled, val = split_validation(run, read, labeled)
     if labeled.pairs:

@@ -236,3 +236,13 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert main(["data", "scrub", str(tmp_path / "train.txt"), str(tmp_path / "clean"), "--quiet", "--workers", "1",
                  "--report", str(tmp_path / "r.json")]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["documents"] == 1
+
+
+def test_a_jsonl_line_nested_too_deeply_is_named_by_the_streaming_passes_too(tmp_path, capsys):
+    # the streaming passes read records through the same parser as training (corpus.parse_json_record)
+    source = tmp_path / "records.jsonl"
+    source.write_text('{"text": "fine"}\n' + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
+    assert main(["data", "scrub", str(source), str(tmp_path / "clean"), "--quiet", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "records.jsonl:2" in err and "nested too deeply" in err
+    assert not (tmp_path / "clean").exists()

@@ -142,23 +142,27 @@ def _chunks(text: str) -> Iterator[str]:
         start = end
 
 
+def parse_json_record(path: Path, number: int, line: str) -> dict:
+    """One line of a .jsonl file as a dict, with an error naming file and line for anything else."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}:{number}: JSON nested too deeply to read; each line must be a flat "
+                        "object such as {\"text\": \"...\"}") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
+    return row
+
+
 def read_records(path: Path, errors: str = "replace") -> Iterator[dict]:
     """Rows of a .jsonl, .csv or .tsv file as dicts, with clear errors naming file and line."""
     text = read_text(path, errors)
     if path.suffix.lower() == ".jsonl":
         for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            except RecursionError:
-                raise DataError(f"{path}:{number}: JSON nested too deeply to read; each line must be a flat "
-                                "object such as {\"text\": \"...\"}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
-            yield row
+            if line.strip():
+                yield parse_json_record(path, number, line)
     else:
         _csv_field_limit()
         reader = csv.DictReader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..files import atomic_directory, fsync_dir
-from .corpus import RECORD_SUFFIXES, DataError, resolve_paths
+from .corpus import RECORD_SUFFIXES, DataError, parse_json_record, resolve_paths
 
 CARD_FILES = {"DATA_CARD.md", "data_card.json"}
 CHUNK_CHARS = 1 << 16  # plain text is handed on in ~64K-character pieces cut at line ends
@@ -96,15 +96,8 @@ def iter_records(path: Path, text_field: str) -> Iterator[dict]:
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
     for number, line in _lines(path):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
-        yield number, row
+        if line.strip():
+            yield number, parse_json_record(path, number, line)
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:

@@ -48,11 +48,11 @@ def cjk_font() -> str | None:
 @functools.cache
 def _warn_no_cjk_font() -> None:
     warnings.warn(f"no CJK-capable font found: Chinese/Japanese/Korean tokens are labelled by code point "
-                  f"(U+XXXX); install one with `{CJK_INSTALL}`", stacklevel=4)
+                  f"(U+732B for 猫); install one with `{CJK_INSTALL}`", stacklevel=4)
 
 
 def plot_labels(labels: list[str]) -> list[str]:
-    """Labels ready to draw: unchanged when a CJK font covers them, else CJK characters as U+XXXX."""
+    """Labels ready to draw: unchanged when a CJK font covers them, else CJK characters as code points (U+732B)."""
     if not has_cjk(labels) or cjk_font():
         return list(labels)
     _warn_no_cjk_font()

@@ -24,6 +24,14 @@ def _args(corpus, run, *extra):
             "train.keep_last=2", "train.threads=1", "train.warmup_steps=5", f"run.dir='{run}'", *extra, "--quiet"]
 
 
+def _temporaries(checkpoints: Path) -> set[str]:
+    """Checkpoints being written (or cut off mid-write): their temporary directories, .step-N.*.tmp."""
+    try:
+        return {p.name for p in checkpoints.iterdir() if p.name.endswith(".tmp")}
+    except FileNotFoundError:
+        return set()
+
+
 def _weights(run):
     return load_file(str(Path(run) / "final" / "model.safetensors"))
 
@@ -37,15 +45,21 @@ def test_sigkill_at_random_points_then_resume_ends_bitwise_equal(tmp_path, corpu
     for trial in range(10):
         run = tmp_path / f"trial-{trial}"
         run.mkdir()  # as a restart loop does before its first start
-        for _ in range(rng.randint(1, 3)):
+        for attempt in range(rng.randint(1, 3)):
             process = subprocess.Popen(_args(corpus_file, run, "--resume", str(run)), env=env, cwd=ROOT,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(1.0, 6.0))
             checkpoints = run / "checkpoints"
-            saving = checkpoints.is_dir() and any(p.name.endswith(".tmp") for p in checkpoints.iterdir())
+            earlier = _temporaries(checkpoints)  # left by a kill before: not this process's
+            if trial % 2 and attempt == 0:
+                # aim at a save: kill the moment a checkpoint's temporary directory appears
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and process.poll() is None and not _temporaries(checkpoints) - earlier:
+                    time.sleep(0.0005)
+            else:
+                time.sleep(rng.uniform(1.0, 6.0))
             process.send_signal(signal.SIGKILL)
             process.wait()
-            kills_during_save += saving
+            kills_during_save += bool(_temporaries(checkpoints) - earlier)  # its temporary outlived it: cut mid-save
         subprocess.run(_args(corpus_file, run, "--resume", str(run)), check=True, env=env, cwd=ROOT,
                        stdout=subprocess.DEVNULL)
         got = _weights(run)
@@ -53,6 +67,7 @@ def test_sigkill_at_random_points_then_resume_ends_bitwise_equal(tmp_path, corpu
         for name, value in reference.items():
             assert torch.equal(got[name], value), (trial, name)
     print(f"kills that landed while a checkpoint was being written: {kills_during_save}")
+    assert kills_during_save >= 1
 
 
 def test_two_torchrun_agents_with_c10d_rendezvous_train_like_one_process(tmp_path, corpus_file):

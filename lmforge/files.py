@@ -33,16 +33,18 @@ def fsync_tree(path: Path) -> None:
         fsync_dir(Path(root))
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text to `path` through a temp file, fsync and rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path, suffix: str = ".tmp"):
+    """Yield a temp file path beside `path` (with the umask's permissions); on success it is fsynced and
+    replaces `path` in one rename, on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
         os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file is as readable as any other
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
+        yield Path(temp)
+        with open(temp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temp, path)
         fsync_dir(path.parent)
@@ -50,6 +52,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text to `path` through a temp file, fsync and rename."""
+    with atomic_file(path) as temp:
+        temp.write_text(text, encoding="utf-8")
 
 
 @contextlib.contextmanager

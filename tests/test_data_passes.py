@@ -246,3 +246,17 @@ def test_a_jsonl_line_nested_too_deeply_is_named_by_the_streaming_passes_too(tmp
     err = capsys.readouterr().err
     assert err.startswith("error:") and "records.jsonl:2" in err and "nested too deeply" in err
     assert not (tmp_path / "clean").exists()
+
+
+def test_a_pass_output_file_gets_the_umask_permissions_like_any_saved_file(tmp_path):
+    import os
+    import stat
+
+    source = tmp_path / "train.csv"
+    source.write_text("text,label\nthe movie was very good,pos\n", encoding="utf-8")
+    old = os.umask(0o022)
+    try:
+        augment_file(source, tmp_path / "aug.csv", n=1, seed=1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "aug.csv").stat().st_mode) == 0o644  # not mkstemp's 0600

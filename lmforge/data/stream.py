@@ -5,14 +5,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..files import atomic_directory, fsync_dir
+from ..files import atomic_directory, atomic_file
 from .corpus import RECORD_SUFFIXES, DataError, parse_json_record, resolve_paths
 
 CARD_FILES = {"DATA_CARD.md", "data_card.json"}
@@ -168,19 +166,8 @@ def output_file(out: str | Path, overwrite: bool = False):
         raise FileExistsError(f"output '{out}' is a folder; give a file name")
     if out.exists() and not overwrite:
         raise FileExistsError(f"output file '{out}' exists; choose another name or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix + ".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        yield Path(temp)
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+    with atomic_file(out, suffix=out.suffix + ".tmp") as temp:
+        yield temp
 
 
 class Progress:

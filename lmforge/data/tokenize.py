@@ -17,7 +17,7 @@ import numpy as np
 
 from ..files import atomic_write_text, fsync_dir
 from ..tokenizer import Tokenizer
-from .corpus import RECORD_SUFFIXES, DataError, resolve_paths
+from .corpus import DataError, resolve_paths
 from .tokens import source_signature, token_dtype
 
 JOB_BYTES = 32 << 20

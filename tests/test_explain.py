@@ -242,7 +242,7 @@ def test_bad_input_gives_clear_errors(char_tokenizer, wordpiece):
         decoder.explain_attention(TEXT, layer=5)
     with pytest.raises(ValueError, match="head 4 does not exist"):
         decoder.explain_attention(TEXT, head=4)
-    with pytest.warns(UserWarning, match="longer than the model's block_size 32: explaining only its first 32"):
+    with pytest.warns(UserWarning, match="more than the model's block_size 32: explaining only its first 32"):
         result = decoder.explain_attention("x" * 40 + "y")
     assert result.weights.shape[-1] == 32
     with pytest.warns(UserWarning, match="block_size 32: explaining only its last 32"):

@@ -51,9 +51,10 @@ def encode_text(model, tokenizer: Tokenizer, text: str, keep: str = "start", spe
         and tokenizer.sep_id is not None else None
     room = model.config.block_size - (2 if special else 0)
     if len(ids) > room:
-        warnings.warn(f"the text is {len(ids)} tokens, longer than the model's block_size "
-                      f"{model.config.block_size}: explaining only its {'last' if keep == 'end' else 'first'} "
-                      f"{room} tokens", stacklevel=3)
+        around = " with [CLS] and [SEP]" if special else ""
+        warnings.warn(f"the text is {len(ids)} tokens ({len(ids) + 2 if special else len(ids)}{around}), more than "
+                      f"the model's block_size {model.config.block_size}: explaining only its "
+                      f"{'last' if keep == 'end' else 'first'} {room} tokens", stacklevel=3)
         ids = ids[-room:] if keep == "end" else ids[:room]
     return [special[0], *ids, special[1]] if special else ids
 

@@ -119,7 +119,7 @@ def read_text(path: Path, errors: str = "replace") -> str:
     return text
 
 
-def _csv_field_limit() -> None:
+def allow_long_csv_fields() -> None:
     """Let a CSV cell be as long as memory allows (the csv module stops at 131,072 characters by default)."""
     limit = sys.maxsize
     while True:
@@ -164,7 +164,7 @@ def read_records(path: Path, errors: str = "replace") -> Iterator[dict]:
             if line.strip():
                 yield parse_json_record(path, number, line)
     else:
-        _csv_field_limit()
+        allow_long_csv_fields()
         reader = csv.DictReader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         try:
             if reader.fieldnames is None:

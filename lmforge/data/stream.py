@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..files import atomic_directory, atomic_file
-from .corpus import RECORD_SUFFIXES, DataError, parse_json_record, resolve_paths
+from .corpus import RECORD_SUFFIXES, DataError, allow_long_csv_fields, parse_json_record, resolve_paths
 
 CARD_FILES = {"DATA_CARD.md", "data_card.json"}
 CHUNK_CHARS = 1 << 16  # plain text is handed on in ~64K-character pieces cut at line ends
-csv.field_size_limit(1 << 30)
 
 
 def corpus_files(inputs: list[str] | str) -> list[tuple[Path, Path]]:
@@ -100,6 +99,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    allow_long_csv_fields()
     reader = csv.DictReader((line for _, line in _lines(path)), delimiter=delimiter)
     for number, row in enumerate(reader, 1):
         if None in row:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..files import atomic_write_text, fsync_dir
 from ..tokenizer import Tokenizer
-from .corpus import DataError, resolve_paths
+from .corpus import DataError, allow_long_csv_fields, resolve_paths
 from .tokens import source_signature, token_dtype
 
 JOB_BYTES = 32 << 20
@@ -92,6 +92,7 @@ def _documents(job: Job):
             return data.decode("utf-8", errors="replace")
 
     if suffix in (".csv", ".tsv"):
+        allow_long_csv_fields()  # in this worker process too
         with open(path, encoding="utf-8-sig", errors=errors, newline="") as handle:
             reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
             for number, row in enumerate(reader, 1):
@@ -108,6 +109,8 @@ def _documents(job: Job):
                     row = json.loads(decode(line.removeprefix(b"\xef\xbb\xbf")))
                 except json.JSONDecodeError as error:
                     raise DataError(f"{path}: a line near byte {job.start} is not valid JSON ({error.msg})") from None
+                except RecursionError:
+                    raise DataError(f"{path}: a line near byte {job.start} is JSON nested too deeply to read") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}: each line must be a JSON object, got {type(row).__name__}")
                 value = _field(row, path, None)

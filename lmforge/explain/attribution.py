@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .inputs import device_of, encode_text, evaluation_mode, make_readable, model_name, token_labels
+from .inputs import device_of, encode_text, evaluation_mode, model_name, token_labels
 
 METHODS = ("integrated_gradients", "gradient_x_input")
 BASELINES = ("pad", "zero")
@@ -67,14 +67,12 @@ class Attribution:
             from .html import attribution_page
 
             atomic_write_text(path, attribution_page(self))
-            make_readable(path)
         elif suffix == ".png":
             from .plots import attribution_figure
 
             attribution_figure(self, path)
         elif suffix == ".json":
             atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1))
-            make_readable(path)
         else:
             raise ValueError(f"cannot write attributions to '{path}': use a .html, .png or .json file name")
         return path

@@ -73,15 +73,6 @@ def token_labels(tokenizer: Tokenizer, ids) -> list[str]:
     return labels
 
 
-def make_readable(path) -> None:
-    """Give a written page or picture the usual permissions (the atomic writer's temp file is private)."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 @contextmanager
 def evaluation_mode(model):
     """Run with dropout off, then give the model back in the mode it had."""

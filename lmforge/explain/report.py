@@ -15,7 +15,6 @@ import numpy as np
 from . import html
 from .attention import capture_attention
 from .attribution import attribute
-from .inputs import make_readable
 from .plots import attention_figure, curves_figure
 
 MAX_SAMPLE_TOKENS = 32  # LM samples: short enough to read as a row of coloured tokens
@@ -231,6 +230,5 @@ def build_report(path: str | Path, out: str | Path, *, samples: int = 3, steps: 
                          if card.is_file() else _note("The model directory has no README.md.")))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, html.page(f"lmforge report: {name}", "\n".join(body)))
-    make_readable(out)
     _progress(f"wrote {out}")
     return out

@@ -85,6 +85,12 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> tuple[nn.Module, To
         return load_hf_dir(path, device)
     config, meta = read_model_config(path)
     model = build_model(config)
+    if meta.get("compression"):  # LoRA, pruned, quantized: rebuild the structure the weights were saved from
+        from .compress import restore
+        try:
+            model = restore(model, config, meta, path)
+        except ValueError as error:
+            raise ModelDirError(str(error)) from None
     weights = path / "model.safetensors"
     check_weight_shapes(weights, model, config)
     try:  # the tensors only: a hand-edited config.json or model card is checked by reading it, not by checksum

@@ -187,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
     from .data.commands import add_data_command
     add_data_command(commands)  # lmforge data scrub|dedup|contamination|augment|synthesize
     add_audit_command(commands)  # lmforge audit memorization
+    from .compress.commands import add_compress_commands
+    add_compress_commands(commands)  # lora, prune, quantize, distill, compare
     return parser
 
 

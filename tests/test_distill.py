@@ -231,3 +231,25 @@ def test_classifier_teacher_columns_follow_the_student_label_order(teachers, tmp
     flipped = DistillationTask(task.base, swapped, 2.0, 1.0, 2, label_columns(labels[::-1], labels, tmp_path))
     loss, _ = flipped.loss(student.model, task.train_batch(0, 0, 8))
     assert abs(loss.item()) < 1e-6
+
+
+def test_a_classifier_distills_through_the_trainer_with_its_own_hooks(teachers, tmp_path):
+    student = LM.new("bert", tokenizer_path=str(teachers["bert"] / "tokenizer.json"), n_layer=1, n_head=2,
+                     n_embd=16, block_size=32)
+    records = []
+    student.fit(teachers["labeled"], objective="classify", run_dir=tmp_path / "run", max_steps=12, grad_accum=2,
+                distill_teacher=str(teachers["classifier"]), hooks=[lambda s, r: records.append(r)], progress=False,
+                **{**FAST, "eval_every": 6})
+    assert {"hard_loss", "soft_loss", "accuracy"} <= records[0].keys()
+    assert any("val_accuracy" in r for r in records)  # evaluation and the monitor are the classifier's
+    assert (tmp_path / "run" / "eval.json").is_file()  # the base task's finish() ran
+    assert student.config.model.labels == LM.from_pretrained(teachers["classifier"]).config.model.labels
+
+
+def test_bfloat16_autocast_covers_student_and_teacher(teachers, tmp_path):
+    student = LM.new("gpt", tokenizer_path=str(teachers["gpt"] / "tokenizer.json"), n_layer=1, n_head=2,
+                     n_embd=16, block_size=32)
+    records = []
+    student.fit(teachers["corpus"], max_steps=4, dtype="bfloat16", distill_teacher=str(teachers["gpt"]),
+                hooks=[lambda s, r: records.append(r)], progress=False, **FAST)
+    assert all(0 < r["soft_loss"] < 100 and 0 < r["hard_loss"] < 100 for r in records)

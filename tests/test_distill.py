@@ -253,3 +253,17 @@ def test_bfloat16_autocast_covers_student_and_teacher(teachers, tmp_path):
     student.fit(teachers["corpus"], max_steps=4, dtype="bfloat16", distill_teacher=str(teachers["gpt"]),
                 hooks=[lambda s, r: records.append(r)], progress=False, **FAST)
     assert all(0 < r["soft_loss"] < 100 and 0 < r["hard_loss"] < 100 for r in records)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_a_group_of_one_distills_as_a_plain_process_does(teachers, parallel):
+    def run(mode):
+        student = LM.new("gpt", tokenizer_path=str(teachers["gpt"] / "tokenizer.json"), n_layer=2, n_head=2,
+                         n_embd=16, block_size=32)
+        student.fit(teachers["corpus"], max_steps=6, parallel=mode, distill_teacher=str(teachers["gpt"]),
+                    distill_alpha=0.8, progress=False, grad_norms_every=0, **FAST)
+        return student.model.state_dict()
+
+    plain, wrapped = run("none"), run(parallel)
+    for name, value in plain.items():
+        torch.testing.assert_close(wrapped[name], value, atol=1e-5, rtol=0, msg=name)

@@ -174,6 +174,7 @@ class LM:
                 "objective": cfg.objective, "data": self.config.data.train if labeled
                 else _source_name(self.config.data.paths), "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,
                 "lr": cfg.lr, "parameters": count_parameters(self.model)}, "metrics": {}})
+            self.meta["training"].update(getattr(task, "training_facts", {}))  # e.g. a distillation's teacher
 
             def remember(step: int, record: dict) -> None:
                 if not {"loss", "lr"} <= record.keys():
@@ -382,6 +383,9 @@ def make_tokenizer(config: Config) -> Tokenizer:
     tok = config.tokenizer
     if tok.path:
         return Tokenizer.load(tok.path)
+    if config.train.distill_teacher:  # a distilled student reads and writes its teacher's tokens
+        from .tasks.distill import teacher_tokenizer
+        return teacher_tokenizer(config.train.distill_teacher)
     if config.train.objective in LABELED_OBJECTIVES and config.data.train and not config.data.paths:
         from .data.labeled import iter_labeled_texts
         texts = iter_labeled_texts(config.data)

@@ -193,9 +193,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides_anywhere(parser: argparse.ArgumentParser, argv: list[str] | None):
-    """Parse, letting `train`'s section.key=value overrides stand anywhere (after --resume too)."""
+    """Parse, letting section.key=value overrides (train's, distill's) stand anywhere (after --resume too)."""
     args, extra = parser.parse_known_args(argv)
-    stray = [item for item in extra if args.command != "train" or item.startswith("-") or "=" not in item]
+    stray = [item for item in extra if not hasattr(args, "overrides") or item.startswith("-") or "=" not in item]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:

@@ -234,6 +234,11 @@ class TrainConfig(Section):
         "mse", description="regress: loss on the standardized target (huber: quadratic within 1 std, linear beyond)")
     l1: float = Field(0.0, ge=0, description="L1 penalty l1*sum|w| added to the loss over the weight matrices "
                                              "(not embedding tables, norms or biases); weight_decay is the L2 side")
+    distill_teacher: str | None = Field(None, description="a model directory to distill from: the loss mixes KL to its "
+                                                          "temperature-softened outputs with the objective's own loss")
+    distill_temperature: float = Field(2.0, gt=0, description="distillation: softmax temperature of teacher and student")
+    distill_alpha: float = Field(0.5, ge=0, le=1, description="distillation: weight of the KL term (1 - alpha: the "
+                                                               "hard-label loss)")
 
     @model_validator(mode="after")
     def _check_schedule(self):

@@ -7,6 +7,10 @@ import argparse
 
 COMMANDS: dict[str, tuple] = {}
 
+from .distill import COMMAND as DISTILL  # noqa: E402 - each module's entry after the registry it joins
+
+COMMANDS["distill"] = DISTILL
+
 
 def add_compress_commands(commands) -> None:
     """Register every entry of COMMANDS on the top-level subparsers."""

@@ -6,7 +6,8 @@ same batch, so a resumed run sees the data an uninterrupted one would), loss(mod
 and monitor = (metric name, "min" | "max") for early stopping.
 
 lm.py holds the language-model objectives; classify.py text classification and what the labeled tasks share;
-regress.py and multilabel.py a number or a set of tags per text. make_task picks one.
+regress.py and multilabel.py a number or a set of tags per text; distill.py wraps one with a teacher. make_task
+picks one.
 """
 from __future__ import annotations
 
@@ -26,7 +27,15 @@ __all__ = ["EMBEDDING_PREFIXES", "EVAL_SEED", "HEAD_PREFIXES", "CausalLMTask", "
 
 
 def make_task(lm, work_dir: Path, progress: bool = False):
-    """The task for lm.config.train.objective, with its data prepared under `work_dir`."""
+    """The task for lm.config.train.objective, with its data prepared under `work_dir`; with train.distill_teacher
+    set, that task inside a DistillationTask (distill.py)."""
+    if lm.config.train.distill_teacher:
+        from .distill import make_distillation_task
+        return make_distillation_task(lm, lambda: _objective_task(lm, work_dir, progress))
+    return _objective_task(lm, work_dir, progress)
+
+
+def _objective_task(lm, work_dir: Path, progress: bool = False):
     config = lm.config
     objective = config.train.objective
     if objective == "clm":

@@ -54,7 +54,8 @@ class Tokenizer:
             if lowercase:
                 backend.normalizer = normalizers.Lowercase()
             backend.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="removed", invert=True)
-            trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=WORD_SPECIALS, show_progress=False)
+            trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=WORD_SPECIALS,
+                                                show_progress=False)
         else:
             raise ValueError(f"unknown tokenizer kind '{kind}'; choose one of {', '.join(KINDS)}")
         texts = _Counting(texts)

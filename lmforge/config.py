@@ -159,8 +159,11 @@ def check_baseline_keys(cfg: ModelConfig) -> None:
 class TokenizerConfig(Section):
     """Which tokenizer to train on the corpus, or `path` to an existing tokenizer.json."""
 
-    kind: Literal["char", "bpe", "wordpiece"] | None = Field(None, description="default: char for decoders, wordpiece for bert")
-    vocab_size: int = Field(4096, ge=16, le=MAX_VOCAB, description="target size for bpe / wordpiece (char takes what the corpus has)")
+    kind: Literal["char", "bpe", "wordpiece", "word"] | None = Field(
+        None, description="default: char for decoders, wordpiece for bert and textcnn; 'word' is whole words (Kim's "
+                          "TextCNN, word-level LMs)")
+    vocab_size: int = Field(4096, ge=16, le=MAX_VOCAB, description="target size for bpe / wordpiece; word keeps the "
+                                                                   "most frequent words (char takes what the corpus has)")
     path: str | None = None
     lowercase: bool = False
     add_tokens: list[str] = Field(default_factory=list, description="tokens to add to the vocabulary (the embeddings "

@@ -1,4 +1,4 @@
-"""One Tokenizer over the `tokenizers` library: character-level, byte-level BPE and WordPiece."""
+"""One Tokenizer over the `tokenizers` library: character-level, byte-level BPE, WordPiece and whole words."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -10,7 +10,11 @@ from tokenizers import Tokenizer as _Backend
 EOS = "<|endoftext|>"
 UNK_CHAR = "<|unk|>"
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-KINDS = ("char", "bpe", "wordpiece")
+KINDS = ("char", "bpe", "wordpiece", "word")
+WORD_SPECIALS = ["[PAD]", "[UNK]", EOS]
+# words (with inner hyphens), English clitics apart as the treebanks write them ("do n't", "it 's"), each other
+# symbol alone: raw text gets the tokens of already tokenized corpora such as SST
+WORD_PATTERN = r"(?i)\w+(?=n't\b)|n't\b|\w+(?:-\w+)*|'\w+|[^\w\s]"
 
 
 class Tokenizer:
@@ -21,11 +25,14 @@ class Tokenizer:
         # a checkpoint from elsewhere may end texts with its own token (Llama's "</s>"); saved in config.json
         self.eos_token = eos_token
         self.kind = {"WordLevel": "char", "BPE": "bpe", "WordPiece": "wordpiece"}.get(type(backend.model).__name__, "bpe")
+        if self.kind == "char" and backend.model.unk_token == "[UNK]":  # the char kind's unknown is UNK_CHAR
+            self.kind = "word"
 
     # -- building -------------------------------------------------------------------------------
     @classmethod
     def train(cls, kind: str, texts: Iterable[str], vocab_size: int = 4096, lowercase: bool = False) -> "Tokenizer":
-        """Train a tokenizer of `kind` ('char', 'bpe', 'wordpiece') on an iterable of texts."""
+        """Train a tokenizer of `kind` ('char', 'bpe', 'wordpiece', 'word') on an iterable of texts; 'word' keeps
+        the `vocab_size` most frequent words and maps the rest to [UNK]."""
         if kind == "char":
             return cls._train_char(texts, lowercase)
         if kind == "bpe":
@@ -42,6 +49,13 @@ class Tokenizer:
             backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
             backend.decoder = decoders.WordPiece()
             trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS, show_progress=False)
+        elif kind == "word":
+            backend = _Backend(models.WordLevel(unk_token="[UNK]"))
+            if lowercase:
+                backend.normalizer = normalizers.Lowercase()
+            backend.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="removed", invert=True)
+            trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=WORD_SPECIALS,
+                                                show_progress=False)
         else:
             raise ValueError(f"unknown tokenizer kind '{kind}'; choose one of {', '.join(KINDS)}")
         texts = _Counting(texts)

@@ -230,6 +230,26 @@ def test_bench_arch_trains_each_arch_for_its_budget_then_tables_and_plots_and_re
     assert main(["bench-arch", "--data", str(corpus_file), "--archs", "lstm,transformer-xl"]) == 2
 
 
+@pytest.mark.parametrize("misjudged", [20.0, 0.05])
+def test_bench_arch_trains_for_its_whole_budget_even_when_the_first_speed_estimate_is_wrong(
+        tmp_path, corpus_file, monkeypatch, misjudged):
+    # the calibration's step time is off 20x either way; the budget clock must still fill the budget, and end
+    # the schedule (its last step at min_lr, with a final evaluation) when the time is up
+    from lmforge.compare import arch as bench
+
+    real = bench._seconds_per_step
+    monkeypatch.setattr(bench, "_seconds_per_step", lambda config: real(config) * misjudged)
+    config = bench.arch_config("gpt", str(corpus_file), 16, 8, tmp_path, ["model.n_embd=32", "train.eval_steps=2"])
+    budget = 4.0
+    result = bench.run_arch(config, budget / 60, progress=False)
+    assert 0.85 * budget <= result["train_seconds"] <= 1.2 * budget
+    assert result["curve"][-1][2] == result["steps"] and 6 <= len(result["curve"]) <= 30
+    records = [json.loads(line) for line in (tmp_path / "gpt" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert lrs[-1] == pytest.approx(config.train.min_lr, rel=0.05)
+    assert max(lrs) == pytest.approx(config.train.lr, rel=0.05)
+
+
 def test_beam_search_and_continuous_batching_refuse_a_recurrent_model_clearly(tokenizer):
     # both reorder or align KV-cache rows, which a recurrent state does not have
     from lmforge.infer.batching import BatchDecoder

@@ -1,8 +1,9 @@
 """`lmforge bench-arch`: train several architectures on the same data for the same wall-clock budget, one after
 another, then one table (parameters, tokens/s, best validation loss) and one PNG of validation loss against time.
 
-The budget is turned into a step count by timing a few steps of each model first, so every run ends its
-learning-rate schedule when its time is up; evaluation time is not counted. Each finished arch leaves
+A few timed steps of each model give a first step count; during the run a budget clock re-fits train.max_steps
+(and with it the learning-rate schedule) to the speed measured so far, so every run trains for its whole budget
+and ends its schedule when the time is up; evaluation time is not counted. Each finished arch leaves
 <run-dir>/<arch>/bench.json, and a later call with the same data, budget and settings reuses it instead of
 training again (so a long comparison can be run one arch per call).
 """
@@ -65,6 +66,49 @@ def _seconds_per_step(config) -> float:
     return intervals[len(intervals) // 2]  # the median: one slow step (another process) does not skew it
 
 
+class BudgetClock:
+    """A trainer hook that counts training time (evaluation excluded) and, after every step, re-fits the run's
+    train.max_steps to the steps that still fit in `budget_s` at the mean step time so far. The trainer reads
+    max_steps and eval_every afresh each step, so the cosine schedule stretches or shrinks to end on time."""
+
+    EVALUATIONS = 12  # about this many points on each curve
+
+    def __init__(self, train_cfg, budget_s: float):
+        self.cfg, self.budget = train_cfg, budget_s
+        self.train_seconds, self.mark, self.first_step, self.ending = 0.0, None, None, False
+        self.curve: list[tuple[float, float, int]] = []
+        self.planned_for = train_cfg.max_steps  # the step count eval_every was last set for
+
+    def __call__(self, step: int, record: dict) -> None:
+        now = time.perf_counter()
+        if "lr" in record:  # a training step: count the time since the last mark
+            if self.mark is None:
+                self.first_step = step  # step 1 opens the clock; its own time (start-up) is not counted
+            else:
+                self.train_seconds += now - self.mark
+            self.mark = now
+            self._refit(step)
+        elif "val_loss" in record:  # an evaluation just ran: its time is not training time
+            self.mark = now
+            self.curve.append((self.train_seconds, record["val_loss"], step))
+
+    def _refit(self, step: int) -> None:
+        done = step - self.first_step
+        # a step at max_steps is already the trainer's last (its final evaluation follows): never extend it
+        if self.ending or done < 3 or step >= self.cfg.max_steps:
+            return
+        per_step = self.train_seconds / done
+        left = int((self.budget - self.train_seconds) / per_step)
+        if left <= 0:  # time is up: one more step, the last, so the run ends with its final evaluation
+            self.ending = True
+        target = step + max(1, left)
+        if target != self.cfg.max_steps:
+            self.cfg.max_steps = target
+        if abs(target - self.planned_for) > 0.2 * self.planned_for:  # keep about EVALUATIONS points per curve
+            self.cfg.eval_every = max(1, target // self.EVALUATIONS)
+            self.planned_for = target
+
+
 def run_arch(config, minutes: float, progress: bool = True) -> dict:
     """Train one arch for `minutes` of training time; its curve (seconds, val loss), speed and best loss."""
     from ..api import LM
@@ -72,28 +116,25 @@ def run_arch(config, minutes: float, progress: bool = True) -> dict:
 
     per_step = _seconds_per_step(config)
     steps = max(10, int(minutes * 60 / per_step))
-    train_cfg = config.train.model_copy(update={"max_steps": steps, "eval_every": max(1, steps // 12)})
+    train_cfg = config.train.model_copy(update={"max_steps": steps,
+                                                "eval_every": max(1, steps // BudgetClock.EVALUATIONS)})
     config = config.model_copy(update={"train": train_cfg})
-    clock = {"train": 0.0, "mark": None, "tokens": 0}
-    curve = []
+    lm = LM.from_config(config)
+    clock = None
 
     def hook(step: int, record: dict) -> None:
-        now = time.perf_counter()
-        if "lr" in record:  # a training step: count the time since the last mark
-            if clock["mark"] is not None:
-                clock["train"] += now - clock["mark"]
-            clock["mark"] = now
-        elif "val_loss" in record:  # an evaluation just ran: its time is not training time
-            clock["mark"] = now
-            curve.append((clock["train"], record["val_loss"], step))
+        nonlocal clock
+        if clock is None:  # fit() builds the TrainConfig the trainer reads: the clock steers that one
+            clock = BudgetClock(lm.config.train, minutes * 60)
+        clock(step, record)
 
-    lm = LM.from_config(config)
     result = lm.fit(run_dir=config.run.path, progress=progress, hooks=[hook])
-    tokens = (result.step - 1) * train_cfg.batch_size * config.model.block_size  # step 1 opens the clock
+    tokens = (result.step - clock.first_step) * train_cfg.batch_size * config.model.block_size
     return {"arch": config.model.arch, "parameters": count_parameters(lm.model), "steps": result.step,
-            "train_seconds": clock["train"], "tokens_per_s": tokens / max(clock["train"], 1e-9),
-            "best_val_loss": min(loss for _, loss, _ in curve), "final_val_loss": curve[-1][1],
-            "curve": curve, "calibrated_seconds_per_step": per_step}
+            "train_seconds": clock.train_seconds, "budget_seconds": minutes * 60,
+            "tokens_per_s": tokens / max(clock.train_seconds, 1e-9),
+            "best_val_loss": min(loss for _, loss, _ in clock.curve), "final_val_loss": clock.curve[-1][1],
+            "curve": clock.curve, "calibrated_seconds_per_step": per_step}
 
 
 def bench_arch(data: str, minutes: float, archs: list[str], out: Path, run_dir: Path, block_size: int = 64,

@@ -95,6 +95,8 @@ def special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
         found.update(bos_token=eos, eos_token=eos, pad_token=eos)
     if tokenizer.token_to_id("<|unk|>") is not None:
         found["unk_token"] = "<|unk|>"
+    if tokenizer.kind == "word":  # whole words have their own padding and unknown-word tokens
+        found.update(pad_token="[PAD]", unk_token="[UNK]")
     return found
 
 

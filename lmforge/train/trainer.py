@@ -275,6 +275,7 @@ def _train(model, task, cfg: TrainConfig, run: RunDir | None, resume, progress: 
                           "tokens_per_s": speed, "elapsed": now - began, **extra}
                 log(record)
                 result.train_loss, result.tokens_per_s = loss_value, speed
+                bar.total = cfg.max_steps  # a hook may re-fit max_steps mid-run (bench-arch's budget clock)
                 bar.update(step, loss=loss_value, lr=lr, tokens_per_s=speed)
             paused = time.perf_counter()  # evaluation and saving do not count against tokens/s
             if cfg.eval_every and (step % cfg.eval_every == 0 or last) and task.can_evaluate:

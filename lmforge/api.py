@@ -112,6 +112,13 @@ class LM:
 
         return save_hf_dir(path, self.model, self.tokenizer, self.config.model)
 
+    def merge_lora(self) -> "LM":
+        """Fold LoRA adapters (a train.lora run) into the weights: a plain model with the same outputs (1e-5)."""
+        from .compress.lora_fit import drop_lora
+
+        drop_lora(self)
+        return self
+
     def add_tokens(self, tokens: str | list[str], special: bool = False) -> int:
         """Add tokens to the vocabulary and grow the embeddings (and a tied head) to fit; new rows start at the
         mean embedding. special=True: never split, skipped when decoding. Returns how many were new."""

@@ -161,6 +161,22 @@ def test_lora_fine_tunes_an_imported_hugging_face_encoder(tmp_path):
         assert all(abs(probabilities[k] - want[k]) < 1e-5 for k in want)
 
 
+def test_a_lora_model_exports_and_merges_in_python_with_the_adapters_folded_in(tmp_path, corpus_file):
+    lm = LM.new("gpt", corpus=corpus_file, **TINY)
+    apply_lora(lm.model, rank=4, targets=["qkv", "mlp.down"])
+    lm.meta["compression"] = [{"kind": "lora", "rank": 4, "alpha": 16.0, "modules": list(lora_modules(lm.model))}]
+    _randomize_adapters(lm.model)
+    ids = torch.randint(0, lm.tokenizer.vocab_size, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = lm.model(ids)
+        lm.save_hf(tmp_path / "hf")  # Hugging Face has no LoRA layers: the export holds the merged weights
+        torch.testing.assert_close(LM.from_pretrained(tmp_path / "hf").model(ids), want, atol=1e-5, rtol=0)
+        lm.save(tmp_path / "lora")
+        torch.testing.assert_close(LM.from_pretrained(tmp_path / "lora").model(ids), want, atol=0, rtol=0)
+        assert lm.merge_lora() is lm and not lora_modules(lm.model) and "compression" not in lm.meta
+        torch.testing.assert_close(lm.model(ids), want, atol=1e-5, rtol=0)
+
+
 # -- bad input: a clear error, nothing written --------------------------------------------------------------
 def _train_refused(tmp_path, corpus_file, capsys, *overrides, config="configs/gpt-tiny.toml"):
     run = tmp_path / "refused"
@@ -215,4 +231,6 @@ def test_different_adapters_on_a_lora_model_are_refused():
     assert apply_lora(model, rank=4, targets=["qkv"]) == ["h.0.attn.qkv", "h.1.attn.qkv"]  # the same: kept
     with pytest.raises(ValueError, match="already has LoRA adapters .* merge them first"):
         apply_lora(model, rank=8, targets=["qkv"])
+    with pytest.raises(ValueError, match="already has LoRA adapters"):
+        apply_lora(model, rank=4, targets=["qkv", "proj"])
     assert all(isinstance(m, LoRALinear) and m.rank == 4 for m in lora_modules(model).values())

@@ -138,8 +138,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float = 16.0, dropout: float 
         raise ValueError(f"train.lora.dropout must be in [0, 1), got {dropout!r}")
     check_lora_model(model)
     existing = lora_modules(model)
-    names = list(modules) if modules is not None else resolve_targets(model, list(targets) if not
-                                                                       isinstance(targets, str) else targets)
+    names = list(modules) if modules is not None else resolve_targets(model, targets)
     if existing:
         same = sorted(existing) == sorted(names) and all(m.rank == rank and m.alpha == float(alpha)
                                                          for m in existing.values())
@@ -191,6 +190,19 @@ def merge_lora(model: nn.Module) -> int:
     for param in model.parameters():
         param.requires_grad_(True)
     return len(found)
+
+
+@torch.no_grad()
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with every LoRA layer's update folded into its weight and no adapter tensors:
+    what a plain model of the same shape would hold (for exports that know no LoRA)."""
+    state = model.state_dict()
+    for name, module in lora_modules(model).items():
+        # state_dict() gives the base weight even for a merged layer (see LoRALinear._save_to_state_dict)
+        state[f"{name}.weight"] = state[f"{name}.weight"] + module.delta().to(module.weight.dtype)
+        for adapter in ADAPTER_NAMES:
+            state.pop(f"{name}.{adapter}")
+    return state
 
 
 def lora_step(modules: list[str], rank: int, alpha: float, dropout: float, targets: list[str]) -> dict:

@@ -3,7 +3,7 @@ everything but the adapters (and the classification head) frozen once the task h
 from __future__ import annotations
 
 from ..config import LABELED_OBJECTIVES
-from .lora import apply_lora, find_step, lora_modules, lora_step, mark_trainable, merge_lora
+from .lora import apply_lora, lora_modules, lora_step, mark_trainable, merge_lora
 
 HEAD_PREFIXES = ("classifier.",)  # the labeled tasks' head (models/*.py, tasks/classify.py attach_head)
 
@@ -18,19 +18,23 @@ def prepare_lora(lm) -> None:
     first, so that it fine-tunes as a plain model."""
     spec = lm.config.train.lora
     if spec.rank is None:
-        if lora_modules(lm.model):
-            merge_lora(lm.model)
-            steps = _steps_without_lora(lm.meta)
-            if steps:
-                lm.meta["compression"] = steps
-            else:
-                lm.meta.pop("compression", None)
+        drop_lora(lm)
         return
-    saved = find_step(lm.meta)
-    modules = apply_lora(lm.model, spec.rank, spec.alpha, spec.dropout, spec.targets, seed=lm.config.train.seed,
-                         modules=saved.get("modules") if saved and lora_modules(lm.model) else None)
+    modules = apply_lora(lm.model, spec.rank, spec.alpha, spec.dropout, spec.targets, seed=lm.config.train.seed)
     lm.meta["compression"] = [*_steps_without_lora(lm.meta),
                               lora_step(modules, spec.rank, spec.alpha, spec.dropout, spec.targets)]
+
+
+def drop_lora(lm) -> int:
+    """Merge lm.model's adapters into its weights and take the LoRA step out of lm.meta; returns how many layers."""
+    merged = merge_lora(lm.model)
+    if merged:
+        steps = _steps_without_lora(lm.meta)
+        if steps:
+            lm.meta["compression"] = steps
+        else:
+            lm.meta.pop("compression", None)
+    return merged
 
 
 def freeze_for_lora(lm) -> dict:

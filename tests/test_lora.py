@@ -75,8 +75,8 @@ def test_only_the_adapters_and_the_new_head_receive_gradients_and_change(tmp_pat
     assert info["lora"].startswith("rank 4, alpha 16") and "%" in info["trainable_parameters"]
 
 
-@pytest.mark.parametrize("arch", ["gpt", "bert"])
-def test_a_resumed_lora_run_ends_exactly_like_an_uninterrupted_one(tmp_path, corpus_file, arch):
+@pytest.mark.parametrize("arch", ["gpt", "llama", "bert"])
+def test_a_resumed_lora_run_ends_exactly_like_an_uninterrupted_one(tmp_path, corpus_file, arch, capsys):
     options = dict(max_steps=20, save_every=10, lora={"rank": 4, "dropout": 0.1}, **FAST)
     LM.new(arch, corpus=corpus_file, **TINY).tokenizer.save(tmp_path / "tokenizer.json")
     tiny_tok = dict(TINY, tokenizer_path=str(tmp_path / "tokenizer.json"))
@@ -103,6 +103,11 @@ def test_a_resumed_lora_run_ends_exactly_like_an_uninterrupted_one(tmp_path, cor
     assert any(k.endswith("lora_b") for k in want)
     for name, value in resumed.model.state_dict().items():
         torch.testing.assert_close(value, want[name], atol=0, rtol=0)
+    final = tmp_path / "broken" / "final"  # the run's LoRA directory answers the family's command
+    command = ["fill-mask", str(final), "the [MASK] sees"] if arch == "bert" else ["generate", str(final), "--prompt",
+                                                                                   "the", "--max-new-tokens", "3"]
+    capsys.readouterr()
+    assert main(command) == 0 and capsys.readouterr().out.strip()
 
 
 def test_lora_run_directory_loads_everywhere_and_merges_via_the_cli(tmp_path, corpus_file, capsys):

@@ -175,7 +175,8 @@ def mark_trainable(model: nn.Module, also: tuple[str, ...] = ()) -> tuple[int, i
 
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> int:
-    """Replace every LoRALinear by a plain nn.Linear holding weight + (alpha / rank) * B @ A; returns how many."""
+    """Replace every LoRALinear by a plain nn.Linear holding weight + (alpha / rank) * B @ A, and make every
+    parameter trainable again (a plain model fine-tunes whole); returns how many layers were merged."""
     found = lora_modules(model)
     named = dict(model.named_modules())
     for name, module in found.items():

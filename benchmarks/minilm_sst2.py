@@ -8,14 +8,22 @@ JSON line at the end. The transformers loop with --steps N < 650 times N steps a
     python benchmarks/minilm_sst2.py --impl lmforge --seed 1 --task trec
     python benchmarks/minilm_sst2.py --impl transformers --seed 1            # fp32, as in the issue (~754 s)
     python benchmarks/minilm_sst2.py --impl transformers --steps 100         # time 100 steps, project 650
+    python benchmarks/minilm_sst2.py --lora-rank 8 --lr 1e-3 --seed 1        # LoRA: adapters + head train
+
+lmforge runs also report the trainable parameters, the process's peak resident memory (RSS) and the size of the
+optimizer state (AdamW's moments, read from the run's last checkpoint): run full and LoRA fine-tuning as
+separate processes to compare their peaks.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import resource
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -41,16 +49,72 @@ def run_lmforge(args, train, test) -> dict:
         warnings.simplefilter("ignore")  # "no masked-LM head": classification does not need one
         lm = LM.from_pretrained(minilm_dir())
     lm.set_pooling(args.pooling)
+    lora = {"lora": {"rank": args.lora_rank, "alpha": args.lora_alpha}} if args.lora_rank else {}
+    loaded_rss = _peak_rss_mb()
     with tempfile.TemporaryDirectory() as scratch:
         train_csv, test_csv = write_csv(train, Path(scratch) / "train.csv"), write_csv(test, Path(scratch) / "test.csv")
-        lm.config.data.test = str(test_csv)  # all of train is used; no evaluation during training (eval_every=0)
+        # all of train is used; no validation split and no evaluation during training: the test set is scored after
+        lm.config.data.val_fraction = 0.0
+        sampler = RSSSampler()
         began = time.perf_counter()
+        # a run directory only for its last checkpoint, whose optimizer.safetensors is measured below
         result = lm.fit(train_csv, objective="classify", max_steps=args.steps, batch_size=32, lr=args.lr, min_lr=0.0,
-                        warmup_steps=args.steps // 10, weight_decay=0.01, beta2=0.999, eval_every=0, seed=args.seed,
-                        dtype=args.dtype, progress=not args.quiet)
+                        warmup_steps=args.steps // 10, weight_decay=0.01, beta2=0.999, eval_every=0, save_every=0,
+                        seed=args.seed, dtype=args.dtype, progress=not args.quiet, tensorboard=False,
+                        run_dir=Path(scratch) / "run", hooks=[sampler.start], **lora)
         train_s = time.perf_counter() - began
+        training_rss = sampler.stop()
+        peak_rss = _peak_rss_mb()
+        optimizer_mb = _optimizer_state_mb(Path(scratch) / "run" / "checkpoints" / f"step-{result.step}")
         report = lm.evaluate(test_csv, batch_size=64)
-    return {"steps": result.step, "train_s": train_s, "test_accuracy": report["accuracy"]}
+    trainable = sum(p.numel() for p in lm.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in {id(p): p for p in lm.model.parameters()}.values())
+    return {"steps": result.step, "train_s": train_s, "trainer_s": result.seconds, "test_accuracy": report["accuracy"], "lr": args.lr,
+            "lora_rank": args.lora_rank, "trainable_parameters": trainable, "parameters": total,
+            "trainable_share": trainable / total, "optimizer_state_mb": optimizer_mb,
+            "rss_after_load_mb": loaded_rss, "peak_rss_mb": peak_rss, "training_rss_peak_mb": training_rss}
+
+
+class RSSSampler:
+    """The largest resident memory seen every 5 ms from the first optimizer step to the end of training."""
+
+    def __init__(self):
+        self.peak, self._thread, self._done = 0.0, None, threading.Event()
+
+    def start(self, step: int, record: dict) -> None:  # a training hook: starts on its first call
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._done.wait(0.005):
+            with open("/proc/self/statm") as handle:
+                self.peak = max(self.peak, int(handle.read().split()[1]) * page / 2**20)
+
+    def stop(self) -> float:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        return self.peak
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _optimizer_state_mb(checkpoint: Path) -> float:
+    """Bytes of the optimizer's tensors (AdamW's two moments per trained parameter) in a checkpoint, in MiB."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(checkpoint / "optimizer.safetensors"), framework="pt") as handle:
+        for name in handle.keys():
+            if name.startswith("state."):
+                tensor = handle.get_tensor(name)
+                total += tensor.numel() * tensor.element_size()
+    return total / 2**20
 
 
 def run_transformers(args, train, test) -> dict:
@@ -110,8 +174,13 @@ def main() -> int:
                         help="default: bfloat16 autocast for lmforge, float32 for the transformers loop")
     parser.add_argument("--pooling", choices=["mean", "cls"], default="mean",
                         help="lmforge: what the classifier reads (the checkpoint's sentence-transformers pooling is mean)")
+    parser.add_argument("--lora-rank", type=int, default=0,
+                        help="lmforge: LoRA fine-tuning with adapters of this rank on qkv, proj and mlp (0: full)")
+    parser.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scaling alpha (the update is x alpha/rank)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
+    if args.lora_rank and args.impl != "lmforge":
+        parser.error("--lora-rank is an lmforge option")
     args.dtype = args.dtype or ("bfloat16" if args.impl == "lmforge" else "float32")
     if not (SHARED / "sst2-sentence").is_dir():
         sys.exit(f"this benchmark needs {SHARED} (the project's shared data folder)")
@@ -124,8 +193,34 @@ def main() -> int:
     print(f"{args.impl} {args.task} seed {args.seed} ({args.dtype}): {result['steps']} steps in {result['train_s']:.0f}s"
           + (f", test accuracy {result['test_accuracy']:.4f}" if "test_accuracy" in result else "")
           + (f", projected 650 steps: {result['projected_650_s']:.0f}s" if "projected_650_s" in result else ""))
+    if "peak_rss_mb" in result:
+        print(f"{'LoRA rank ' + str(args.lora_rank) if args.lora_rank else 'full fine-tuning'}: "
+              f"{result['trainable_parameters']:,} of {result['parameters']:,} parameters trained "
+              f"({result['trainable_share']:.2%}); optimizer state {result['optimizer_state_mb']:.1f} MiB; "
+              f"RSS peak while training {result['training_rss_peak_mb']:.0f} MiB, whole process "
+              f"{result['peak_rss_mb']:.0f} MiB ({result['rss_after_load_mb']:.0f} MiB after loading)")
     print(json.dumps(result))
+    if "peak_rss_mb" in result:
+        write_results(result)
     return 0
+
+
+def write_results(result: dict) -> None:
+    """One section of benchmarks/RESULTS.md per (task, full or LoRA): the numbers the README quotes."""
+    from results import machine, write_section
+
+    kind = f"LoRA rank {result['lora_rank']}" if result["lora_rank"] else "full fine-tuning"
+    name = f"minilm_sst2 {result['task']} {'lora' if result['lora_rank'] else 'full'}"
+    write_section(name, f"""### all-MiniLM-L6-v2 on {result['task']}, {kind} (benchmarks/minilm_sst2.py)
+
+{machine()}; seed {result['seed']}, {result['steps']} steps, batch 32, lr {result['lr']:g}, {result['dtype']}
+
+| test accuracy | trained parameters | optimizer state | RSS peak while training | train time |
+|---|---|---|---|---|
+| {result['test_accuracy']:.4f} | {result['trainable_parameters']:,} of {result['parameters']:,} \
+({result['trainable_share']:.2%}) | {result['optimizer_state_mb']:.1f} MiB | {result['training_rss_peak_mb']:.0f} MiB | \
+{result['train_s']:.0f} s |
+""")
 
 
 if __name__ == "__main__":

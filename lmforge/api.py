@@ -112,6 +112,13 @@ class LM:
 
         return save_hf_dir(path, self.model, self.tokenizer, self.config.model)
 
+    def merge_lora(self) -> "LM":
+        """Fold LoRA adapters (a train.lora run) into the weights: a plain model with the same outputs (1e-5)."""
+        from .compress.lora_fit import drop_lora
+
+        drop_lora(self)
+        return self
+
     def add_tokens(self, tokens: str | list[str], special: bool = False) -> int:
         """Add tokens to the vocabulary and grow the embeddings (and a tied head) to fit; new rows start at the
         mean embedding. special=True: never split, skipped when decoding. Returns how many were new."""
@@ -163,6 +170,8 @@ class LM:
         self.config = build_config(raw, "fit arguments")
         cfg = self.config.train
         check_fits(self.config, parameters=count_parameters(self.model), vocab_size=self.tokenizer.vocab_size)
+        from .compress.lora_fit import freeze_for_lora, prepare_lora
+        prepare_lora(self)  # train.lora: adapters on (a bad one is refused before any data is written)
         with tempfile.TemporaryDirectory(prefix="lmforge-") as scratch:
             work = Path(run_dir) if run_dir is not None else Path(scratch)
             task = make_task(self, work, progress=progress)
@@ -175,6 +184,8 @@ class LM:
                 else _source_name(self.config.data.paths), "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,
                 "lr": cfg.lr, "parameters": count_parameters(self.model)}, "metrics": {}})
             self.meta["training"].update(getattr(task, "training_facts", {}))  # e.g. a distillation's teacher
+            if cfg.lora.rank:  # after the task made its head, which trains beside the adapters
+                self.meta["training"].update(freeze_for_lora(self))
 
             def remember(step: int, record: dict) -> None:
                 if not {"loss", "lr"} <= record.keys():

@@ -190,6 +190,19 @@ class DataConfig(Section):
                                      "with the training text; the result goes into the model card")
 
 
+class LoRAConfig(Section):
+    """LoRA fine-tuning (train.lora.*): low-rank adapters beside frozen linear weights; only the adapters (and a
+    classification head) train. Unset rank: no LoRA."""
+
+    rank: int | None = Field(None, ge=1, description="adapter rank r (e.g. 8); unset: no LoRA, every weight trains")
+    alpha: float = Field(16.0, gt=0, description="the adapters' update B@A is scaled by alpha / rank")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapters' input")
+    targets: list[str] = Field(default_factory=lambda: ["qkv", "proj", "mlp"], min_length=1,
+                               description="which linear layers of the blocks get adapters: qkv (attention input), "
+                                           "proj (attention output), mlp (all MLP layers), or a layer name such "
+                                           "as mlp.up, mlp.down, mlp.gate")
+
+
 class TrainConfig(Section):
     """Optimisation, schedule, evaluation and checkpointing."""
 
@@ -242,6 +255,7 @@ class TrainConfig(Section):
     distill_temperature: float = Field(2.0, gt=0, description="distillation: softmax temperature of teacher and student")
     distill_alpha: float = Field(0.5, ge=0, le=1, description="distillation: weight of the KL term (1 - alpha: the "
                                                                "hard-label loss)")
+    lora: LoRAConfig = Field(default_factory=LoRAConfig, description="LoRA fine-tuning (train.lora.rank=8)")
 
     @model_validator(mode="after")
     def _check_schedule(self):
@@ -305,7 +319,7 @@ def _describe_error(error: ValidationError, source: str) -> str:
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
-            section = item["loc"][0] if len(item["loc"]) > 1 else None
+            section = ".".join(map(str, item["loc"][:-1])) or None
             allowed = _allowed_keys(section)
             lines.append(f"  unknown key '{key}'{_suggest(str(item['loc'][-1]), allowed, section)}; "
                          f"allowed here: {', '.join(allowed)}")
@@ -325,10 +339,18 @@ def _suggest(name: str, allowed: list[str], section: Any = None) -> str:
 
 
 def _allowed_keys(section: Any) -> list[str]:
-    model = Config.model_fields.get(section) if section else None
-    if model is None:
-        return list(Config.model_fields)
-    return list(model.annotation.model_fields)
+    """The keys of a section ('train') or a nested one ('train.lora'); the sections for None."""
+    model = Config
+    for part in str(section).split(".") if section else []:
+        field = model.model_fields.get(part)
+        if field is None or not _is_section(field.annotation):
+            return list(Config.model_fields) if model is Config else list(model.model_fields)
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def parse_value(text: str) -> Any:
@@ -340,20 +362,38 @@ def parse_value(text: str) -> Any:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `section.key=value` strings to a raw config dict (in place; also returned)."""
+    """Apply `section.key=value` (or nested `section.sub.key=value`, e.g. train.lora.rank=8) strings to a raw
+    config dict (in place; also returned)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form section.key=value (e.g. train.lr=3e-4)")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
-        if len(parts) != 2 or not all(parts):
+        if len(parts) < 2 or not all(parts):
             raise ConfigError(f"override key '{key}' must be section.key, e.g. train.max_steps=2000 "
                               f"(sections: {', '.join(Config.model_fields)})")
-        section, name = parts
+        section = parts[0]
         if section not in Config.model_fields:
             raise ConfigError(f"unknown section '{section}' in override '{item}'"
                               f"{_suggest(section, list(Config.model_fields))}; sections: {', '.join(Config.model_fields)}")
-        raw.setdefault(section, {})[name] = parse_value(text.strip())
+        target, model = raw.setdefault(section, {}), Config.model_fields[section].annotation
+        if not isinstance(target, dict):
+            raise ConfigError(f"override '{item}': '{section}' must be a table of keys, not {target!r}")
+        for depth, name in enumerate(parts[1:-1], start=1):
+            where = ".".join(parts[:depth + 1])
+            field = model.model_fields.get(name)
+            if field is None or not _is_section(field.annotation):
+                nested = [k for k, f in model.model_fields.items() if _is_section(f.annotation)]
+                raise ConfigError(f"override key '{key}': '{where}' is not a section of keys"
+                                  + (f" (the sections inside '{'.'.join(parts[:depth])}': "
+                                     f"{', '.join('.'.join(parts[:depth] + [k]) for k in nested)})" if nested else
+                                     f" ('{'.'.join(parts[:depth])}' has no nested sections)")
+                                  + f"; use {'.'.join(parts[:depth])}.KEY=value")
+            model = field.annotation
+            target = target.setdefault(name, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"override '{item}': '{where}' must be a table of keys, not {target!r}")
+        target[parts[-1]] = parse_value(text.strip())
     return raw
 
 
@@ -401,6 +441,12 @@ def to_toml(config: Config) -> str:
     out = []
     for section, values in config.model_dump().items():
         out.append(f"[{section}]")
-        out += [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
+        out += [f"{key} = {_toml_value(value)}" for key, value in values.items()
+                if value is not None and not isinstance(value, dict)]
         out.append("")
+        for key, table in values.items():  # nested sections (train.lora) follow as their own tables
+            if isinstance(table, dict):
+                out.append(f"[{section}.{key}]")
+                out += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+                out.append("")
     return "\n".join(out)

@@ -11,6 +11,10 @@ from .distill import COMMAND as DISTILL  # noqa: E402 - each module's entry afte
 
 COMMANDS["distill"] = DISTILL
 
+from .lora_cli import COMMAND as LORA  # noqa: E402
+
+COMMANDS["lora"] = LORA
+
 
 def add_compress_commands(commands) -> None:
     """Register every entry of COMMANDS on the top-level subparsers."""

@@ -23,7 +23,9 @@ def save_hf_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, cfg: M
     hf_config = family.hf_config(cfg)  # raises for settings the family has no way to express
     # a classifier exports as *ForSequenceClassification (base + pooler + head), anything else as the LM
     roles = {"base", "pooler", "cls"} if cfg.labels else {"base", "lm"}
-    state = model.state_dict()
+    from ..compress.lora import merged_state_dict
+
+    state = merged_state_dict(model)  # a LoRA model exports with its adapters folded into the weights
     tensors: dict[str, torch.Tensor] = {}
     for pair in family.pairs(cfg):
         if pair.role in roles:

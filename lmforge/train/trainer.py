@@ -154,6 +154,11 @@ def _train(model, task, cfg: TrainConfig, run: RunDir | None, resume, progress: 
                 else contextlib.nullcontext())
     scaler = torch.amp.GradScaler(device.type) if cfg.dtype == "float16" else None
     params = [p for p in model.parameters() if p.requires_grad]
+    frozen = sum(p.numel() for p in {id(p): p for p in model.parameters() if not p.requires_grad}.values())
+    if frozen and main:  # LoRA and other partial fine-tuning: say how much of the model learns
+        trainable = sum(p.numel() for p in {id(p): p for p in params}.values())
+        bar.note(f"training {trainable:,} of {trainable + frozen:,} parameters ({trainable / (trainable + frozen):.2%}); "
+                 "the rest are frozen")
     bar.start = start
     result = TrainResult(step=start, train_loss=None, best=state["best"], rank=parallel.rank)
     metrics = MetricsLog(run.path, start, cfg.tensorboard) if run is not None and main else None

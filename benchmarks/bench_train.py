@@ -16,6 +16,7 @@ exits 0 whatever the ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -34,10 +35,12 @@ from results import machine, matmul_peak, write_section
 
 from lmforge.config import ModelConfig, TrainConfig
 from lmforge.data.tokens import TokenWindows
+from lmforge.models import attend as attend_module
 from lmforge.models import build_model, count_parameters
 from lmforge.tasks.lm import CausalLMTask, MaskedLMTask
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.optim import make_optimizer
+from lmforge.train.kernels import onednn_available
 from lmforge.train.trainer import train
 
 
@@ -133,17 +136,35 @@ def hf_model(row: Row, vocab: int, attn: str):
     return model
 
 
-class Ours:
-    """lmforge's own trainer (train.train) running `steps` optimizer steps per call."""
+@contextlib.contextmanager
+def sdpa_only():
+    """lmforge's attention as it was: SDPA for every shape and dtype."""
+    saved = attend_module.use_explicit
+    attend_module.use_explicit = lambda q, k, dropout_p: False
+    try:
+        yield
+    finally:
+        attend_module.use_explicit = saved
 
-    def __init__(self, row: Row, model, task, dtype: str):
+
+class Ours:
+    """lmforge's own trainer (train.train) running `steps` optimizer steps per call; plain=True: without this
+    issue's speed-ups (torch's MKL linear, SDPA attention), for the before/after column."""
+
+    def __init__(self, row: Row, model, task, dtype: str, plain: bool = False, compile: bool = False,
+                 checkpoint: bool = False):
         self.row, self.model, self.task, self.dtype, self.losses = row, model, task, dtype, []
+        self.plain, self.compile, self.checkpoint = plain, compile, checkpoint
 
     def __call__(self, offset: int, steps: int) -> float:
         records = []
+        cfg = train_config(self.row, steps, self.dtype).model_copy(
+            update={"onednn_linear": not self.plain, "compile": self.compile,
+                    "checkpoint_activations": self.checkpoint})
         began = time.perf_counter()
-        train(self.model, Shifted(self.task, offset), train_config(self.row, steps, self.dtype), None,
-              progress=False, hooks=[lambda step, record: records.append(record["loss"])])
+        with sdpa_only() if self.plain else contextlib.nullcontext():
+            train(self.model, Shifted(self.task, offset), cfg, None, progress=False,
+                  hooks=[lambda step, record: records.append(record["loss"])])
         seconds = time.perf_counter() - began
         self.losses.extend(records)
         return seconds
@@ -221,6 +242,9 @@ def _status_kib(field: str) -> int:
 def child(side: str, row: Row, steps: int) -> None:
     """Train `steps` steps of one side on one shape; print the RSS before the model and the peak, in MiB."""
     task, vocab = make_task(row)
+    # torch modules both sides load (fused AdamW's step imports torch._dynamo, ~60 MiB; transformers imports it
+    # at once): in the baseline for both, so import order does not pass for training memory
+    import torch._dynamo  # noqa: F401
     if side == "theirs":
         import transformers  # noqa: F401 - its import counts in the baseline, not in training
         from transformers import BertForMaskedLM, GPT2LMHeadModel, LlamaForCausalLM  # noqa: F401
@@ -230,8 +254,8 @@ def child(side: str, row: Row, steps: int) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM: the data preparation's peak does not count
     base = _status_kib("VmRSS")
     torch.manual_seed(0)
-    if side == "ours":
-        Ours(row, ours_model(row, vocab), task, "float32")(0, steps)
+    if side.startswith("ours"):
+        Ours(row, ours_model(row, vocab), task, "float32", checkpoint=side == "ours-ckpt")(0, steps)
     else:
         Theirs(row, hf_model(row, vocab, "sdpa"), task, "float32")(0, steps)
     print(json.dumps({"base_mib": base / 1024, "peak_mib": _status_kib("VmHWM") / 1024}))
@@ -239,7 +263,7 @@ def child(side: str, row: Row, steps: int) -> None:
 
 def measure_rss(row: Row, steps: int = 3) -> dict[str, dict[str, float]]:
     out = {}
-    for side in ("ours", "theirs"):
+    for side in ("ours", "ours-ckpt", "theirs"):
         done = subprocess.run([sys.executable, __file__, "--child", side, "--rows", row.name, "--steps", str(steps)],
                               capture_output=True, text=True, check=True)
         out[side] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -247,6 +271,26 @@ def measure_rss(row: Row, steps: int = 3) -> dict[str, dict[str, float]]:
 
 
 # ---- the table ----
+
+def onednn_peak(size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of the same 2048^3 float32 product through oneDNN (the kernel lmforge's CPU linear layers use)."""
+    if not onednn_available():
+        return 0.0
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    op = torch.ops.mkldnn._linear_pointwise
+    for _ in range(2):
+        op(a, b, None, "none", [], "")
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        op(a, b, None, "none", [], "")
+        best = min(best, time.perf_counter() - began)
+    return 2 * size ** 3 / best
+
+
+def peaks() -> dict[str, float]:
+    return {"fp32": matmul_peak(torch.float32), "fp32 oneDNN": onednn_peak(), "bf16": matmul_peak(torch.bfloat16)}
+
 
 def verdict(value: float, target: float, higher: bool = True) -> str:
     return "pass" if (value >= target if higher else value <= target) else "**miss**"
@@ -257,8 +301,11 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
     parser.add_argument("--rounds", type=int, default=4, help="timed rounds after the warm-up round")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
+    parser.add_argument("--no-plain", action="store_true", help="skip lmforge without this issue's speed-ups")
+    parser.add_argument("--compile", action="store_true",
+                        help="add lmforge with train.compile=true (its compile time is printed, not in the medians)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--child", choices=["ours", "theirs"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["ours", "ours-ckpt", "theirs"], help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     rows = [ROWS[name] for name in args.rows.split(",")]
@@ -266,9 +313,9 @@ def main() -> None:
         return child(args.child, rows[0], args.steps)
 
     began = time.perf_counter()
-    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-    print(f"{machine()}; matmul peak fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s", flush=True)
-    speed_lines, rss_lines, notes = [], [], []
+    peak = peaks()
+    print(f"{machine()}; matmul peaks GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak.items()), flush=True)
+    speed_lines, rss_lines, notes, changes = [], [], [], []
     for row in rows:
         task, vocab = make_task(row)
         tokens = row.batch * row.block
@@ -277,28 +324,52 @@ def main() -> None:
         attn32, probe32 = pick_attention(row, vocab, task, "float32")
         variants = {"ours": Ours(row, ours, task, "float32"),
                     "theirs": Theirs(row, hf_model(row, vocab, attn32), task, "float32")}
+        dtypes = ["float32"]
         if row.name == "gpt-6x384":
+            dtypes.append("bfloat16")
             attn16, probe16 = pick_attention(row, vocab, task, "bfloat16")
             ours16 = copy.deepcopy(ours)  # same initial weights and batches as the fp32 run: comparable losses
             variants["ours bf16"] = Ours(row, ours16, task, "bfloat16")
             variants["theirs bf16"] = Theirs(row, hf_model(row, vocab, attn16), task, "bfloat16")
+        if not args.no_plain and row.arch == "gpt":
+            for dtype in dtypes:
+                suffix = " bf16" if dtype == "bfloat16" else ""
+                variants["plain" + suffix] = Ours(row, copy.deepcopy(ours), task, dtype, plain=True)
+        if args.compile:
+            compiled = Ours(row, copy.deepcopy(ours), task, "float32", compile=True)
+            first = time.perf_counter()
+            compiled(50_000, 1)
+            compile_s = time.perf_counter() - first
+            variants["compiled"] = compiled
         per_step = interleave(variants, args.rounds, row.steps)
         speed = {name: tokens / s for name, s in per_step.items()}
         ratio = per_step["theirs"] / per_step["ours"]
         shape = (f"{row.n_layer}L x {row.n_head}h{f'/{row.n_kv_head}kv' if row.n_kv_head else ''} x {row.n_embd}, "
                  f"block {row.block}, batch {row.batch}, vocab {vocab}")
+        flops = flops_per_token(ours, row)
+        mfu = {k: flops * speed["ours"] / v for k, v in peak.items() if v}
         extra = ""
         if row.name == "gpt-6x384":
-            mfu = flops_per_token(ours, row) * speed["ours"] / peak32
-            extra = f"; MFU {mfu:.0%} of fp32 peak (target >= 70%: {verdict(mfu, 0.7)})"
+            best = max(peak["fp32"], peak["fp32 oneDNN"])
+            extra = (f"; MFU {mfu['fp32']:.0%} of torch.mm's fp32 peak, **{flops * speed['ours'] / best:.0%}** of "
+                     f"oneDNN's (target >= 70% of the higher: {verdict(flops * speed['ours'] / best, 0.7)})")
         print(f"{row.name}: lmforge {speed['ours']:,.0f} tok/s, transformers ({attn32}) {speed['theirs']:,.0f} "
-              f"tok/s, ratio {ratio:.2f}x{extra}  [probe ms/step {probe32}]", flush=True)
+              f"tok/s, ratio {ratio:.2f}x{extra}  [probe s/step {probe32}]", flush=True)
         speed_lines.append(f"| {row.name} fp32 | {shape} | {speed['ours']:,.0f} | {speed['theirs']:,.0f} ({attn32}) "
                            f"| **{ratio:.2f}x** | >= {row.target}x | {verdict(ratio, row.target)}{extra} |")
+        for name in ("plain", "plain bf16"):
+            if name in speed:
+                mine = "ours" if name == "plain" else "ours bf16"
+                changes.append(f"{row.name} {'bf16' if 'bf16' in name else 'fp32'}: {speed[name]:,.0f} -> "
+                               f"{speed[mine]:,.0f} tokens/s (**{per_step[name] / per_step[mine]:.2f}x**)")
+        if "compiled" in speed:
+            notes.append(f"{row.name} with train.compile=true: {speed['compiled']:,.0f} tokens/s after "
+                         f"{compile_s:.0f} s of compiling (lmforge eager {speed['ours']:,.0f}).")
+            print(notes[-1], flush=True)
         if row.name == "gpt-6x384":
             r32 = per_step["theirs"] / per_step["ours bf16"]
             r16 = per_step["theirs bf16"] / per_step["ours bf16"]
-            mfu16 = flops_per_token(ours, row) * speed["ours bf16"] / peak16
+            mfu16 = flops * speed["ours bf16"] / peak["bf16"]
             drift = [abs(b - a) / a for a, b in zip(variants["ours"].losses, variants["ours bf16"].losses)]
             print(f"{row.name} bf16: lmforge {speed['ours bf16']:,.0f} tok/s, transformers bf16 ({attn16}) "
                   f"{speed['theirs bf16']:,.0f}; vs transformers fp32 {r32:.2f}x, vs bf16 {r16:.2f}x; "
@@ -306,38 +377,44 @@ def main() -> None:
             speed_lines.append(
                 f"| {row.name} bf16 autocast | same | {speed['ours bf16']:,.0f} | {speed['theirs bf16']:,.0f} "
                 f"({attn16}) | **{r16:.2f}x** vs bf16, **{r32:.2f}x** vs fp32 | >= 1.3x bf16, >= 2.5x fp32 | "
-                f"{verdict(r16, 1.3)} / {verdict(r32, 2.5)}; MFU {mfu16:.0%} of bf16 peak |")
+                f"{verdict(r16, 1.3)} / {verdict(r32, 2.5)}; MFU {mfu16:.0%} of the bf16 peak |")
             notes.append(f"bf16 vs fp32 loss, same initial weights and batches ({len(drift)} points: each round's "
-                         f"first step and the mean of its others, {len(drift) // 2 * row.steps} steps in all): "
-                         f"largest gap **{max(drift):.2%}** (target <= 2%: {verdict(max(drift), 0.02, False)}); "
+                         f"first step and the mean of its others): largest gap **{max(drift):.2%}** "
+                         f"(target <= 2%: {verdict(max(drift), 0.02, False)}); "
                          f"fp32 {variants['ours'].losses[0]:.3f} -> {variants['ours'].losses[-1]:.3f}, "
                          f"bf16 {variants['ours bf16'].losses[0]:.3f} -> {variants['ours bf16'].losses[-1]:.3f}.")
         if not args.no_rss:
             rss = measure_rss(row)
             grow = {side: r["peak_mib"] - r["base_mib"] for side, r in rss.items()}
-            r = grow["ours"] / grow["theirs"]
-            print(f"{row.name} RSS: {rss}; training adds {grow['ours']:.0f} vs {grow['theirs']:.0f} MiB "
-                  f"({r:.2f}x)", flush=True)
+            r, rc = grow["ours"] / grow["theirs"], grow["ours-ckpt"] / grow["theirs"]
+            print(f"{row.name} RSS: {rss}; training adds {grow['ours']:.0f} (checkpointed {grow['ours-ckpt']:.0f}) "
+                  f"vs {grow['theirs']:.0f} MiB ({r:.2f}x, {rc:.2f}x)", flush=True)
             rss_lines.append(f"| {row.name} | {rss['ours']['peak_mib']:.0f} | {rss['theirs']['peak_mib']:.0f} | "
-                             f"{grow['ours']:.0f} | {grow['theirs']:.0f} | **{r:.2f}x** | {verdict(r, 0.6, False)} |")
+                             f"{grow['ours']:.0f} | {grow['theirs']:.0f} | **{r:.2f}x** | {verdict(r, 0.6, False)} | "
+                             f"{grow['ours-ckpt']:.0f} MiB, **{rc:.2f}x** ({verdict(rc, 0.6, False)}) |")
         del variants, ours
     total = time.perf_counter() - began
     print(f"done in {total:.0f} s")
     if args.no_write:
         return
-    text = [f"## Training: lmforge vs transformers (`benchmarks/bench_train.py`)", "",
-            f"{machine()}. Matmul peak (torch.mm 2048x2048, same run): fp32 **{peak32 / 1e9:.1f}** GFLOP/s, "
-            f"bf16 **{peak16 / 1e9:.1f}** GFLOP/s. Medians of {args.rounds} interleaved rounds after a warm-up "
-            f"round; tokens/s of whole training steps (forward, backward, clip, fused AdamW; lmforge through its "
-            f"trainer). Run took {total:.0f} s.", "",
+    text = ["## Training: lmforge vs transformers (`benchmarks/bench_train.py`)", "",
+            f"{machine()}. Matmul peaks (2048^3 float products, same run), GFLOP/s: "
+            + ", ".join(f"{k} **{v / 1e9:.0f}**" for k, v in peak.items())
+            + f" (fp32 = torch.mm, which runs MKL; lmforge's CPU linear layers run oneDNN). Medians of "
+            f"{args.rounds} interleaved rounds after a warm-up round; tokens/s of whole training steps (forward, "
+            f"backward, clip, fused AdamW; lmforge through its trainer). Run took {total:.0f} s.", "",
             "| row | shape | lmforge tokens/s | transformers tokens/s (attention) | ratio | target | |",
             "| --- | --- | --- | --- | --- | --- | --- |", *speed_lines, ""]
     text += [f"- {n}" for n in notes]
+    if changes:
+        text += ["", "This issue's speed-ups measured in the same run (lmforge with `train.onednn_linear=false` and "
+                     "SDPA attention -> as shipped): " + "; ".join(changes) + "."]
     if rss_lines:
         text += ["", "Peak RSS while training (fp32, 3 steps, each side and shape in its own process; *adds* = "
                      "peak minus the RSS after imports and data, before the model is built; target on the adds)", "",
                  "| row | lmforge peak MiB | transformers peak MiB | lmforge adds | transformers adds | ratio | "
-                 "target <= 0.6x |", "| --- | --- | --- | --- | --- | --- | --- |", *rss_lines]
+                 "target <= 0.6x | lmforge adds with `train.checkpoint_activations=true` |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |", *rss_lines]
     print(f"wrote {write_section('train', chr(10).join(text))}")
 
 

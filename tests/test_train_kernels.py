@@ -115,3 +115,33 @@ def test_bf16_training_follows_the_float32_loss_curve(corpus_file, tmp_path):
     assert curves["float32"][-5:].mean() < 0.8 * curves["float32"][:5].mean()  # it learned something
     gap = ((curves["bfloat16"] - curves["float32"]).abs() / curves["float32"]).max()
     assert gap < 0.02, gap
+
+
+@pytest.mark.parametrize("arch,dropout", [("gpt", 0.1), ("bert", 0.0)])
+def test_checkpointed_activations_train_exactly_as_kept_ones(corpus_file, tmp_path, arch, dropout):
+    LM.new(arch, corpus=corpus_file, **TINY).tokenizer.save(tmp_path / "tokenizer.json")
+    runs = {}
+    for recompute in (True, False):
+        lm = LM.new(arch, corpus=corpus_file, tokenizer_path=str(tmp_path / "tokenizer.json"), dropout=dropout, **TINY)
+        losses = []
+        lm.fit(corpus_file, max_steps=8, checkpoint_activations=recompute,
+               hooks=[lambda s, r: losses.append(r["loss"])], **FAST)
+        runs[recompute] = losses, lm.model.state_dict()
+        assert all("forward" not in m.__dict__ for m in lm.model.modules())
+    # the recomputation replays the dropout masks, so even with dropout the runs agree
+    torch.testing.assert_close(torch.tensor(runs[True][0]), torch.tensor(runs[False][0]), rtol=1e-6, atol=0)
+    for name, value in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], value, rtol=1e-5, atol=1e-7)
+
+
+def test_checkpoint_blocks_wraps_each_block_once():
+    from lmforge.train.memory import checkpoint_blocks
+
+    inner = nn.ModuleList([nn.Linear(4, 4)])
+    model = nn.ModuleDict({"h": nn.ModuleList([nn.Sequential(nn.Linear(4, 4)), nn.ModuleDict({"inner": inner})])})
+    with checkpoint_blocks(model) as count:
+        assert count == 2  # the inner list sits inside an already checkpointed block
+        x = torch.randn(3, 4, requires_grad=True)
+        model["h"][0](x).sum().backward()
+        assert x.grad is not None
+    assert all("forward" not in m.__dict__ for m in model.modules())

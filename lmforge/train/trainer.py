@@ -17,6 +17,7 @@ from .checkpoint import find_resumable, optimizer_from_tensors, read_checkpoint,
 from .distributed import Parallel, pick_device  # noqa: F401 - pick_device is part of this module's API
 from .health import gradient_warnings, layer_grad_norms
 from .kernels import onednn_linear
+from .memory import checkpoint_blocks
 from .metrics import MetricsLog
 from .optim import learning_rate, make_optimizer
 from .penalty import l1_parameters, l1_penalty
@@ -99,7 +100,10 @@ def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *
     # FSDP's sharded weights and torch.compile's graphs keep torch's own linear
     fast = cfg.onednn_linear and parallel.device.type == "cpu" and cfg.parallel != "fsdp" and not cfg.compile
     try:
-        with onednn_linear(model, fast):
+        if cfg.checkpoint_activations and cfg.parallel == "fsdp":
+            raise ValueError("train.checkpoint_activations is not available with train.parallel=fsdp in this "
+                             "version; use train.parallel=ddp or train.checkpoint_activations=false")
+        with onednn_linear(model, fast), checkpoint_blocks(model, cfg.checkpoint_activations):
             return _train(model, task, cfg, run, resume, progress, hooks, parallel)
     finally:
         parallel.close()

@@ -251,7 +251,10 @@ def child(side: str, row: Row, steps: int) -> None:
     import gc
 
     gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM: the data preparation's peak does not count
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM: the data preparation's peak does not count
+    except OSError:
+        print("warning: cannot reset the peak RSS; it may include data preparation", file=sys.stderr)
     base = _status_kib("VmRSS")
     torch.manual_seed(0)
     if side.startswith("ours"):

@@ -24,8 +24,9 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install -qq -e '.[bench]'
-	$(PY) benchmarks/train_speed.py
-	$(PY) benchmarks/generate_speed.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_shakespeare.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -234,6 +234,11 @@ class TrainConfig(Section):
         "none", description="data parallel across the processes torchrun starts: ddp (replicas) or fsdp (FSDP2 "
                             "shards, one group per block); N ranks x grad_accum A = one process with grad_accum N*A")
     compile: bool = Field(False, description="torch.compile the model (says so and runs eagerly when it cannot)")
+    onednn_linear: bool = Field(True, description="CPU float32: linear layers' matrix products through oneDNN rather "
+                                                  "than MKL (about 2x on AMD CPUs, where MKL runs AVX2 code); the "
+                                                  "same products up to float32 rounding")
+    checkpoint_activations: bool = Field(False, description="recompute each block's activations in backward instead "
+                                                            "of keeping them: less memory, about 1/3 more compute")
     max_bad_steps: int = Field(5, ge=1, description="NaN/Inf steps in a row (each skipped) that abort the run")
     grad_norms_every: int = Field(100, ge=0, description="steps between per-layer gradient norms (with vanishing/"
                                                           "exploding warnings); 0 disables")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .attend import attend
 
 
 class KVCache:
@@ -113,8 +114,8 @@ class Attention(nn.Module):
             y = weights @ v
         else:
             weights = None
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=causal and mask is None and 1 < T == k_len,
+            y = attend(
+                q, k, v, mask=mask, is_causal=causal and mask is None and 1 < T == k_len,
                 dropout_p=self.dropout if self.training else 0.0)
         y = self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         return (y, weights) if return_weights else y

@@ -16,6 +16,8 @@ from ..config import TrainConfig
 from .checkpoint import find_resumable, optimizer_from_tensors, read_checkpoint, save_checkpoint
 from .distributed import Parallel, pick_device  # noqa: F401 - pick_device is part of this module's API
 from .health import gradient_warnings, layer_grad_norms
+from .kernels import onednn_linear
+from .memory import checkpoint_blocks
 from .metrics import MetricsLog
 from .optim import learning_rate, make_optimizer
 from .penalty import l1_parameters, l1_penalty
@@ -95,8 +97,14 @@ def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     parallel = Parallel(cfg.parallel, cfg.device)
+    # FSDP's sharded weights and torch.compile's graphs keep torch's own linear
+    fast = cfg.onednn_linear and parallel.device.type == "cpu" and cfg.parallel != "fsdp" and not cfg.compile
     try:
-        return _train(model, task, cfg, run, resume, progress, hooks, parallel)
+        if cfg.checkpoint_activations and cfg.parallel == "fsdp":
+            raise ValueError("train.checkpoint_activations is not available with train.parallel=fsdp in this "
+                             "version; use train.parallel=ddp or train.checkpoint_activations=false")
+        with onednn_linear(model, fast), checkpoint_blocks(model, cfg.checkpoint_activations):
+            return _train(model, task, cfg, run, resume, progress, hooks, parallel)
     finally:
         parallel.close()
 

@@ -64,7 +64,8 @@ def trained(args) -> str:
         folder = Path(scratch)
         data = held_out(folder, args.chars)
         rows, table = compare(quantized_copies(Path(args.model), folder), data, args.rounds, args.batch_size)
-    return (f"Trained char GPT `{args.model}` on the Tiny Shakespeare validation split ({data.stat().st_size:,} "
+        chars = len(data.read_text(encoding="utf-8"))
+    return (f"Trained char GPT `{args.model}` on the Tiny Shakespeare validation split ({chars:,} "
             f"chars), batch {args.batch_size} x block_size, {args.rounds} interleaved rounds:\n\n{table}\n\n"
             f"{summary(rows)}\n")
 

@@ -151,6 +151,8 @@ def test_bad_input_is_refused_and_writes_nothing(trained, tmp_path, capsys):
     assert "is not a model directory" in capsys.readouterr().err and not out.exists()
     assert main(["quantize", str(folder / "fp32"), str(folder / "weight-int8")]) == 2
     assert "exists" in capsys.readouterr().err
+    assert main(["convert", str(folder / "dynamic-int8"), str(out), "--to", "hf"]) == 2
+    assert "has no plain weight" in capsys.readouterr().err and not out.exists()
     # unmerged LoRA adapters must be merged first
     lora = tmp_path / "lora"
     shutil.copytree(folder / "fp32", lora)

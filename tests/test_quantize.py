@@ -84,6 +84,7 @@ def test_save_load_round_trip_is_exact(trained, method):
     fresh, _, _ = quantize_model(copy.deepcopy(lm.model), method)
     loaded, _, _, meta = load_model_dir(folder / method)
     assert torch.equal(_logits(fresh), _logits(loaded))
+    assert torch.equal(_logits(copy.deepcopy(loaded)), _logits(loaded))  # a copy after use repacks its weights
     assert meta["compression"][-1]["kind"] == "quantize" and meta["compression"][-1]["method"] == method
     assert "metrics" not in meta  # the fp32 model's numbers are not this model's
     assert "## Compression" in (folder / method / "README.md").read_text()

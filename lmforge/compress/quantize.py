@@ -77,6 +77,9 @@ class Int8Linear(nn.Module):
         self._packed = None
         return result
 
+    def __getstate__(self):  # copies (deepcopy, pickling by a caller) repack: the packed object cannot be copied
+        return {**self.__dict__, "_packed": None, "_packed_key": None}
+
     def _packed_weight(self):
         # packed once, again only after new weights were loaded in place (load_state_dict bumps _version)
         key = (self.weight_int8.data_ptr(), self.weight_int8._version, self.weight_scale._version,

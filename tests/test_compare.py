@@ -26,7 +26,24 @@ def dirs(tmp_path_factory):
         weight.view(-1)[:100] = 0.0
     lm.save(folder / "pruned")
     quantize_dir(folder / "plain", folder / "q8", "dynamic-int8")
+    lora = LM.from_pretrained(folder / "plain")
+    lora.fit(data, max_steps=3, batch_size=4, lora={"rank": 2}, eval_every=0, run_dir=folder / "lora-run",
+             progress=False)
     return folder, data
+
+
+def test_every_kind_of_directory_loads_lora_too(dirs):
+    """A LoRA run's model directory (base weights + adapters) is measured like any other; quantizing it unmerged
+    is refused."""
+    folder, data = dirs
+    lora_dir = folder / "lora-run" / "final"
+    plain, lora = compare_dirs([str(folder / "plain"), str(lora_dir)], str(data), batch_size=2, rounds=1,
+                               new_tokens=4, progress=False)
+    assert lora["compression"].startswith("lora") and lora["parameters"] > plain["parameters"]
+    assert lora["quality"] == pytest.approx(LM.from_pretrained(lora_dir).evaluate(str(data), batch_size=2)["perplexity"])
+    with pytest.raises(ValueError, match="merge them first"):
+        quantize_dir(lora_dir, folder / "never", "dynamic-int8")
+    assert not (folder / "never").exists()
 
 
 def test_table_values_are_the_directories_own(dirs):

@@ -167,6 +167,9 @@ def model_card(model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, info
         lines.append("")
     from .data.card import model_card_data_lines
     lines += model_card_data_lines(info)  # sources, scrub/dedup statistics, contamination: recorded facts only
+    if info.get("compression"):
+        from .compress import card_lines
+        lines += card_lines(info["compression"])
     metrics = info.get("metrics", {})
     if metrics:
         lines += ["## Evaluation", ""]

@@ -29,3 +29,15 @@ def restore(model: nn.Module, config, meta: dict, path: Path) -> nn.Module:
         module = importlib.import_module(f".{KINDS[kind]}", __name__)
         model = module.restore(model, config, spec, Path(path))
     return model
+
+
+def card_lines(steps: list) -> list[str]:
+    """The model card's "Compression" section: one line per step of config.json's "compression" list."""
+    lines = ["## Compression", ""]
+    for spec in steps:
+        if not isinstance(spec, dict):
+            continue
+        details = ", ".join(f"{key}: {value}" for key, value in spec.items()
+                            if key != "kind" and not isinstance(value, (list, dict)))
+        lines.append(f"- {spec.get('kind')}" + (f" ({details})" if details else ""))
+    return [*lines, ""]

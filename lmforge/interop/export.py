@@ -26,6 +26,10 @@ def save_hf_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, cfg: M
     from ..compress.lora import merged_state_dict
 
     state = merged_state_dict(model)  # a LoRA model exports with its adapters folded into the weights
+    missing = [pair.ours for pair in family.pairs(cfg) if pair.role in roles and pair.ours not in state]
+    if missing:  # int8 layers have no plain floating-point weight to hand over
+        raise ValueError(f"cannot export to Hugging Face format: the model has no plain weight '{missing[0]}' (is it "
+                         "quantized?); export the floating-point original instead")
     tensors: dict[str, torch.Tensor] = {}
     for pair in family.pairs(cfg):
         if pair.role in roles:

@@ -1,0 +1,197 @@
+"""int8 quantization of a model's Linear layers (`lmforge quantize SRC DST --method dynamic-int8 | weight-int8`).
+
+Both methods store each Linear's weight as int8 with one float scale per output channel (symmetric, round to
+nearest, |q| <= 127), saved as plain safetensors tensors (`<name>.weight_int8`, `<name>.weight_scale`):
+- dynamic-int8: activations are quantized per batch at run time and the matmul runs in int8 on torch's own
+  quantized CPU kernels (fbgemm / oneDNN through torch.ops.quantized, the kernels behind torch.ao's dynamic
+  quantization), weights prepacked once per process. CPU only.
+- weight-int8: the int8 weight is dequantized to the activations' dtype for each matmul: the file is as small,
+  the arithmetic stays floating point (no activation error), and it runs on any device.
+Embeddings, norms and a head tied to the embedding stay in floating point.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+METHODS = {
+    "dynamic-int8": "int8 weights and int8 activations (quantized per batch at run time); CPU only",
+    "weight-int8": "int8 weights dequantized for each matmul, activations in floating point; any device",
+}
+SCHEME = "symmetric int8, one scale per output channel"
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}; choose one of: "
+                         + "; ".join(f"{name} ({text})" for name, text in METHODS.items()))
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 weight, float32 scale per output row) with weight ~= int8 * scale[:, None]."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero (pruned) row stays exactly zero
+    return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
+
+
+class Int8Linear(nn.Module):
+    """A Linear whose weight is int8 with per-output-channel scales; `dynamic` picks the int8 matmul kernel
+    (CPU) over dequantizing the weight for a floating-point matmul."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dynamic: bool):
+        super().__init__()
+        self.in_features, self.out_features, self.dynamic = in_features, out_features, dynamic
+        # a frozen Parameter, not a buffer: parameter counts, nonzero counts and model cards see the weights
+        self.weight_int8 = nn.Parameter(torch.zeros(out_features, in_features, dtype=torch.int8), requires_grad=False)
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self._packed, self._packed_key = None, None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, dynamic: bool) -> "Int8Linear":
+        """Quantize a trained nn.Linear."""
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, dynamic)
+        weight, scale = quantize_weight(linear.weight)
+        with torch.no_grad():
+            module.weight_int8.copy_(weight)
+            module.weight_scale.copy_(scale)
+            if linear.bias is not None:
+                module.bias.copy_(linear.bias.detach().float())
+        return module
+
+    def dequantized_weight(self, dtype=torch.float32) -> torch.Tensor:
+        """The weight the int8 values stand for, as floating point."""
+        return self.weight_int8.to(dtype) * self.weight_scale.to(dtype)[:, None]
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        if self.dynamic and self.weight_int8.device.type != "cpu":
+            raise ValueError(f"a dynamic-int8 model runs on CPU only (torch's int8 kernels are CPU kernels), not on "
+                             f"{self.weight_int8.device}; load it with device='cpu', or quantize the original model "
+                             "with --method weight-int8, which runs on any device")
+        self._packed = None
+        return result
+
+    def __getstate__(self):  # copies (deepcopy, pickling by a caller) repack: the packed object cannot be copied
+        return {**self.__dict__, "_packed": None, "_packed_key": None}
+
+    def _packed_weight(self):
+        # packed once, again only after new weights were loaded in place (load_state_dict bumps _version)
+        key = (self.weight_int8.data_ptr(), self.weight_int8._version, self.weight_scale._version,
+               None if self.bias is None else self.bias._version)
+        if self._packed is None or key != self._packed_key:
+            zero_points = torch.zeros(self.out_features, dtype=torch.long)
+            with warnings.catch_warnings():  # torch 2.13 flags quantized tensors as deprecated; the kernels need one
+                warnings.simplefilter("ignore", UserWarning)
+                weight = torch._make_per_channel_quantized_tensor(self.weight_int8.detach(),
+                                                                  self.weight_scale.detach().double(), zero_points, 0)
+            bias = None if self.bias is None else self.bias.detach().float()
+            self._packed, self._packed_key = torch.ops.quantized.linear_prepack(weight, bias), key
+        return self._packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.dynamic:
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.linear(x, self.dequantized_weight(x.dtype), bias)
+        if x.device.type != "cpu":
+            raise ValueError(f"a dynamic-int8 model runs on CPU only, got input on {x.device}")
+        # fbgemm's AVX2/AVX-512 paths add pairs of u8*s8 products in int16: 7-bit activations cannot saturate it
+        # (what torch.ao's dynamic Linear does); oneDNN and qnnpack take the full 8 bits
+        reduce_range = torch.backends.quantized.engine in ("fbgemm", "x86")
+        out = torch.ops.quantized.linear_dynamic(x.float(), self._packed_weight(), reduce_range)
+        return out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"{'dynamic-int8' if self.dynamic else 'weight-int8'}")
+
+
+def _shared_parameters(model: nn.Module) -> set[int]:
+    """ids of parameters used by more than one module (a head tied to the embedding)."""
+    seen: dict[int, int] = {}
+    for _, parameter in model.named_parameters(remove_duplicate=False):
+        seen[id(parameter)] = seen.get(id(parameter), 0) + 1
+    return {key for key, count in seen.items() if count > 1}
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def quantize_model(model: nn.Module, method: str) -> tuple[nn.Module, list[str], list[str]]:
+    """Replace every nn.Linear of `model` (in place) with an Int8Linear; returns (model, quantized names, names
+    left in floating point because their weight is shared with another module)."""
+    _check_method(method)
+    shared = _shared_parameters(model)
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and name]
+    done, kept = [], []
+    for name, linear in linears:
+        if id(linear.weight) in shared:
+            kept.append(name)
+            continue
+        _replace(model, name, Int8Linear.from_linear(linear, dynamic=method == "dynamic-int8"))
+        done.append(name)
+    if not done:
+        raise ValueError("the model has no Linear layer that can be quantized (only shared or no Linear weights)")
+    return model, done, kept
+
+
+def restore(model: nn.Module, config, spec: dict, path: Path) -> nn.Module:
+    """The compression seam: put empty Int8Linear modules where config.json's quantize step says they were."""
+    where = f"'{Path(path) / 'config.json'}'"
+    method, names = spec.get("method"), spec.get("modules")
+    if method not in METHODS:
+        raise ValueError(f"{where}: quantize step has method {method!r}; this lmforge knows {', '.join(METHODS)}")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{where}: quantize step needs 'modules', a list of module names, got {names!r}")
+    for name in names:
+        try:
+            linear = model.get_submodule(name)
+        except AttributeError:
+            linear = None
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"{where}: quantize step names module {name!r}, which is not a Linear layer of this "
+                             f"{config.arch} model")
+        _replace(model, name, Int8Linear(linear.in_features, linear.out_features, linear.bias is not None,
+                                         dynamic=method == "dynamic-int8"))
+    return model
+
+
+def quantize_dir(source: str | Path, destination: str | Path, method: str, force: bool = False) -> dict:
+    """Quantize the model directory `source` into a new model directory `destination`; a summary dict
+    (method, layers quantized and kept, weights file sizes before and after)."""
+    from ..modeldir import load_model_dir, read_model_config, save_model_dir
+
+    _check_method(method)
+    source, destination = Path(source), Path(destination)
+    if destination.resolve() == source.resolve():
+        raise ValueError(f"destination '{destination}' is the source directory; write the quantized model elsewhere")
+    if destination.exists() and not force:
+        raise FileExistsError(f"'{destination}' exists; choose another destination or pass --force to replace it")
+    from ..interop import is_hf_dir
+    if not is_hf_dir(source):
+        _, meta = read_model_config(source)
+        for step in meta.get("compression") or []:
+            kind = step.get("kind") if isinstance(step, dict) else None
+            if kind == "quantize":
+                raise ValueError(f"'{source}' is already quantized ({step.get('method')}): quantize the original "
+                                 "floating-point model directory instead")
+            if kind == "lora":
+                raise ValueError(f"'{source}' holds unmerged LoRA adapters: merge them first "
+                                 f"(lmforge lora merge {source} merged), then quantize the merged directory")
+    model, tokenizer, config, meta = load_model_dir(source, "cpu")
+    model, done, kept = quantize_model(model, method)
+    spec = {"kind": "quantize", "method": method, "scheme": SCHEME, "modules": done}
+    # the source's evaluation numbers describe the floating-point weights: `lmforge compare` measures these
+    info = {key: value for key, value in meta.items() if key != "metrics"}
+    info["compression"] = [*(meta.get("compression") or []), spec]
+    save_model_dir(destination, model, tokenizer, config, info)
+    before = sum(f.stat().st_size for f in source.glob("*.safetensors"))
+    after = (destination / "model.safetensors").stat().st_size
+    return {"method": method, "quantized": done, "kept": kept, "bytes_before": before, "bytes_after": after}

@@ -122,9 +122,9 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
     with torch.inference_mode(), packed_linears(model, B, enabled=use_cache):
         for end in range(width, width + cfg.max_new_tokens):
             logits = feeder.next_logits(end)
-            choice = next_token(logits, tokens[:, :end], mask[:, :end], cfg, generator)
-            tokens[:, end] = choice
-            mask[:, end] = True
+            choice = next_token(logits, tokens.narrow(1, 0, end), mask.narrow(1, 0, end), cfg, generator)
+            tokens.select(1, end).copy_(choice)
+            mask.select(1, end).fill_(True)
             if watcher is not None:
                 if watcher.add(choice.tolist()):
                     break
@@ -179,8 +179,9 @@ class _Feeder:
                            pad_mask=window_mask if self.padded else None, cache=self.cache)[:, -1]
         else:
             # one new column per row: without padding the model counts positions from its cache itself
-            logits = model(tokens[:, end - 1:end], positions=self.positions if self.padded else None,
-                           pad_mask=mask[:, self.start:end] if self.padded else None, cache=self.cache)[:, -1]
+            logits = model(tokens.narrow(1, end - 1, 1), positions=self.positions if self.padded else None,
+                           pad_mask=mask.narrow(1, self.start, end - self.start) if self.padded else None,
+                           cache=self.cache).select(1, -1)
             self.positions += 1
         self.fed = end
         return logits

@@ -209,9 +209,11 @@ class LM:
     def generate(self, prompt: str | list[str], *, max_new_tokens: int = 100, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
                  stop: str | list[str] | tuple = (), seed: int | None = None, use_cache: bool = True,
-                 stream: bool = False, num_beams: int = 1, length_penalty: float = 1.0) -> str | list[str]:
+                 stream: bool = False, num_beams: int = 1, length_penalty: float = 1.0,
+                 ignore_eos: bool = False) -> str | list[str]:
         """Continue a prompt (or a list of prompts); temperature=0 is greedy. stream=True prints as it goes.
-        num_beams > 1 runs beam search (scores divided by length ** length_penalty; sampling options unused)."""
+        num_beams > 1 runs beam search (scores divided by length ** length_penalty; sampling options unused).
+        ignore_eos=True keeps going past the end-of-text token (always max_new_tokens tokens)."""
         from .infer.generate import SamplingConfig, generate
 
         if not getattr(self.model, "is_causal", False):
@@ -227,11 +229,12 @@ class LM:
         if num_beams > 1:
             from .infer.beam import beam_generate
             outputs = beam_generate(self.model, self.tokenizer, prompts, num_beams=num_beams,
-                                    max_new_tokens=max_new_tokens, length_penalty=length_penalty, stop=stops)
+                                    max_new_tokens=max_new_tokens, length_penalty=length_penalty, stop=stops,
+                                    ignore_eos=ignore_eos)
             if stream and single:
                 sys.stdout.write(outputs[0])
             return outputs[0] if single else outputs
-        sampling = SamplingConfig(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stops, seed)
+        sampling = SamplingConfig(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stops, seed, ignore_eos)
 
         def on_text(row: int, piece: str) -> None:
             sys.stdout.write(piece)

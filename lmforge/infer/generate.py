@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..tokenizer import Tokenizer
+from .packed import packed_linears
 
 
 # outside these the scaled logits overflow float32 and sampling fails; no useful setting lies beyond them
@@ -86,7 +87,6 @@ def _encode_prompts(tokenizer: Tokenizer, prompts: list[str], context: int | Non
     return encoded
 
 
-@torch.no_grad()
 def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfig, *, use_cache: bool = True,
              on_text: Callable[[int, str], None] | None = None) -> list[str]:
     """Continue each prompt; returns the generated continuations (prompt not included).
@@ -98,62 +98,126 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
     """
     cfg.check()
     model.eval()
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device = param.device
     context = getattr(model, "context_length", model.config.block_size)
     rows = _encode_prompts(tokenizer, prompts, context, cfg.max_new_tokens)
     B, width = len(rows), max(map(len, rows))
-    pad = tokenizer.pad_id
-    tokens = torch.full((B, width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros((B, width), dtype=torch.bool, device=device)
-    for i, ids in enumerate(rows):  # left padding, so every row's next token is at the same column
-        tokens[i, width - len(ids):] = torch.tensor(ids, device=device)
-        mask[i, width - len(ids):] = True
+    # prompts (left-padded, so every row's next token is at the same column) and then the new tokens, written in
+    # place: nothing grows per step
+    tokens = torch.full((B, width + cfg.max_new_tokens), tokenizer.pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(tokens.shape, dtype=torch.bool, device=device)
+    for i, ids in enumerate(rows):
+        tokens[i, width - len(ids):width] = torch.tensor(ids, device=device)
+        mask[i, width - len(ids):width] = True
     generator = None
     if cfg.seed is not None:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
     eos = None if cfg.ignore_eos else tokenizer.eos_id
-    generated: list[list[int]] = [[] for _ in range(B)]
-    texts, done = [""] * B, [False] * B
-    padded = not bool(mask.all())
-    cache, cache_start, fed = None, 0, 0  # the cache holds columns cache_start..fed-1 of `tokens`
-    for _ in range(cfg.max_new_tokens):
-        if use_cache:
-            if cache is None or (context and tokens.size(1) - cache_start > context):
-                keep = context if cache is None else context // 2
-                cache_start = fed = max(0, tokens.size(1) - keep) if context else 0
-                cache = model.make_cache(B, context, dtype=next(model.parameters()).dtype, device=device)
-            window, window_mask = tokens[:, fed:], mask[:, cache_start:]
-            fed = tokens.size(1)
+    # text is decoded as it comes only when someone reads it (streaming) or it can end the row (stop strings)
+    watcher = _TextWatcher(tokenizer, B, eos, cfg.stop, on_text) if on_text is not None or cfg.stop else None
+    feeder = _Feeder(model, tokens, mask, context, use_cache, padded=not bool(mask[:, :width].all()))
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    end = width
+    with torch.inference_mode(), packed_linears(model, B, enabled=use_cache):
+        for end in range(width, width + cfg.max_new_tokens):
+            logits = feeder.next_logits(end)
+            choice = next_token(logits, tokens.narrow(1, 0, end), mask.narrow(1, 0, end), cfg, generator)
+            tokens.select(1, end).copy_(choice)
+            mask.select(1, end).fill_(True)
+            if watcher is not None:
+                if watcher.add(choice.tolist()):
+                    break
+            elif eos is not None:
+                finished |= choice == eos
+                # the check costs a device sync: every 8 steps (a finished row's extra tokens are cut below)
+                if (end - width) % 8 == 7 and bool(finished.all()):
+                    break
         else:
-            start = max(0, tokens.size(1) - context) if context else 0
-            window, window_mask = tokens[:, start:], mask[:, start:]
-        positions = (window_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -window.size(1):]
-        logits = model(window, positions=positions if padded else positions[0],
-                       pad_mask=window_mask if padded else None, cache=cache if use_cache else None)[:, -1]
-        choice = next_token(logits, tokens, mask, cfg, generator)
-        tokens = torch.cat([tokens, choice[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
-        for i in range(B):
-            if done[i]:
+            end = width + cfg.max_new_tokens - 1
+    if watcher is not None:
+        return watcher.final()
+    texts = []
+    for row in tokens[:, width:end + 1].tolist():
+        if eos is not None and eos in row:
+            row = row[:row.index(eos)]
+        texts.append(tokenizer.decode(row))
+    return texts
+
+
+class _Feeder:
+    """Runs the model over what it has not seen yet and returns the last position's logits: with a KV cache
+    only the newest column (after one prefill of the whole left-padded batch), without it the whole window."""
+
+    def __init__(self, model, tokens: torch.Tensor, mask: torch.Tensor, context: int | None, use_cache: bool,
+                 padded: bool):
+        self.model, self.tokens, self.mask, self.context = model, tokens, mask, context
+        self.use_cache, self.padded = use_cache, padded
+        self.cache, self.start, self.fed = None, 0, 0  # the cache holds columns start..fed-1 of `tokens`
+        self.positions = None  # (B, 1): position of the next column of each row, advanced in place
+
+    def next_logits(self, end: int) -> torch.Tensor:
+        """Logits (B, vocab) for the token at column `end`, from columns before it."""
+        model, tokens, mask, context = self.model, self.tokens, self.mask, self.context
+        if not self.use_cache:
+            start = max(0, end - context) if context else 0
+            window_mask = mask[:, start:end]
+            positions = (window_mask.long().cumsum(-1) - 1).clamp(min=0)
+            return model(tokens[:, start:end], positions=positions if self.padded else positions[0],
+                         pad_mask=window_mask if self.padded else None)[:, -1]
+        if self.cache is None or (context and end - self.start > context):
+            # (re)start: prefill every row at once; past the context only the last half is kept
+            keep = context if self.cache is None else context // 2
+            self.start = self.fed = max(0, end - keep) if context else 0
+            param = next(model.parameters())
+            capacity = min(context, tokens.size(1)) if context else None
+            self.cache = model.make_cache(tokens.size(0), capacity, dtype=param.dtype, device=param.device)
+            window_mask = mask[:, self.start:end]
+            positions = (window_mask.long().cumsum(-1) - 1).clamp(min=0)
+            self.positions = positions[:, -1:] + 1
+            logits = model(tokens[:, self.start:end], positions=positions if self.padded else positions[0],
+                           pad_mask=window_mask if self.padded else None, cache=self.cache)[:, -1]
+        else:
+            # one new column per row: without padding the model counts positions from its cache itself
+            logits = model(tokens.narrow(1, end - 1, 1), positions=self.positions if self.padded else None,
+                           pad_mask=mask.narrow(1, self.start, end - self.start) if self.padded else None,
+                           cache=self.cache).select(1, -1)
+            self.positions += 1
+        self.fed = end
+        return logits
+
+
+class _TextWatcher:
+    """Decodes each row's new tokens as they come: streams the new text, ends rows at end-of-text or a stop."""
+
+    def __init__(self, tokenizer: Tokenizer, rows: int, eos: int | None, stop: tuple[str, ...],
+                 on_text: Callable[[int, str], None] | None):
+        self.tokenizer, self.eos, self.stop, self.on_text = tokenizer, eos, stop, on_text
+        self.generated: list[list[int]] = [[] for _ in range(rows)]
+        self.texts, self.done = [""] * rows, [False] * rows
+
+    def add(self, choice: list[int]) -> bool:
+        """Take one new token per row; True when every row has ended."""
+        for i, token in enumerate(choice):
+            if self.done[i]:
                 continue
-            token = int(choice[i])
-            if eos is not None and token == eos:
-                done[i] = True
+            if self.eos is not None and token == self.eos:
+                self.done[i] = True
                 continue
-            generated[i].append(token)
-            text = tokenizer.decode(generated[i])
+            self.generated[i].append(token)
+            text = self.tokenizer.decode(self.generated[i])
             if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
                 continue
-            for stop in cfg.stop:
+            for stop in self.stop:
                 cut = text.find(stop)
                 if cut >= 0:
-                    text, done[i] = text[:cut], True
-            if on_text is not None and len(text) > len(texts[i]):
-                on_text(i, text[len(texts[i]):])
-            texts[i] = text
-        if all(done):
-            break
-    for i in range(B):
-        if not done[i]:
-            texts[i] = tokenizer.decode(generated[i])
-    return texts
+                    text, self.done[i] = text[:cut], True
+            if self.on_text is not None and len(text) > len(self.texts[i]):
+                self.on_text(i, text[len(self.texts[i]):])
+            self.texts[i] = text
+        return all(self.done)
+
+    def final(self) -> list[str]:
+        """Each row's text (a row cut short keeps its decoded tokens)."""
+        return [text if done else self.tokenizer.decode(ids)
+                for text, done, ids in zip(self.texts, self.done, self.generated)]

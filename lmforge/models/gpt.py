@@ -22,8 +22,10 @@ class Block(nn.Module):
         attended = self.attn(self.ln_1(x), causal=True, pad_mask=pad_mask, cache=cache, rope=rope,
                              return_weights=return_weights)
         attended, weights = attended if return_weights else (attended, None)
-        x = x + self.drop(attended)
-        x = x + self.drop(self.mlp(self.ln_2(x)))
+        if self.training:  # skipped in eval, where dropout is the identity: two module calls less per step
+            attended = self.drop(attended)
+        x = x + attended
+        x = x + (self.drop(self.mlp(self.ln_2(x))) if self.training else self.mlp(self.ln_2(x)))
         return (x, weights) if return_weights else x
 
 
@@ -70,7 +72,7 @@ class GPT(nn.Module):
         if self.wpe is not None:
             x = x + self.wpe(positions)
         rope = self.rope(positions) if self.rope is not None else None
-        x = self.drop(x)
+        x = self.drop(x) if self.training else x
         weights = []
         for i, block in enumerate(self.h):
             x = block(x, pad_mask=pad_mask, cache=cache[i] if cache else None, rope=rope, return_weights=return_weights)

@@ -23,10 +23,11 @@ class KVCache:
         end = self.length + k.size(2)
         if end > self.k.size(2):
             raise ValueError(f"KV cache full: {end} positions > capacity {self.k.size(2)}")
-        self.k[:, :, self.length:end] = k
-        self.v[:, :, self.length:end] = v
+        # narrow + copy_: fewer tensor ops per decoding step than slice assignment
+        self.k.narrow(2, self.length, k.size(2)).copy_(k)
+        self.v.narrow(2, self.length, v.size(2)).copy_(v)
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
 
 
 def make_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=torch.float32, device="cpu") -> list[KVCache]:
@@ -67,6 +68,10 @@ def attention_mask(q_len: int, k_len: int, causal: bool, pad_mask: torch.Tensor 
     """
     if pad_mask is None and (not causal or q_len == 1 or q_len == k_len):
         return None  # no mask, or SDPA's own is_causal
+    if q_len == 1 and pad_mask.size(-1) == k_len:  # one decoding step: the padding, and the query sees itself
+        allowed = pad_mask[:, None, None, :].bool().clone()
+        allowed[..., -1] = True
+        return allowed
     q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
     k_pos = torch.arange(k_len, device=device)[None, :]
     allowed = (k_pos <= q_pos) if causal else torch.ones(q_len, k_len, dtype=torch.bool, device=device)
@@ -90,11 +95,9 @@ class Attention(nn.Module):
     def forward(self, x, *, causal: bool, pad_mask=None, cache: KVCache | None = None, rope=None,
                 return_weights: bool = False):
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        # one view, one transpose, one split: the same strided q, k, v as splitting first, in fewer ops per step
+        q, k, v = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim).transpose(1, 2).split(
+            [self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:

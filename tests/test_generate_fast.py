@@ -1,0 +1,100 @@
+"""The fast generation paths against the plain ones: packed oneDNN linears vs torch's linear, the cached batched
+loop vs recomputation, one prompt at a time and transformers' generate; end-of-text cuts."""
+import pytest
+import torch
+
+from lmforge.infer import packed
+from lmforge.infer.generate import SamplingConfig, generate
+from lmforge.tokenizer import Tokenizer
+
+from conftest import small_corpus, tiny_model
+
+WIDE = dict(n_layer=3, n_head=6, n_embd=384, block_size=128)  # 21 MB of linear weights: they get packed
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.train("char", [small_corpus(50)])
+
+
+@pytest.mark.skipif(not packed.available(), reason="this torch build has no oneDNN linear")
+@pytest.mark.parametrize("rows", [1, 3])
+def test_packed_linears_give_the_logits_of_the_plain_model(tokenizer, rows):
+    model = tiny_model("gpt", vocab_size=tokenizer.vocab_size, **WIDE)
+    ids = torch.randint(0, tokenizer.vocab_size, (rows, 9))
+    with torch.inference_mode():
+        plain = model(ids)
+        with packed.packed_linears(model, rows) as count:
+            fast = model(ids)
+        again = model(ids)
+    assert count == 3 * 4  # qkv, proj, mlp up and down of each layer; the small head stays plain
+    assert (fast - plain).abs().max() < 1e-4
+    assert torch.equal(again, plain)  # restored on exit
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_packed_linears_leave_small_and_training_layers_alone(tokenizer):
+    model = tiny_model("gpt", vocab_size=tokenizer.vocab_size)  # 32 wide: nothing worth packing
+    with packed.packed_linears(model, 1) as count:
+        assert count == 0
+    wide = tiny_model("gpt", vocab_size=tokenizer.vocab_size, **WIDE)
+    ids = torch.randint(0, tokenizer.vocab_size, (2, 5))
+    with packed.packed_linears(wide, 2):
+        wide(ids).sum().backward()  # gradients recorded: torch's own linear, so backward works
+    assert wide.h[0].mlp.up.weight.grad is not None
+
+
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_fast_greedy_batch_equals_recomputation_and_each_prompt_alone(tokenizer, arch):
+    model = tiny_model(arch, vocab_size=tokenizer.vocab_size, **WIDE)
+    greedy = SamplingConfig(max_new_tokens=30, temperature=0, ignore_eos=True)
+    prompts = ["the cat", "a dog likes the blue", "my"]
+    batch = generate(model, tokenizer, prompts, greedy)  # packed linears, KV cache, one left-padded prefill
+    assert batch == generate(model, tokenizer, prompts, greedy, use_cache=False)  # the plain path
+    assert batch == [generate(model, tokenizer, [p], greedy)[0] for p in prompts]
+    assert all(len(text) == 30 for text in batch)
+
+
+def test_end_of_text_cuts_each_row_where_it_appears(tokenizer):
+    model = tiny_model("gpt", vocab_size=tokenizer.vocab_size, block_size=64)
+    prompts = ["the cat", "a dog likes the blue"]
+    full = generate(model, tokenizer, prompts, SamplingConfig(40, temperature=0, ignore_eos=True))
+    # make a character the first row produces early the end-of-text token: rows must stop right before it
+    stop_char = full[0][3]
+    ending = Tokenizer(tokenizer.backend, eos_token=stop_char)
+    cut = generate(model, ending, prompts, SamplingConfig(40, temperature=0))
+    assert cut == [text[:text.index(stop_char)] if stop_char in text else text for text in full]
+    assert cut[0] == full[0][:full[0].index(stop_char)]
+    streamed = []
+    assert generate(model, ending, prompts[:1], SamplingConfig(40, temperature=0),
+                    on_text=lambda i, piece: streamed.append(piece)) == cut[:1]
+    assert "".join(streamed) == cut[0]
+
+
+def test_no_new_tokens_gives_empty_texts(tokenizer):
+    model = tiny_model("gpt", vocab_size=tokenizer.vocab_size)
+    assert generate(model, tokenizer, ["the", "a dog"], SamplingConfig(0, temperature=0)) == ["", ""]
+
+
+def test_fast_batched_greedy_equals_transformers_generate_with_left_padding(tmp_path, tokenizer):
+    pytest.importorskip("transformers")
+    from transformers import GPT2LMHeadModel
+
+    from lmforge import LM
+    from lmforge.config import Config
+
+    model = tiny_model("gpt", vocab_size=tokenizer.vocab_size, **WIDE)
+    config = Config.model_validate({"model": {**WIDE, "arch": "gpt", "vocab_size": tokenizer.vocab_size},
+                                    "tokenizer": {"kind": "char"}})
+    lm = LM(model, tokenizer, config)
+    hf = GPT2LMHeadModel.from_pretrained(lm.save_hf(tmp_path / "hf")).eval()
+    prompts = ["the old man", "a", "my friend eats some bread"]
+    rows = [tokenizer.encode(p) for p in prompts]
+    width, pad = max(map(len, rows)), tokenizer.pad_id
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    with torch.inference_mode():
+        out = hf.generate(ids, attention_mask=attention, max_new_tokens=25, do_sample=False, pad_token_id=pad,
+                          eos_token_id=None)
+    theirs = [tokenizer.decode(row[width:].tolist()) for row in out]
+    assert lm.generate(prompts, max_new_tokens=25, temperature=0, ignore_eos=True) == theirs

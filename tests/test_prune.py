@@ -117,6 +117,13 @@ def test_head_pruned_directory_reloads_generates_and_fine_tunes(gpt_dir, tmp_pat
     # generation with the KV cache (per-layer head counts) matches generation without it
     cached = pruned.generate("the cat", max_new_tokens=12, temperature=0)
     assert cached == pruned.generate("the cat", max_new_tokens=12, temperature=0, use_cache=False)
+    assert isinstance(pruned.generate("the cat", max_new_tokens=4, num_beams=2), str)
+    from lmforge.infer.batching import BatchDecoder
+    decoder = BatchDecoder(pruned.model)  # the server's shared cache, sized per layer
+    prompt = pruned.tokenizer.encode("the dog")
+    _, logits = decoder.add(prompt)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, pruned.model(torch.tensor([prompt]))[0, -1], rtol=1e-5, atol=1e-5)
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "small"), "--data", str(corpus_file), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["perplexity"] > 1

@@ -65,14 +65,30 @@ def test_zero_pattern_survives_the_finetune_and_a_later_training(gpt_dir, tmp_pa
         assert not torch.equal(plain[name], tuned[name]), f"{name} did not train"
     metrics = tuned_lm.meta["compression"][-1]["metrics"]
     assert metrics["finetuned"]["val_loss"] < metrics["pruned"]["val_loss"]
-    # the trainer knows nothing of pruning, yet training the pruned directory again keeps its zeros
-    result = tuned_lm.fit(corpus_file, max_steps=10, lr=3e-3, batch_size=8, warmup_steps=0, eval_every=0,
-                          progress=False)
-    assert result.step == 10
-    again = tuned_lm.save(tmp_path / "again")
-    for name, weight in block_weights(LM.from_pretrained(again).model).items():
+    # the trainer knows nothing of pruning, yet training the pruned directory again keeps its zeros, through
+    # packed checkpoints and a resume
+    recipe = tmp_path / "again.toml"
+    recipe.write_text(f'[data]\npaths = ["{corpus_file}"]\n[train]\nbatch_size = 8\nlr = 3e-3\nwarmup_steps = 0\n'
+                      f'eval_every = 0\nsave_every = 4\n[run]\ndir = "{tmp_path / "again"}"\n')
+    init = f"model.init={tmp_path / 'tuned'}"
+    assert main(["train", str(recipe), init, "train.max_steps=4", "--quiet"]) == 0
+    with safe_open(str(tmp_path / "again" / "checkpoints" / "step-4" / "model.safetensors"), "pt") as handle:
+        assert "h.1.mlp.up.weight.sparse_values" in set(handle.keys())
+    assert main(["train", str(recipe), init, "train.max_steps=8", "--resume", str(tmp_path / "again"),
+                 "--quiet"]) == 0
+    final = LM.from_pretrained(tmp_path / "again" / "final")
+    assert final.meta["training"]["max_steps"] == 8
+    for name, weight in block_weights(final.model).items():
         assert torch.equal(weight == 0, plain[name] == 0), name
         assert not torch.equal(weight, tuned[name])
+
+
+def test_structured_pruning_of_a_sparse_model_keeps_its_zeros(gpt_dir, corpus_file):
+    lm, _ = prune(LM.from_pretrained(gpt_dir), "magnitude", sparsity=0.5, log=lambda *a: None)
+    lm, _ = prune(lm, "neurons", amount=0.25, data=corpus_file, finetune_steps=5, batch_size=4, progress=False,
+                  log=lambda *a: None)
+    assert [step["method"] for step in lm.meta["compression"]] == ["magnitude", "neurons"]
+    assert 0.45 < sparse.sparsity_report(lm.model)["sparsity"] < 0.55
 
 
 def _masked_output(model, kind, kept, ids):

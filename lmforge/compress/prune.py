@@ -47,8 +47,8 @@ def sparse_model(model: nn.Module) -> nn.Module:
     weights stay zero when it is trained (gradient masks). Idempotent."""
     if not getattr(model, "_lmforge_sparse", False):
         model.register_load_state_dict_pre_hook(sparse.unpack_hook)
-        sparse.keep_zeros(model)
         model._lmforge_sparse = True
+    sparse.keep_zeros(model)  # also covers Linears that head / neuron removal has just replaced
     return model
 
 
@@ -172,6 +172,8 @@ def _remove_units(lm, method: str, amount, importance: str, task, batch_size: in
     else:
         structured.remove_neurons(model, kept)
         key = "layer_intermediate"
+    if getattr(model, "_lmforge_sparse", False):  # magnitude-pruned before: its new, smaller Linears keep zeros too
+        sparse_model(model)
     sizes = [len(keep) for keep in kept]
     model_cfg = lm.config.model.model_copy(update={key: sizes})
     model_cfg = type(model_cfg).model_validate(model_cfg.model_dump())  # the checks of a config read from disk

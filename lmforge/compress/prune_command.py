@@ -53,7 +53,9 @@ def handler(args) -> int:
     if args.score_batches < 1 or args.batch_size < 1 or not args.lr > 0:
         raise ValueError(f"--score-batches and --batch-size must be >= 1 and --lr > 0; got {args.score_batches}, "
                          f"{args.batch_size} and {args.lr}")
-    amount = int(args.amount) if args.amount is not None and args.amount >= 1 and args.amount.is_integer() else args.amount
+    amount = args.amount
+    if amount is not None and amount >= 1 and amount.is_integer():
+        amount = int(amount)  # a count of units, not a share
     sparsity = 0.5 if args.sparsity is None and args.method == "magnitude" else args.sparsity
     lm = LM.from_pretrained(args.source)
     log = (lambda *a, **k: None) if args.json else print

@@ -64,7 +64,10 @@ def keep_zeros(model: nn.Module) -> list:
     handles = []
     for _, module in prunable_linears(model):
         weight = module.weight
+        if getattr(weight, "_lmforge_keeps_zeros", False):  # once per parameter (structured pruning makes new ones)
+            continue
         handles.append(weight.register_hook(lambda grad, weight=weight: grad * (weight != 0).to(grad.dtype)))
+        weight._lmforge_keeps_zeros = True
     return handles
 
 

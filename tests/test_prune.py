@@ -177,6 +177,7 @@ def test_neuron_pruned_classifier_classifies(tmp_path, corpus_file, capsys):
     (["--method", "heads", "--amount", "2", "--sparsity", "0.5"], "--sparsity is for --method magnitude"),
     (["--finetune-steps", "10"], "needs --data"),
     (["--method", "heads", "--amount", "2", "--importance", "gradient"], "give --data"),
+    (["--finetune-steps", "2", "--data", "no-such-file.txt"], "no-such-file.txt"),
 ])
 def test_bad_requests_are_clear_errors_and_write_nothing(gpt_dir, tmp_path, capsys, args, words):
     assert main(["prune", str(gpt_dir), str(tmp_path / "out"), *args, "--quiet"]) == 2
@@ -185,6 +186,9 @@ def test_bad_requests_are_clear_errors_and_write_nothing(gpt_dir, tmp_path, caps
 
 
 def test_unknown_method_baseline_arch_and_existing_destination(gpt_dir, tmp_path, corpus_file, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["prune", "--help"])
+    assert done.value.code == 0 and "examples:" in capsys.readouterr().out
     with pytest.raises(SystemExit) as done:
         main(["prune", str(gpt_dir), str(tmp_path / "out"), "--method", "random"])
     assert done.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -120,7 +120,7 @@ def markdown(results: dict) -> str:
     if m:
         lines += ["| 50% global magnitude sparsity | perplexity |", "|---|---|",
                   f"| dense | {m['dense_perplexity']} |", f"| pruned, no fine-tune | {m['pruned_perplexity']} |",
-                  f"| pruned + fine-tune | {m['finetuned_perplexity']} ({m['finetuned_vs_dense']:+.1%} vs dense) |",
+                  f"| pruned + fine-tune | {m['finetuned_perplexity']} ({m['finetuned_vs_dense']:+.2%} vs dense) |",
                   "", f"model.safetensors: {m['file_bytes_dense']:,} bytes dense, {m['file_bytes_pruned']:,} "
                   "pruned (values + bitmask).", ""]
     s = results.get("structured")

@@ -15,6 +15,10 @@ from .lora_cli import COMMAND as LORA  # noqa: E402
 
 COMMANDS["lora"] = LORA
 
+from .prune_command import COMMAND as PRUNE  # noqa: E402
+
+COMMANDS["prune"] = PRUNE
+
 
 def add_compress_commands(commands) -> None:
     """Register every entry of COMMANDS on the top-level subparsers."""
@@ -85,6 +89,3 @@ Quality is perplexity for language models and accuracy for classifiers, from the
 `lmforge eval`. Speeds are medians of interleaved rounds: scoring is a forward pass over batch-size x
 block_size tokens, generation greedy decoding of --new-tokens tokens (decoders only).""",
     _compare_arguments, _compare)
-from . import prune_command as _prune  # noqa: E402  (each command module adds its entry below the registry)
-
-COMMANDS["prune"] = (_prune.HELP, _prune.EXAMPLES, _prune.add_arguments, _prune.handler)

@@ -73,3 +73,6 @@ def handler(args) -> int:
     spec = report["spec"]
     print(f"wrote {destination}: {spec['parameters_after']:,} parameters (from {spec['parameters_before']:,})")
     return 0
+
+
+COMMAND = (HELP, EXAMPLES, add_arguments, handler)

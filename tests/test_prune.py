@@ -213,3 +213,19 @@ def test_layer_sizes_are_checked_in_the_config(tmp_path):
         ModelConfig(arch="llama", n_layer=2, n_head=4, n_kv_head=2, n_embd=32, layer_heads=[4, 3])
     with pytest.raises(ValueError, match="at least 1"):
         ModelConfig(n_layer=2, layer_intermediate=[0, 4])
+
+
+def test_a_pruned_directory_with_an_edited_prune_step_is_named(gpt_dir, tmp_path):
+    from lmforge.modeldir import ModelDirError
+
+    lm, _ = prune(LM.from_pretrained(gpt_dir), "heads", amount=1, log=lambda *a: None)
+    path = lm.save(tmp_path / "small")
+    config = json.loads((path / "config.json").read_text())
+    for step, words in (({"kind": "prune", "method": "random"}, "method 'random'"),
+                        (config["compression"][0], "no 'layer_heads'")):
+        edited = {**config, "compression": [step]}
+        if words.startswith("no"):
+            edited["model"] = {**config["model"], "layer_heads": None}
+        (path / "config.json").write_text(json.dumps(edited))
+        with pytest.raises(ModelDirError, match=words):
+            load_model_dir(path)

@@ -30,7 +30,7 @@ def restore(model: nn.Module, config, spec: dict, path: Path) -> nn.Module:
                          f"knows {', '.join(METHODS)}")
     if method == "magnitude":
         sparse_model(model)
-    elif method == "heads" and not config.layer_heads or method == "neurons" and not config.layer_intermediate:
+    elif (method == "heads" and not config.layer_heads) or (method == "neurons" and not config.layer_intermediate):
         key = "layer_heads" if method == "heads" else "layer_intermediate"
         raise ValueError(f"'{path / 'config.json'}' says its {method} were pruned but its model section has no "
                          f"'{key}' (each layer's new size); the file was edited or damaged")

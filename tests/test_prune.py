@@ -194,6 +194,10 @@ def test_unknown_method_baseline_arch_and_existing_destination(gpt_dir, tmp_path
     assert done.value.code == 2 and "invalid choice" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown pruning method"):
         prune(LM.from_pretrained(gpt_dir), "random")
+    quantized = LM.from_pretrained(gpt_dir)
+    quantized.meta["compression"] = [{"kind": "quantize", "method": "dynamic-int8"}]
+    with pytest.raises(ValueError, match="already compressed .quantize.; prune the model before quantizing"):
+        prune(quantized, "magnitude", sparsity=0.5)
     lstm = LM.new("lstm", tokenizer="char", corpus=corpus_file, n_layer=1, n_embd=16, block_size=16).save(
         tmp_path / "lstm")
     assert main(["prune", str(lstm), str(tmp_path / "out"), "--quiet"]) == 2

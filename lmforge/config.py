@@ -37,6 +37,10 @@ class ModelConfig(Section):
     n_embd: int = Field(128, ge=1)
     block_size: int = Field(128, ge=2, description="longest sequence the model sees")
     intermediate_size: int | None = Field(None, ge=1, description="MLP width; default 4*n_embd (GELU) or ~8/3*n_embd (SwiGLU)")
+    layer_heads: list[int] | None = Field(None, description="attention heads of each layer when they differ (set by "
+                                                            "`lmforge prune --method heads`); default n_head in all")
+    layer_intermediate: list[int] | None = Field(None, description="MLP width of each layer when they differ (set by "
+                                                                   "`lmforge prune --method neurons`)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bias: bool | None = None
     norm: Literal["layernorm", "rmsnorm"] | None = None
@@ -103,6 +107,7 @@ class ModelConfig(Section):
             raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}")
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError("rotary positions need an even head size (n_embd / n_head)")
+        self._check_layer_sizes()
         if self.arch != "bert" and self.pooling != "cls":
             raise ValueError(f"pooling is an arch 'bert' switch; arch '{self.arch}' classifies from the last real token")
         if self.arch != "bert" and self.norm_position == "pre":
@@ -117,11 +122,39 @@ class ModelConfig(Section):
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    def heads_at(self, layer: int) -> int:
+        """Query heads of block `layer` (fewer than n_head after head pruning)."""
+        return self.layer_heads[layer] if self.layer_heads else self.n_head
+
+    def kv_heads_at(self, layer: int) -> int:
+        """Key/value heads of block `layer`: pruning keeps whole groups, so the GQA ratio stays n_head / n_kv_head."""
+        return self.heads_at(layer) * self.n_kv_head // self.n_head
+
+    def intermediate_at(self, layer: int) -> int:
+        """MLP width of block `layer`."""
+        return self.layer_intermediate[layer] if self.layer_intermediate else self.intermediate_size
+
+    def _check_layer_sizes(self) -> None:
+        group = self.n_head // self.n_kv_head
+        for key, limit in (("layer_heads", self.n_head), ("layer_intermediate", None)):
+            sizes = getattr(self, key)
+            if sizes is None:
+                continue
+            if len(sizes) != self.n_layer:
+                raise ValueError(f"model.{key} has {len(sizes)} entries but the model has n_layer={self.n_layer}: "
+                                 "give one per layer, or leave it unset")
+            if any(size < 1 or (limit is not None and size > limit) for size in sizes):
+                raise ValueError(f"model.{key}={sizes}: each entry must be at least 1"
+                                 + (f" and at most n_head={limit}" if limit else ""))
+            if key == "layer_heads" and any(size % group for size in sizes):
+                raise ValueError(f"model.layer_heads={sizes}: with n_head={self.n_head} and n_kv_head="
+                                 f"{self.n_kv_head} each entry must be a multiple of {group} (whole key/value groups)")
+
 
 BASELINE_ARCHS = ("lstm", "gru", "rnn", "textcnn")
 # keys only the Transformers read; on a baseline arch they must stay at their defaults
 TRANSFORMER_KEYS = ("n_head", "n_kv_head", "intermediate_size", "bias", "norm", "mlp", "position", "rope_theta",
-                    "norm_eps", "norm_position", "pooling", "type_vocab_size")
+                    "norm_eps", "norm_position", "pooling", "type_vocab_size", "layer_heads", "layer_intermediate")
 
 
 def check_baseline_keys(cfg: ModelConfig) -> None:

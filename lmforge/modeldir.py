@@ -6,10 +6,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from safetensors import safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
 from torch import nn
 
 from . import __version__
+from .compress import save_weights
 from .config import ModelConfig, _describe_error
 from .files import DamagedFileError, atomic_directory, verify_manifest, write_manifest
 from .models import build_model, count_parameters
@@ -28,7 +29,7 @@ def save_model_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, con
     path = Path(path)
     info = info or {}
     with atomic_directory(path) as temp:
-        save_model(model, str(temp / "model.safetensors"))
+        save_weights(model, temp / "model.safetensors", info)  # a compressed model may store its tensors packed
         tokenizer.save(temp / "tokenizer.json")
         # `info` may be a loaded config.json (fine-tuning): its old model section must not win over `config`
         meta = {**info, "format": "lmforge", "lmforge_version": __version__, "arch": config.arch,

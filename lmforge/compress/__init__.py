@@ -4,13 +4,16 @@ The seam with model directories: a compressed model's config.json carries a "com
 step applied, in order (e.g. [{"kind": "prune", ...}, {"kind": "quantize", "method": "dynamic-int8"}]). Loading
 builds the plain model from the "model" section, then `restore` replays each entry's change of structure (LoRA
 wrappers, int8 Linear modules, smaller matrices), so the weights file loads into it strictly. Each kind lives
-in its own module, which provides `restore(model, config, spec, path) -> nn.Module`.
+in its own module, which provides `restore(model, config, spec, path) -> nn.Module`, and optionally
+`pack(state, model, spec) -> state` to store its tensors its own way (a pruned model's nonzero values + a bitmask);
+what `pack` writes, the structure `restore` built must load (e.g. through a load_state_dict pre-hook).
 """
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
 
+from safetensors.torch import save_file, save_model
 from torch import nn
 
 KINDS = {"lora": "lora", "prune": "prune", "quantize": "quantize"}  # kind -> module of this package
@@ -41,3 +44,21 @@ def card_lines(steps: list) -> list[str]:
                             if key != "kind" and not isinstance(value, (list, dict)))
         lines.append(f"- {spec.get('kind')}" + (f" ({details})" if details else ""))
     return [*lines, ""]
+def save_weights(model: nn.Module, file: Path, meta: dict) -> None:
+    """Write `model`'s weights as safetensors; the steps of meta["compression"] whose module has `pack` rewrite
+    the tensors first. Tied tensors (the LM head sharing the embedding) are written once, as save_model does."""
+    steps = [spec for spec in meta.get("compression") or [] if isinstance(spec, dict) and spec.get("kind") in KINDS]
+    packers = [(importlib.import_module(f".{KINDS[spec['kind']]}", __name__), spec) for spec in steps]
+    packers = [(module, spec) for module, spec in packers if hasattr(module, "pack")]
+    if not packers:
+        save_model(model, str(file))
+        return
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        if key not in seen or tensor.numel() == 0:
+            seen.add(key)
+            state[name] = tensor
+    for module, spec in packers:
+        state = module.pack(state, model, spec)
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(file))

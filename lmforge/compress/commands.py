@@ -15,6 +15,10 @@ from .lora_cli import COMMAND as LORA  # noqa: E402
 
 COMMANDS["lora"] = LORA
 
+from .prune_command import COMMAND as PRUNE  # noqa: E402
+
+COMMANDS["prune"] = PRUNE
+
 
 def add_compress_commands(commands) -> None:
     """Register every entry of COMMANDS on the top-level subparsers."""

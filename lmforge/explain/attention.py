@@ -44,6 +44,9 @@ class AttentionMap:
 def capture_attention(model, tokenizer, text: str) -> AttentionMap:
     """Run `text` through the model once with attention weights returned from every layer."""
     require_attention(model, "attention maps")
+    if getattr(model.config, "layer_heads", None):  # the map is a layers x heads grid
+        raise ValueError(f"attention maps need the same number of heads in every layer; this model's heads were "
+                         f"pruned to {model.config.layer_heads} per layer (use explain lens or attribution)")
     ids = encode_text(model, tokenizer, text, keep="start")
     tensor = torch.tensor([ids], device=device_of(model))
     with evaluation_mode(model):

@@ -19,6 +19,10 @@ def save_hf_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, cfg: M
     """Write config.json, model.safetensors, the tokenizer files and (decoders) generation_config.json, all at
     once: a model Hugging Face cannot express is refused before anything is written."""
     path = Path(path)
+    if cfg.layer_heads or cfg.layer_intermediate:  # Hugging Face configs have one head count and MLP width
+        raise ValueError(f"a model whose heads or MLP neurons were pruned has sizes that differ per layer "
+                         f"(model.layer_heads={cfg.layer_heads}, model.layer_intermediate={cfg.layer_intermediate}); "
+                         "Hugging Face's gpt2/bert/llama configs cannot express that, so it cannot be exported")
     family = FOR_ARCH[cfg.arch]
     hf_config = family.hf_config(cfg)  # raises for settings the family has no way to express
     # a classifier exports as *ForSequenceClassification (base + pooler + head), anything else as the LM

@@ -15,11 +15,11 @@ class EncoderBlock(nn.Module):
     """Post-norm block as in BERT: norm(x + attn(x)), then norm(x + mlp(x)); with cfg.norm_position 'pre':
     x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.pre_norm = cfg.norm_position == "pre"
-        self.attn, self.ln_1 = Attention(cfg), nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
-        self.mlp, self.ln_2 = MLP(cfg, exact_gelu=True), nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.attn, self.ln_1 = Attention(cfg, layer), nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.mlp, self.ln_2 = MLP(cfg, exact_gelu=True, layer=layer), nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, pad_mask=None, return_weights: bool = False, rope=None):
@@ -50,7 +50,7 @@ class BERT(nn.Module):
         self.wtt = nn.Embedding(cfg.type_vocab_size, cfg.n_embd)
         self.ln_emb = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
-        self.h = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layer))
+        self.h = nn.ModuleList(EncoderBlock(cfg, i) for i in range(cfg.n_layer))
         # pre-norm blocks leave the residual stream unnormalized: a final norm (post-norm models have none,
         # so their checkpoints keep exactly BERT's parameter names)
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps) if cfg.norm_position == "pre" else None

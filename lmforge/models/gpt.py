@@ -12,10 +12,10 @@ from .layers import MLP, Attention, KVCache, RotaryEmbedding, init_weights, make
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
-        self.ln_1, self.attn = make_norm(cfg), Attention(cfg)
-        self.ln_2, self.mlp = make_norm(cfg), MLP(cfg)
+        self.ln_1, self.attn = make_norm(cfg), Attention(cfg, layer)
+        self.ln_2, self.mlp = make_norm(cfg), MLP(cfg, layer=layer)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, *, pad_mask=None, cache=None, rope=None, return_weights: bool = False):
@@ -41,7 +41,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta) if cfg.position == "rope" else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.h = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.classifier = nn.Linear(cfg.n_embd, len(cfg.labels), bias=cfg.classifier_bias) if cfg.labels else None

@@ -32,7 +32,7 @@ class KVCache:
 
 def make_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=torch.float32, device="cpu") -> list[KVCache]:
     """One empty KVCache per layer of a model built from `cfg`."""
-    return [KVCache(batch, cfg.n_kv_head, max_len, cfg.head_dim, dtype, device) for _ in range(cfg.n_layer)]
+    return [KVCache(batch, cfg.kv_heads_at(i), max_len, cfg.head_dim, dtype, device) for i in range(cfg.n_layer)]
 
 
 class RotaryEmbedding(nn.Module):
@@ -83,13 +83,13 @@ def attention_mask(q_len: int, k_len: int, causal: bool, pad_mask: torch.Tensor 
 
 
 class Attention(nn.Module):
-    """Multi-head (or grouped-query) attention on F.scaled_dot_product_attention."""
+    """Multi-head (or grouped-query) attention on F.scaled_dot_product_attention; block `layer`'s head count."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
+        self.n_head, self.n_kv_head, self.head_dim = cfg.heads_at(layer), cfg.kv_heads_at(layer), cfg.head_dim
+        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * cfg.head_dim, bias=cfg.bias)
+        self.proj = nn.Linear(self.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
 
     def forward(self, x, *, causal: bool, pad_mask=None, cache: KVCache | None = None, rope=None,
@@ -127,10 +127,10 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """Feed-forward block: GELU (GPT-2 / BERT) or SwiGLU (Llama)."""
 
-    def __init__(self, cfg: ModelConfig, exact_gelu: bool = False):
+    def __init__(self, cfg: ModelConfig, exact_gelu: bool = False, layer: int = 0):
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
-        width = cfg.intermediate_size
+        width = cfg.intermediate_at(layer)
         if self.swiglu:
             self.gate = nn.Linear(cfg.n_embd, width, bias=cfg.bias)
         self.up = nn.Linear(cfg.n_embd, width, bias=cfg.bias)

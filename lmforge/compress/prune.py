@@ -1,0 +1,188 @@
+"""Pruning a model directory: global magnitude pruning (zeros in place, stored as values + bitmask) or the
+removal of attention heads / MLP neurons (smaller matrices), each optionally followed by a short fine-tune.
+
+    lm, report = prune(LM.from_pretrained("runs/x/final"), "magnitude", sparsity=0.5, data="text.txt",
+                       finetune_steps=300)
+    lm.save("pruned")
+
+config.json records the step as {"kind": "prune", "method": ..., ...} in its "compression" list; `restore`
+replays it on load (the unpacking of magnitude-pruned weights; structured sizes come from model.layer_heads /
+model.layer_intermediate, which the model builds from directly).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import sparse, structured
+
+METHODS = ("magnitude", "heads", "neurons")
+
+
+def restore(model: nn.Module, config, spec: dict, path: Path) -> nn.Module:
+    """Prepare a freshly built model for a pruned directory's weights (see the compression seam)."""
+    method = spec.get("method")
+    if method not in METHODS:
+        raise ValueError(f"'{path / 'config.json'}' lists a prune step with method {method!r}; this lmforge "
+                         f"knows {', '.join(METHODS)}")
+    if method == "magnitude":
+        sparse_model(model)
+    elif (method == "heads" and not config.layer_heads) or (method == "neurons" and not config.layer_intermediate):
+        key = "layer_heads" if method == "heads" else "layer_intermediate"
+        raise ValueError(f"'{path / 'config.json'}' says its {method} were pruned but its model section has no "
+                         f"'{key}' (each layer's new size); the file was edited or damaged")
+    return model
+
+
+def pack(state: dict, model: nn.Module, spec: dict) -> dict:
+    """A magnitude-pruned model's block weights go to the file as values + bitmask (see sparse.pack)."""
+    return sparse.pack(state, model) if spec.get("method") == "magnitude" else state
+
+
+def sparse_model(model: nn.Module) -> nn.Module:
+    """Give a model the two behaviours of a magnitude-pruned one: packed weights load into it, and its zero
+    weights stay zero when it is trained (gradient masks). Idempotent."""
+    if not getattr(model, "_lmforge_sparse", False):
+        model.register_load_state_dict_pre_hook(sparse.unpack_hook)
+        model._lmforge_sparse = True
+    sparse.keep_zeros(model)  # also covers Linears that head / neuron removal has just replaced
+    return model
+
+
+def check_request(lm, method: str, sparsity=None, amount=None, data=None, finetune_steps: int = 0,
+                  importance: str | None = None) -> None:
+    """Every argument checked before any work (nothing is written when one is wrong)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "magnitude":
+        if amount is not None:
+            raise ValueError("--amount is for --method heads or neurons; magnitude pruning takes --sparsity")
+        sparse.check_sparsity(sparsity)
+        if importance is not None:
+            raise ValueError("--importance is for --method heads or neurons (magnitude pruning ranks by |weight|)")
+    else:
+        if sparsity is not None:
+            raise ValueError(f"--sparsity is for --method magnitude; --method {method} takes --amount "
+                             "(a share of the units, e.g. 0.25, or a count)")
+        if amount is None:
+            raise ValueError(f"--method {method} needs --amount: the share (e.g. 0.25) or number of "
+                             f"{'heads' if method == 'heads' else 'neurons'} to remove")
+        if importance not in (None, "gradient", "weight"):
+            raise ValueError(f"--importance must be 'gradient' (needs --data) or 'weight', got {importance!r}")
+        if importance == "gradient" and data is None:
+            raise ValueError("--importance gradient scores units on data: give --data (or use --importance weight)")
+    if not isinstance(finetune_steps, int) or finetune_steps < 0:
+        raise ValueError(f"--finetune-steps must be a whole number >= 0, got {finetune_steps!r}")
+    if finetune_steps and data is None:
+        raise ValueError(f"--finetune-steps {finetune_steps} needs --data to fine-tune on")
+    steps = lm.meta.get("compression") or []
+    other = [spec.get("kind") for spec in steps if isinstance(spec, dict) and spec.get("kind") != "prune"]
+    if other:
+        raise ValueError(f"this model is already compressed ({', '.join(map(str, other))}); prune the model "
+                         "before quantizing it, and merge LoRA adapters first (`lmforge lora merge`)")
+    sparse.prunable_linears(lm.model)  # a baseline arch (lstm, textcnn ...) gets its clear error here
+
+
+def _task(lm, data, work: Path):
+    """The model's own objective (next token, masked LM, its classifier's labels) on `data`."""
+    from ..api import LM
+    from ..config import LABELED_OBJECTIVES, build_config
+    from ..tasks import make_task
+    from ..tasks.classify import head_kind
+
+    raw = lm.config.model_dump()
+    objective = head_kind(lm) if lm.config.model.labels else None
+    raw["train"]["objective"] = objective
+    if objective in LABELED_OBJECTIVES:
+        raw["data"]["train"] = str(data)
+    else:
+        raw["data"]["paths"] = [str(data)]
+    probe = LM(lm.model, lm.tokenizer, build_config(raw, "prune --data"), lm.meta)
+    return make_task(probe, work), objective
+
+
+def _evaluate(task, model, batch_size: int) -> dict:
+    if not task.can_evaluate:
+        return {}
+    return task.evaluate(model, 20, batch_size, next(model.parameters()).device)
+
+
+def prune(lm, method: str = "magnitude", *, sparsity: float | None = None, amount=None, data=None,
+          finetune_steps: int = 0, importance: str | None = None, batch_size: int = 16, lr: float = 3e-4,
+          score_batches: int = 8, progress: bool = True, log=print):
+    """Prune `lm` in place (its model, config and meta) and return (lm, report). `data` feeds the gradient
+    importance, the fine-tune and the before/after validation metrics."""
+    check_request(lm, method, sparsity, amount, data, finetune_steps, importance)
+    if importance is None and method != "magnitude":
+        importance = "gradient" if data is not None else "weight"
+    report: dict = {"method": method}
+    with tempfile.TemporaryDirectory(prefix="lmforge-prune-") as scratch:
+        task, objective = _task(lm, data, Path(scratch)) if data is not None else (None, None)
+        if task is not None:
+            report["dense"] = _evaluate(task, lm.model, batch_size)
+        parameters = sum(p.numel() for p in lm.model.parameters())
+        if method == "magnitude":
+            counts = sparse.magnitude_prune(lm.model, sparsity)
+            sparse_model(lm.model)
+            spec = {"kind": "prune", "method": "magnitude", "scope": "global, the blocks' Linear weights",
+                    "sparsity": sparsity, "zeros": counts["zeros"], "weights": counts["weights"]}
+            log(f"pruned {counts['zeros']:,} of {counts['weights']:,} block weights "
+                f"({counts['sparsity']:.1%}) by global magnitude")
+        else:
+            spec = _remove_units(lm, method, amount, importance, task, batch_size, score_batches, log)
+        spec["parameters_before"], spec["parameters_after"] = parameters, sum(p.numel() for p in lm.model.parameters())
+        if task is not None:
+            report["pruned"] = _evaluate(task, lm.model, batch_size)
+        if finetune_steps:
+            masks = sparse.zero_masks(lm.model) if method == "magnitude" else None
+            lm.fit(data, objective=objective, max_steps=finetune_steps, batch_size=batch_size, lr=lr,
+                   min_lr=lr / 10, warmup_steps=min(100, finetune_steps // 10), eval_every=0, save_every=0,
+                   progress=progress)
+            if masks is not None:
+                sparse.apply_zeros(lm.model, masks)  # a guard: the gradient masks already kept them at zero
+            report["finetuned"] = _evaluate(task, lm.model, batch_size)
+            spec["finetune_steps"], spec["finetune_lr"] = finetune_steps, lr
+    spec["metrics"] = {stage: values for stage, values in report.items() if isinstance(values, dict)}
+    lm.meta["compression"] = [*(lm.meta.get("compression") or []), spec]
+    report["spec"] = spec
+    lm.model.eval()
+    return lm, report
+
+
+def _remove_units(lm, method: str, amount, importance: str, task, batch_size: int, score_batches: int, log) -> dict:
+    """Score and remove heads or neurons; update the model config with each layer's new size."""
+    kind = structured.HEADS if method == "heads" else structured.NEURONS
+    model = lm.model
+    group = structured.group_sizes(model, kind)
+    if importance == "gradient":
+        batches = (task.train_batch(step, 0, batch_size) for step in range(score_batches))
+        scores = structured.gradient_importance(model, kind, batches, lambda m, b: task.loss(m, b)[0])
+    else:
+        scores = structured.weight_importance(model, kind)
+    kept = structured.choose_kept(scores, amount, kind, group)
+    before = [s.numel() for s in scores]
+    removed = {str(layer): [i for i in range(size) if i not in set(keep)]
+               for layer, (size, keep) in enumerate(zip(before, kept)) if len(keep) < size}
+    if kind == structured.HEADS:
+        structured.remove_heads(model, kept)
+        key = "layer_heads"
+    else:
+        structured.remove_neurons(model, kept)
+        key = "layer_intermediate"
+    if getattr(model, "_lmforge_sparse", False):  # magnitude-pruned before: its new, smaller Linears keep zeros too
+        sparse_model(model)
+    sizes = [len(keep) for keep in kept]
+    model_cfg = lm.config.model.model_copy(update={key: sizes})
+    model_cfg = type(model_cfg).model_validate(model_cfg.model_dump())  # the checks of a config read from disk
+    model.config = model_cfg
+    lm.config = lm.config.model_copy(update={"model": model_cfg})
+    noun = "heads" if kind == structured.HEADS else "MLP neurons"
+    log(f"removed {sum(before) - sum(sizes)} of {sum(before)} {noun} by {importance} importance; "
+        f"per layer now {sizes}")
+    spec = {"kind": "prune", "method": method, "amount": amount, "importance": importance, key: sizes}
+    if kind == structured.HEADS:
+        spec["removed_heads"] = removed
+    return spec

@@ -22,11 +22,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# make bench NANOGPT=/path/to/nanoGPT adds nanoGPT's own train.py to the Shakespeare row (git clone it first)
 bench: $(STAMP)
 	$(PY) -m pip install -qq -e '.[bench]'
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_generate.py
-	$(PY) benchmarks/bench_shakespeare.py
+	$(PY) benchmarks/bench_shakespeare.py $(if $(NANOGPT),--nanogpt $(NANOGPT) --bf16)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

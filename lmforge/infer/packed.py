@@ -13,6 +13,8 @@ import contextlib
 import torch
 from torch import nn
 
+from ..models.patch import forwards_replaced
+
 _MKLDNN = getattr(torch.ops, "mkldnn", None)
 _LINEAR = getattr(_MKLDNN, "_linear_pointwise", None)
 _REORDER = getattr(_MKLDNN, "_reorder_linear_weight", None)
@@ -53,7 +55,7 @@ def _forward(packed: torch.Tensor, bias: torch.Tensor | None, plain):
 def packed_linears(model: nn.Module, rows: int, enabled: bool = True):
     """While inside (and no gradients are recorded), the big float32 CPU nn.Linear layers of `model` multiply
     through oneDNN with weights packed for `rows` rows per call; restored on exit. Yields how many were packed."""
-    patched = []
+    replacements = []
     if enabled and available():
         linears = _plain_linears(model)
         streamed = sum(m.weight.numel() * 4 for m in {id(m.weight): m for m in linears}.values()) > STREAMED_BYTES
@@ -61,10 +63,6 @@ def packed_linears(model: nn.Module, rows: int, enabled: bool = True):
             for module in linears:
                 if worth_it(module, rows, streamed):
                     packed = _REORDER(module.weight.detach(), rows)
-                    module.forward = _forward(packed, module.bias, module.forward)
-                    patched.append(module)
-    try:
-        yield len(patched)
-    finally:
-        for module in patched:
-            del module.forward
+                    replacements.append((module, _forward(packed, module.bias, module.forward)))
+    with forwards_replaced(replacements) as count:
+        yield count

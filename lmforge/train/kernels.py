@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ..models.patch import forwards_replaced
+
 _OP = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 
@@ -62,14 +64,9 @@ def _forward(module: nn.Linear):
 @contextlib.contextmanager
 def onednn_linear(model: nn.Module, enabled: bool = True):
     """While inside, every plain nn.Linear of `model` computes through `linear` above; restored on exit."""
-    patched = []
+    replacements = []
     if enabled and onednn_available():
-        for module in model.modules():
-            if type(module) is nn.Linear and "forward" not in module.__dict__:
-                module.forward = _forward(module)
-                patched.append(module)
-    try:
-        yield len(patched)
-    finally:
-        for module in patched:
-            del module.forward
+        replacements = [(module, _forward(module)) for module in model.modules()
+                        if type(module) is nn.Linear and "forward" not in module.__dict__]
+    with forwards_replaced(replacements) as count:
+        yield count

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..models.patch import forwards_replaced
+
 
 def _checkpointed(forward, *args, **kwargs):
     if not torch.is_grad_enabled():  # evaluation: nothing to save, nothing to recompute
@@ -20,18 +22,14 @@ def _checkpointed(forward, *args, **kwargs):
 def checkpoint_blocks(model: nn.Module, enabled: bool = True):
     """While inside, every module held in an nn.ModuleList of `model` (a Transformer's blocks) is checkpointed:
     activation memory drops to about one block's, for about one more forward pass of compute. Yields the count."""
-    patched = []
+    chosen = []
     if enabled:
         for holder in model.modules():
             if not isinstance(holder, nn.ModuleList):
                 continue
             for block in holder:
-                inside = any(block is not p and any(m is block for m in p.modules()) for p in patched)
+                inside = any(block is not p and any(m is block for m in p.modules()) for p in chosen)
                 if "forward" not in block.__dict__ and not inside:
-                    block.forward = functools.partial(_checkpointed, block.forward)
-                    patched.append(block)
-    try:
-        yield len(patched)
-    finally:
-        for block in patched:
-            del block.forward
+                    chosen.append(block)
+    with forwards_replaced((block, functools.partial(_checkpointed, block.forward)) for block in chosen) as count:
+        yield count

@@ -150,8 +150,10 @@ def model_card(model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, info
         summary = f"{model.describe()}; made with lmforge {__version__}, "
     else:
         family = {"gpt": "GPT-2-style decoder", "llama": "Llama-style decoder", "bert": "BERT-style encoder"}[config.arch]
-        summary = (f"A {family} made with lmforge {__version__}: {config.n_layer} layers, {config.n_head} heads, "
-                   f"{config.n_embd} dimensions, context {config.block_size} tokens, ")
+        heads = f"{config.n_head} heads" if not config.layer_heads else f"{config.layer_heads} heads per layer (pruned)"
+        widths = f", MLP widths {config.layer_intermediate} (pruned)" if config.layer_intermediate else ""
+        summary = (f"A {family} made with lmforge {__version__}: {config.n_layer} layers, {heads}, "
+                   f"{config.n_embd} dimensions{widths}, context {config.block_size} tokens, ")
     lines = [f"# {info.get('name', 'lmforge model')}", "",
              f"{summary}{count_parameters(model) / 1e6:.2f}M parameters; {tokenizer.kind} tokenizer, "
              f"{tokenizer.vocab_size} tokens.", ""]

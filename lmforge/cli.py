@@ -333,9 +333,9 @@ def _classify(args) -> int:
 def _convert(args) -> int:
     from .api import LM
 
-    destination = Path(args.destination)
-    if destination.exists() and not args.force:
-        raise FileExistsError(f"'{destination}' exists; choose another destination or pass --force to replace it")
+    from .files import check_destination
+
+    destination = check_destination(args.destination, args.force)
     lm = LM.from_pretrained(args.source)
     (lm.save_hf if args.to == "hf" else lm.save)(destination)
     print(f"wrote {destination} ({'Hugging Face' if args.to == 'hf' else 'lmforge'} format): {lm!r}")

@@ -60,6 +60,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         temp.write_text(text, encoding="utf-8")
 
 
+def check_destination(destination: str | Path, force: bool = False) -> Path:
+    """Refuse an existing output directory unless `force` (the commands that write a new model directory)."""
+    destination = Path(destination)
+    if destination.exists() and not force:
+        raise FileExistsError(f"'{destination}' exists; choose another destination or pass --force to replace it")
+    return destination
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path):
     """Yield a temp directory beside `path`; on success it replaces `path` in one rename."""

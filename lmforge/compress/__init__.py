@@ -19,17 +19,26 @@ from torch import nn
 KINDS = {"lora": "lora", "prune": "prune", "quantize": "quantize"}  # kind -> module of this package
 
 
-def restore(model: nn.Module, config, meta: dict, path: Path) -> nn.Module:
-    """Replay the structural changes listed in config.json's "compression" on a freshly built `model`."""
+def _steps(meta: dict, path: Path | None = None) -> list[tuple[object, dict]]:
+    """(module, spec) for each step of meta["compression"], in order; a malformed or unknown step is an error
+    naming `path`'s config.json."""
+    where = f"'{Path(path) / 'config.json'}'" if path is not None else "config.json"
     steps = meta.get("compression") or []
     if not isinstance(steps, list):
-        raise ValueError(f"'{Path(path) / 'config.json'}': 'compression' must be a list of steps, got {steps!r}")
+        raise ValueError(f"{where}: 'compression' must be a list of steps, got {steps!r}")
+    modules = []
     for spec in steps:
         kind = spec.get("kind") if isinstance(spec, dict) else None
         if kind not in KINDS:
-            raise ValueError(f"'{Path(path) / 'config.json'}' lists a compression step {spec!r} this lmforge cannot "
-                             f"load; known kinds: {', '.join(KINDS)}")
-        module = importlib.import_module(f".{KINDS[kind]}", __name__)
+            raise ValueError(f"{where} lists a compression step {spec!r} this lmforge cannot load; known kinds: "
+                             f"{', '.join(KINDS)}")
+        modules.append((importlib.import_module(f".{KINDS[kind]}", __name__), spec))
+    return modules
+
+
+def restore(model: nn.Module, config, meta: dict, path: Path) -> nn.Module:
+    """Replay the structural changes listed in config.json's "compression" on a freshly built `model`."""
+    for module, spec in _steps(meta, path):
         model = module.restore(model, config, spec, Path(path))
     return model
 
@@ -47,9 +56,7 @@ def card_lines(steps: list) -> list[str]:
 def save_weights(model: nn.Module, file: Path, meta: dict) -> None:
     """Write `model`'s weights as safetensors; the steps of meta["compression"] whose module has `pack` rewrite
     the tensors first. Tied tensors (the LM head sharing the embedding) are written once, as save_model does."""
-    steps = [spec for spec in meta.get("compression") or [] if isinstance(spec, dict) and spec.get("kind") in KINDS]
-    packers = [(importlib.import_module(f".{KINDS[spec['kind']]}", __name__), spec) for spec in steps]
-    packers = [(module, spec) for module, spec in packers if hasattr(module, "pack")]
+    packers = [(module, spec) for module, spec in _steps(meta) if hasattr(module, "pack")]
     if not packers:
         save_model(model, str(file))
         return

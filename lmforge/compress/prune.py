@@ -14,7 +14,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from . import sparse, structured

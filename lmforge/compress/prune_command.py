@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 HELP = "Prune a model directory: zero the smallest weights, or remove attention heads or MLP neurons."
 EXAMPLES = """examples:
@@ -47,9 +46,9 @@ def handler(args) -> int:
     from ..api import LM
     from .prune import prune
 
-    destination = Path(args.destination)
-    if destination.exists() and not args.force:
-        raise FileExistsError(f"'{destination}' exists; choose another destination or pass --force to replace it")
+    from ..files import check_destination
+
+    destination = check_destination(args.destination, args.force)
     if args.score_batches < 1 or args.batch_size < 1 or not args.lr > 0:
         raise ValueError(f"--score-batches and --batch-size must be >= 1 and --lr > 0; got {args.score_batches}, "
                          f"{args.batch_size} and {args.lr}")

@@ -166,14 +166,14 @@ def restore(model: nn.Module, config, spec: dict, path: Path) -> nn.Module:
 def quantize_dir(source: str | Path, destination: str | Path, method: str, force: bool = False) -> dict:
     """Quantize the model directory `source` into a new model directory `destination`; a summary dict
     (method, layers quantized and kept, weights file sizes before and after)."""
+    from ..files import check_destination
     from ..modeldir import load_model_dir, read_model_config, save_model_dir
 
     _check_method(method)
     source, destination = Path(source), Path(destination)
     if destination.resolve() == source.resolve():
         raise ValueError(f"destination '{destination}' is the source directory; write the quantized model elsewhere")
-    if destination.exists() and not force:
-        raise FileExistsError(f"'{destination}' exists; choose another destination or pass --force to replace it")
+    check_destination(destination, force)
     from ..interop import is_hf_dir
     if not is_hf_dir(source):
         _, meta = read_model_config(source)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import os
 import socket
 from typing import Callable
@@ -249,6 +250,9 @@ class Parallel:
             torch.cuda.set_rng_state(tensors[f"rng.cuda.rank{self.rank}"], self.device)
 
     def close(self) -> None:
+        """End data parallelism: the DDP/FSDP wrapper first, then the process group this object started."""
+        self.engine = None  # a DDP reducer freed after its gloo group was destroyed can hang in the group's teardown
         if self.owns_group and dist.is_initialized():
+            gc.collect()  # the finished loop's closures may still reach the reducer through reference cycles
             dist.destroy_process_group()
             self.owns_group = False

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .bundle import Bundle
 from .config import LABELED_OBJECTIVES, Config, ConfigError, ModelConfig, build_config, to_toml
 from .data.corpus import iter_texts
 from .files import atomic_write_text
@@ -33,6 +34,11 @@ class LM:
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: Config, meta: dict | None = None):
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.meta = meta or {}
+
+    @property
+    def bundle(self) -> Bundle:
+        """The model, tokenizer, model config and meta as the library takes them."""
+        return Bundle(self.model, self.tokenizer, self.config.model, self.meta)
 
     # -- making ---------------------------------------------------------------------------------
     @classmethod
@@ -104,7 +110,7 @@ class LM:
 
     def save(self, path: str | Path) -> Path:
         """Write a model directory: config.json, model.safetensors, tokenizer.json, README.md."""
-        return save_model_dir(path, self.model, self.tokenizer, self.config.model, self.meta)
+        return save_model_dir(path, self.bundle)
 
     def save_hf(self, path: str | Path) -> Path:
         """Write a Hugging Face directory that transformers' AutoModelFor* and AutoTokenizer load as it is."""
@@ -194,8 +200,8 @@ class LM:
 
             run = None
             if run_dir is not None:
-                run = RunDir(Path(run_dir), lambda model, path: save_model_dir(path, model, self.tokenizer,
-                                                                                self.config.model, self.meta))
+                run = RunDir(Path(run_dir), lambda model, path: save_model_dir(
+                    path, Bundle(model, self.tokenizer, self.config.model, self.meta)))
                 atomic_write_text(run.path / "config.toml", to_toml(self.config))
             result = train(self.model, task, cfg, run, resume=resume, progress=progress, hooks=[remember, *hooks])
             if result.model is not None:  # after FSDP, rank 0 gets the gathered weights in a plain module

@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 
 EXAMPLES = {
     "train": """examples:
@@ -189,6 +189,12 @@ def _parser() -> argparse.ArgumentParser:
     add_audit_command(commands)  # lmforge audit memorization
     from .compress.commands import add_compress_commands
     add_compress_commands(commands)  # lora, prune, quantize, distill, compare
+    from .app.commands import all_commands
+    for entry in all_commands():  # the new shape: one module of app/commands per command
+        p = commands.add_parser(entry.name, help=entry.help, description=entry.help, epilog=entry.examples,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        entry.add_arguments(p)
+        p.set_defaults(handler=entry.run)
     return parser
 
 

@@ -9,12 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import ConfigError
+
 
 LABELED_OBJECTIVES = ("classify", "regress", "multilabel")  # objectives that read data.train, not data.paths
-
-
-class ConfigError(ValueError):
-    """A configuration problem, worded for the person who wrote the config."""
 
 
 MAX_VOCAB = 1 << 21  # far above any real vocabulary (the largest in use hold ~256k tokens)

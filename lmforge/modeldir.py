@@ -9,9 +9,11 @@ from safetensors import safe_open
 from safetensors.torch import load_model
 from torch import nn
 
-from . import __version__
+from ._version import __version__
+from .bundle import Bundle
 from .compress import save_weights
 from .config import ModelConfig, _describe_error
+from .errors import ModelDirError, shape_mismatch
 from .files import DamagedFileError, atomic_directory, verify_manifest, write_manifest
 from .models import build_model, count_parameters
 from .tokenizer import Tokenizer
@@ -19,15 +21,11 @@ from .tokenizer import Tokenizer
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
 
 
-class ModelDirError(ValueError):
-    """A path that is not a usable model directory."""
-
-
-def save_model_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, config: ModelConfig,
-                   info: dict | None = None) -> Path:
-    """Write a model directory atomically. `info` (data, metrics, training) goes into config.json and the card."""
+def save_model_dir(path: str | Path, bundle: Bundle) -> Path:
+    """Write a model directory atomically. The bundle's meta (data, metrics, training) goes into config.json
+    and the model card."""
     path = Path(path)
-    info = info or {}
+    model, tokenizer, config, info = bundle.model, bundle.tokenizer, bundle.config, bundle.meta or {}
     with atomic_directory(path) as temp:
         save_weights(model, temp / "model.safetensors", info)  # a compressed model may store its tensors packed
         tokenizer.save(temp / "tokenizer.json")
@@ -76,14 +74,14 @@ def read_model_config(path: str | Path) -> tuple[ModelConfig, dict]:
             "invalid configuration", "unusable model settings").replace("\n  ", "\n  model.")) from None
 
 
-def load_model_dir(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Tokenizer, ModelConfig, dict]:
-    """Load (model, tokenizer, model config, config.json contents) from a model directory; a Hugging Face
-    checkpoint directory (gpt2, bert, llama) is converted in memory."""
+def load_model_dir(path: str | Path, device: str = "cpu") -> Bundle:
+    """Load a Bundle (model, tokenizer, model config, config.json contents) from a model directory; a Hugging
+    Face checkpoint directory (gpt2, bert, llama) is converted in memory."""
     from .interop import is_hf_dir, load_hf_dir
 
     path = Path(path)
     if is_hf_dir(path):
-        return load_hf_dir(path, device)
+        return Bundle(*load_hf_dir(path, device))
     config, meta = read_model_config(path)
     model = build_model(config)
     if meta.get("compression"):  # LoRA, pruned, quantized: rebuild the structure the weights were saved from
@@ -106,7 +104,7 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> tuple[nn.Module, To
     tokenizer.eos_token = (meta.get("tokenizer") or {}).get("eos_token")
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelDirError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}")
-    return model.to(device).eval(), tokenizer, config, meta
+    return Bundle(model.to(device).eval(), tokenizer, config, meta)
 
 
 def check_weight_shapes(weights: Path, model: nn.Module, config: ModelConfig) -> None:
@@ -128,20 +126,6 @@ def check_weight_shapes(weights: Path, model: nn.Module, config: ModelConfig) ->
     layers = {int(n.split(".")[1]) for n in shapes if n.startswith("h.")}
     if layers and max(layers) + 1 != config.n_layer:
         raise ModelDirError(f"'{config_file}' says n_layer={config.n_layer}, the weights have {max(layers) + 1}")
-
-
-def shape_mismatch(config_file: Path, name: str, expected: tuple, got: tuple, fields: dict,
-                   transposed: bool = False) -> ModelDirError:
-    """The error for a weight whose shape disagrees with config.json, naming the config key when one explains it."""
-    shown_got, shown_expected = (got[::-1], expected[::-1]) if transposed else (got, expected)
-    detail = f"(tensor {name} has shape {list(shown_got)}, config.json implies {list(shown_expected)})"
-    for want, have in zip(expected, got):
-        if want != have:
-            key = next((k for k, v in fields.items() if v == want), None)
-            if key is not None:
-                key = key.replace(" (count)", "")
-                return ModelDirError(f"'{config_file}' says {key}={want}, the weights have {have} {detail}")
-    return ModelDirError(f"the weights do not fit '{config_file}' {detail}")
 
 
 def model_card(model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, info: dict) -> str:

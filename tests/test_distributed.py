@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from lmforge import LM
+from lmforge.bundle import Bundle
 from lmforge.modeldir import save_model_dir
 from lmforge.tasks import make_task
 from lmforge.train.trainer import RunDir, train
@@ -31,7 +32,7 @@ def _run(model_dir, work, run, out, resume=None, **options):
     lm = LM.from_pretrained(model_dir)
     task = make_task(lm, work)
     cfg = lm.config.train.model_copy(update={**SETTINGS, **options})
-    export = RunDir(run, lambda model, path: save_model_dir(path, model, lm.tokenizer, lm.config.model))
+    export = RunDir(run, lambda model, path: save_model_dir(path, Bundle(model, lm.tokenizer, lm.config.model)))
     result = train(lm.model, task, cfg, export, resume=resume or False, progress=False)
     if result.rank == 0:
         save_file({k: v.detach().clone().contiguous() for k, v in result.model.state_dict().items()}, str(out))

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lmforge import LM
+from lmforge.bundle import Bundle
 from lmforge.cli import main
 from lmforge.files import DamagedFileError
 from lmforge.modeldir import ModelDirError, load_model_dir, save_model_dir
@@ -104,7 +105,7 @@ class Poisoned:
 
 def _run_poisoned(lm, run, steps, max_steps, resume=False, **options):
     task = Poisoned(make_task(lm, run), steps)
-    export = RunDir(run, lambda model, path: save_model_dir(path, model, lm.tokenizer, lm.config.model))
+    export = RunDir(run, lambda model, path: save_model_dir(path, Bundle(model, lm.tokenizer, lm.config.model)))
     cfg = lm.config.train.model_copy(update=dict(max_steps=max_steps, save_every=5, keep_last=5, **FAST, **options))
     return train(lm.model, task, cfg, export, resume=resume, progress=False)
 

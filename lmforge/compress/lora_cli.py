@@ -28,6 +28,7 @@ def merge_model_dir(src: str | Path, dst: str | Path) -> dict:
 
     Returns what was merged and the largest output difference merging made on a probe batch."""
     from ..modeldir import ModelDirError, load_model_dir, save_model_dir
+    from ..bundle import Bundle
     from .lora import find_step, lora_modules, merge_lora
 
     src, dst = Path(src), Path(dst)
@@ -46,7 +47,7 @@ def merge_model_dir(src: str | Path, dst: str | Path) -> dict:
     if rest:
         meta["compression"] = rest
     meta["lora_merged"] = {k: step[k] for k in ("rank", "alpha", "targets") if k in step}
-    save_model_dir(dst, model, tokenizer, config, meta)
+    save_model_dir(dst, Bundle(model, tokenizer, config, meta))
     return {"layers": layers, "rank": step.get("rank"), "max_difference": difference, "path": str(dst)}
 
 

@@ -168,6 +168,7 @@ def quantize_dir(source: str | Path, destination: str | Path, method: str, force
     (method, layers quantized and kept, weights file sizes before and after)."""
     from ..files import check_destination
     from ..modeldir import load_model_dir, read_model_config, save_model_dir
+    from ..bundle import Bundle
 
     _check_method(method)
     source, destination = Path(source), Path(destination)
@@ -191,7 +192,7 @@ def quantize_dir(source: str | Path, destination: str | Path, method: str, force
     # the source's evaluation numbers describe the floating-point weights: `lmforge compare` measures these
     info = {key: value for key, value in meta.items() if key != "metrics"}
     info["compression"] = [*(meta.get("compression") or []), spec]
-    save_model_dir(destination, model, tokenizer, config, info)
+    save_model_dir(destination, Bundle(model, tokenizer, config, info))
     before = sum(f.stat().st_size for f in source.glob("*.safetensors"))
     after = (destination / "model.safetensors").stat().st_size
     return {"method": method, "quantized": done, "kept": kept, "bytes_before": before, "bytes_after": after}

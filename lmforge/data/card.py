@@ -10,7 +10,7 @@ import datetime
 import json
 from pathlib import Path
 
-from .. import __version__
+from .._version import __version__
 from ..files import atomic_write_text
 
 CARD_JSON, CARD_MD = "data_card.json", "DATA_CARD.md"

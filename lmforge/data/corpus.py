@@ -10,6 +10,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import DataError
+
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ""}
 RECORD_SUFFIXES = {".jsonl", ".csv", ".tsv"}
 CHUNK_CHARS = 1 << 20  # long plain-text files are handed on in ~1M-character pieces
@@ -19,10 +21,6 @@ BOMS = [(b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\
 MAGIC = [(b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
          (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a zip archive (or .docx/.xlsx)"), (b"\x1f\x8b", "gzip-compressed"),
          (b"\x7fELF", "a program (ELF)"), (b"SQLite format 3", "an SQLite database")]
-
-
-class DataError(ValueError):
-    """Bad or missing input data, worded for the person who supplied it."""
 
 
 def builtin_corpus() -> list[str]:

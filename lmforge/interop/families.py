@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from ..config import ModelConfig
-from ..modeldir import ModelDirError
+from ..errors import ModelDirError
 
 # how a Hugging Face tensor becomes an lmforge one: as it is, transposed (GPT-2's Conv1D stores (in, out)),
 # or several concatenated along the output dimension (separate q, k, v -> one fused qkv projection)

@@ -8,7 +8,7 @@ from tokenizers import Tokenizer as _Backend
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from ..files import atomic_write_text
-from ..modeldir import ModelDirError
+from ..errors import ModelDirError
 from ..tokenizer import BERT_SPECIALS, EOS, Tokenizer
 from .weights import read_json
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from ..config import ModelConfig, _describe_error
-from ..modeldir import ModelDirError, shape_mismatch
+from ..errors import ModelDirError, shape_mismatch
 from ..models import build_model
 from ..tokenizer import Tokenizer
 from .families import CONCAT, TRANSPOSE, Family, Pair, family

@@ -65,3 +65,12 @@ def test_site_builds_strictly(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     api = (tmp_path / "site" / "api.html").read_text(encoding="utf-8")
     assert "from_pretrained" in api and "load_model_dir" in api and "ModelDirError" in api
+
+
+def test_site_home_shows_the_readme_tour():
+    def tour(text: str) -> str:
+        return text.split("## A ten-line tour", 1)[1].split("```")[1]
+
+    readme, home = (ROOT / "README.md").read_text(encoding="utf-8"), (DOCS / "index.md").read_text(encoding="utf-8")
+    assert tour(readme) == tour(home), "docs/index.md's tour differs from README.md's: copy one to the other"
+    assert readme.split("```")[1] == home.split("```")[1], "the two commands differ between README.md and docs/index.md"

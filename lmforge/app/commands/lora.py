@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
+from . import Command
 
 HELP = "LoRA model directories: merge the adapters into the weights"
 EXAMPLES = """examples:
@@ -14,22 +14,24 @@ EXAMPLES = """examples:
 """
 
 
-@torch.no_grad()
-def _probe(model, vocab_size: int, block_size: int) -> torch.Tensor:
+def _probe(model, vocab_size: int, block_size: int):
     """The model's outputs on a fixed random batch: compared before and after merging."""
+    import torch
+
     ids = torch.randint(0, vocab_size, (2, min(16, block_size)), generator=torch.Generator().manual_seed(0))
-    if getattr(model, "classifier", None) is not None:
-        return model.classify(ids).float()
-    return model(ids).float()
+    with torch.no_grad():
+        if getattr(model, "classifier", None) is not None:
+            return model.classify(ids).float()
+        return model(ids).float()
 
 
 def merge_model_dir(src: str | Path, dst: str | Path) -> dict:
     """Write DST: SRC's model with its LoRA adapters folded into the weights (a plain model directory).
 
     Returns what was merged and the largest output difference merging made on a probe batch."""
-    from ..modeldir import ModelDirError, load_model_dir, save_model_dir
-    from ..bundle import Bundle
-    from .lora import find_step, lora_modules, merge_lora
+    from ...modeldir import ModelDirError, load_model_dir, save_model_dir
+    from ...bundle import Bundle
+    from ...compress.lora import find_step, lora_modules, merge_lora
 
     src, dst = Path(src), Path(dst)
     if dst.exists():
@@ -70,4 +72,4 @@ def run(args) -> int:
     return 0
 
 
-COMMAND = (HELP, EXAMPLES, add_arguments, run)
+COMMAND = Command("lora", HELP, EXAMPLES, add_arguments, run)

@@ -14,7 +14,7 @@ from .config import LABELED_OBJECTIVES, Config, ConfigError, ModelConfig, build_
 from .data.corpus import iter_texts
 from .files import atomic_write_text
 from .modeldir import load_model_dir, save_model_dir
-from .preflight import check_fits, check_run_dir
+from .preflight import check_fits, check_resume_dir, check_run_dir
 from .models import build_model, count_parameters
 from .tokenizer import Tokenizer
 from .train.checkpoint import find_resumable, list_checkpoints
@@ -436,6 +436,8 @@ def train_from_config(config: Config, resume: bool = False, progress: bool = Tru
     """What `lmforge train` does: build (or resume) the model a config describes and train it in run.path."""
     run_path = config.run.path
     check_run_dir(run_path)
+    if resume:
+        check_resume_dir(run_path)
     existing = list_checkpoints(run_path / "checkpoints")
     if resume and not run_path.is_dir():  # most likely a typo; a restart loop's first start can mkdir -p it
         raise FileNotFoundError(f"cannot resume: '{run_path}' does not exist (for a first start under a restart "

@@ -16,6 +16,7 @@ from . import html
 from .attention import capture_attention
 from .attribution import attribute
 from .plots import attention_figure, curves_figure
+from ..files import read_json
 
 MAX_SAMPLE_TOKENS = 32  # LM samples: short enough to read as a row of coloured tokens
 
@@ -72,7 +73,7 @@ def _metrics_section(run: Path | None, meta: dict, labels: list[str]) -> str:
         parts.append(html.table(["metric", "value"], [[k, v] for k, v in final.items()]))
     report = None
     if run is not None and (run / "eval.json").is_file():
-        report = json.loads((run / "eval.json").read_text(encoding="utf-8"))
+        report = read_json(run / "eval.json")
     if report and "per_class" in report:
         parts.append(f"<p>Validation: accuracy <b>{report['accuracy']:.4f}</b>, macro-F1 <b>{report['macro_f1']:.4f}</b> "
                      f"on {report.get('examples', '?')} examples.</p>")

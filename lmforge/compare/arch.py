@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..config import apply_overrides, build_config
+from ..figures import pyplot
 
 # sizes of about one million parameters each for a character vocabulary; the learning rates are the recipes'
 MODELS = {
@@ -189,10 +190,7 @@ def format_table(results: list[dict]) -> str:
 
 def plot_curves(results: list[dict], out: Path, minutes: float) -> Path:
     """Validation loss against training minutes, one line per arch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(7, 4.2), dpi=110)
     for r in results:

@@ -41,7 +41,7 @@ def compare(paths: list[Path], data: Path, rounds: int, batch_size: int) -> tupl
 
 
 def quantized_copies(source: Path, folder: Path) -> list[Path]:
-    from lmforge.compress.quantize import quantize_dir
+    from lmforge.app.workflows.quantize import quantize_dir
 
     paths = [source]
     for method in ("dynamic-int8", "weight-int8"):

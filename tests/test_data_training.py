@@ -15,7 +15,7 @@ from lmforge.audit.memorization import memorization_audit
 from lmforge.cli import main
 from lmforge.config import build_config
 from lmforge.data.corpus import resolve_paths
-from lmforge.data.synthesize import synthesize
+from lmforge.app.workflows.synthesize import synthesize
 
 from conftest import small_corpus
 

@@ -9,7 +9,7 @@ import torch
 from lmforge import LM
 from lmforge.cli import main
 from lmforge.compress.lora import LoRALinear, apply_lora, lora_modules, merge_lora
-from lmforge.app.commands.lora import merge_model_dir
+from lmforge.app.workflows.merge import merge_model_dir
 from lmforge.config import ConfigError, load_config, to_toml
 from lmforge.modeldir import ModelDirError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .corpus import DataError
 from .dedup import words
-from .stream import (Progress, RecordWriter, _lines, check_text_file, corpus_files, csv_header, is_records,
+from .stream import (Progress, RecordWriter, numbered_lines, check_text_file, corpus_files, csv_header, is_records,
                      iter_records, iter_text_chunks, output_file)
 
 
@@ -25,7 +25,7 @@ def read_eval_items(path: str | Path, text_field: str = "text") -> list[tuple[st
     if is_records(path):
         items = [(str(row[text_field] or ""), row) for row in iter_records(path, text_field)]
     else:
-        items = [(line.rstrip("\r\n"), line) for _, line in _lines(path) if line.strip()]
+        items = [(line.rstrip("\r\n"), line) for _, line in numbered_lines(path) if line.strip()]
     if not items:
         raise DataError(f"evaluation file '{path}' holds no items")
     return items

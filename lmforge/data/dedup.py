@@ -13,7 +13,7 @@ import numpy as np
 
 from .card import make_card, write_card
 from .corpus import DataError
-from .stream import Progress, RecordWriter, _lines, corpus_files, is_records, iter_records, output_folder
+from .stream import Progress, RecordWriter, numbered_lines, corpus_files, is_records, iter_records, output_folder
 
 PRIME = (1 << 61) - 1
 WORDS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\u3040-\u30ff\uac00-\ud7af]|[^\W_]+")  # a CJK character is a word
@@ -106,10 +106,10 @@ def _documents(path: Path, text_field: str, lines: bool) -> Iterator[tuple[str, 
         for row in iter_records(path, text_field):
             yield str(row[text_field] or ""), row
     elif lines:
-        for _, line in _lines(path):
+        for _, line in numbered_lines(path):
             yield line, line
     else:
-        text = "".join(line for _, line in _lines(path))
+        text = "".join(line for _, line in numbered_lines(path))
         yield text, text
 
 

@@ -48,7 +48,7 @@ def check_text_file(path: Path) -> None:
                         "(.txt, .md, .jsonl, .csv, .tsv)")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line with its newline) decoded as strict UTF-8, with the file and line named on errors."""
     check_text_file(path)
     number = 0
@@ -64,7 +64,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 def iter_text_chunks(path: Path, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
     """A plain-text file in pieces of about chunk_chars characters, cut at line ends (lossless when joined)."""
     pending, size = [], 0
-    for _, line in _lines(path):
+    for _, line in numbered_lines(path):
         pending.append(line)
         size += len(line)
         if size >= chunk_chars:
@@ -92,7 +92,7 @@ def iter_records(path: Path, text_field: str) -> Iterator[dict]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    for number, line in _lines(path):
+    for number, line in numbered_lines(path):
         if line.strip():
             yield number, parse_json_record(path, number, line)
 
@@ -100,7 +100,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     allow_long_csv_fields()
-    reader = csv.DictReader((line for _, line in _lines(path)), delimiter=delimiter)
+    reader = csv.DictReader((line for _, line in numbered_lines(path)), delimiter=delimiter)
     for number, row in enumerate(reader, 1):
         if None in row:
             raise DataError(f"{path}: row {number} has more cells than the header has columns")
@@ -109,7 +109,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
 
 def csv_header(path: Path) -> list[str]:
     """The column names of a .csv/.tsv file (its first row)."""
-    for _, line in _lines(path):
+    for _, line in numbered_lines(path):
         return next(csv.reader([line], delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
     raise DataError(f"'{path}' is empty: a header row naming the columns is needed")
 

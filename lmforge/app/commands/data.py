@@ -137,7 +137,7 @@ def _synthesize_arguments(p):
 
 
 def _synthesize(args) -> int:
-    from ...data.synthesize import read_prompts, synthesize
+    from ..workflows.synthesize import read_prompts, synthesize
 
     report = synthesize(args.model, read_prompts(args.prompts), args.n, args.out, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,

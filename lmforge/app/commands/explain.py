@@ -154,7 +154,7 @@ def run_explain(args) -> int:
 
 def run_report(args) -> int:
     """Handle `lmforge report RUN --out report.html`."""
-    from ...explain.report import build_report
+    from ..workflows.report import build_report
 
     path = build_report(args.run, args.out, samples=args.samples, steps=args.steps)
     print(f"report written to {path}")

@@ -46,7 +46,7 @@ def add_arguments(p) -> None:
 def handler(args) -> int:
     """Load, prune, (fine-tune,) save; every argument is checked before the work starts."""
     from ...api import LM
-    from ...compress.prune import prune
+    from ..workflows.prune import prune
 
     from ...files import check_destination
 

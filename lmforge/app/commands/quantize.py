@@ -16,7 +16,7 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _quantize(args) -> int:
-    from ...compress.quantize import quantize_dir
+    from ..workflows.quantize import quantize_dir
 
     summary = quantize_dir(args.source, args.destination, args.method, force=args.force)
     kept = f"; kept in floating point (shared with the embedding): {', '.join(summary['kept'])}" if summary["kept"] else ""

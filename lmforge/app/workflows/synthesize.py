@@ -5,10 +5,10 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from .corpus import DataError
-from .dedup import Deduplicator
-from .scrub import Scrubber
-from .stream import Progress, RecordWriter, _lines, output_file
+from ...data.corpus import DataError
+from ...data.dedup import Deduplicator
+from ...data.scrub import Scrubber
+from ...data.stream import Progress, RecordWriter, numbered_lines, output_file
 
 
 def read_prompts(path) -> list[str]:
@@ -16,7 +16,7 @@ def read_prompts(path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file '{path}' does not exist")
-    prompts = [line.rstrip("\r\n").replace("\\n", "\n") for _, line in _lines(path) if line.strip()]
+    prompts = [line.rstrip("\r\n").replace("\\n", "\n") for _, line in numbered_lines(path) if line.strip()]
     if not prompts:
         raise DataError(f"prompts file '{path}' holds no prompts")
     return prompts
@@ -28,7 +28,7 @@ def synthesize(model, prompts: list[str], n: int, out, *, max_new_tokens: int = 
                progress: bool = False) -> dict:
     """Write `n` distinct generated samples as JSON lines {"prompt", "text"} to `out`; `model` is an LM or a model
     directory. Stops after max_tries * n generations if too few are distinct. Returns counts."""
-    from ..api import LM
+    from ...api import LM
 
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")

@@ -32,7 +32,7 @@ def held_out(folder: Path, chars: int | None) -> Path:
 
 
 def compare(paths: list[Path], data: Path, rounds: int, batch_size: int) -> tuple[list[dict], str]:
-    from lmforge.compare.models import compare_dirs, format_table
+    from lmforge.app.workflows.compare import compare_dirs, format_table
 
     rows = compare_dirs([str(p) for p in paths], str(data), batch_size=batch_size, rounds=rounds, new_tokens=64)
     for row, path in zip(rows, paths):  # short names in the table, not temporary paths

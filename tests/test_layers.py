@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "lmforge"
 
 # the application: everything that orchestrates the library for a user. Every other part of the package (a new
 # one included) is library and may not import these.
-APPLICATION = {"(root)", "app", "api", "cli", "__main__", "serve", "audit", "compare", "demo"}
+APPLICATION = {"(root)", "app", "api", "cli", "__main__", "serve"}
 FORBIDDEN_FROM_LIBRARY = {"app", "api", "cli", "__main__"}  # plus the package root itself (lmforge/__init__.py)
 
 

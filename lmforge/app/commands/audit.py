@@ -28,7 +28,7 @@ def _memorization_arguments(p):
 
 
 def _memorization(args) -> int:
-    from ...audit.memorization import memorization_audit
+    from ..workflows.memorization import memorization_audit
     from ...config import ConfigError, load_config
     from ...files import atomic_write_text
 

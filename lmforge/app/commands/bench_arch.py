@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Run `lmforge bench-arch`; returns the exit status."""
-    from ...compare.arch import bench_arch
+    from ..workflows.bench_arch import bench_arch
 
     archs = [name.strip() for name in args.archs.split(",") if name.strip()]
     bench_arch(args.data, args.minutes, archs, Path(args.out), Path(args.run_dir), args.block_size, args.batch_size,

@@ -19,7 +19,7 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _compare(args) -> int:
-    from ...compare.models import run_compare
+    from ..workflows.compare import run_compare
 
     return run_compare(args)
 

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Run `lmforge demo`; returns the exit status."""
-    from ...demo import run_demo
+    from ..workflows.demo import run_demo
 
     run_demo(Path(args.run_dir), steps=args.steps)
     return 0

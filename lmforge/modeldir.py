@@ -105,6 +105,20 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> Bundle:
     return Bundle(model.to(device).eval(), tokenizer, config, meta)
 
 
+def read_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of a model directory (with its end-of-text token) without building the model; a Hugging Face
+    checkpoint's is converted."""
+    from .interop import is_hf_dir
+
+    path = Path(path)
+    if is_hf_dir(path):
+        return load_model_dir(path).tokenizer
+    _, meta = read_model_config(path)
+    tokenizer = Tokenizer.load(path / "tokenizer.json")
+    tokenizer.eos_token = (meta.get("tokenizer") or {}).get("eos_token")
+    return tokenizer
+
+
 def check_weight_shapes(weights: Path, model: nn.Module, config: ModelConfig) -> None:
     """Compare the file's tensor shapes with the model config.json describes, and name the setting that
     disagrees (e.g. "config.json says n_embd=32, the weights have 16") instead of a size-mismatch dump."""

@@ -56,7 +56,7 @@ def distill_overrides(args, objective: str) -> list[str]:
 
 def run_distill(args) -> int:
     """Check the teacher, then train the student against it (what `lmforge distill` does)."""
-    from ...api import train_from_config
+    from ..training import train_from_config
     from ...config import load_config
 
     if not Path(args.teacher).exists():

@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Run `lmforge train`; returns the exit status."""
-    from ...api import train_from_config
+    from ..training import train_from_config
     from ...config import load_config
 
     config = load_config(args.config, args.overrides)

@@ -1,12 +1,10 @@
 """Streaming I/O for the data passes: corpus files read piece by piece with strict checks, mirrored writers,
-an output folder published in one rename (an error leaves it untouched), and a progress line."""
+an output folder published in one rename (an error leaves it untouched)."""
 from __future__ import annotations
 
 import contextlib
 import csv
 import json
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,21 +166,3 @@ def output_file(out: str | Path, overwrite: bool = False):
         raise FileExistsError(f"output file '{out}' exists; choose another name or pass --overwrite")
     with atomic_file(out, suffix=out.suffix + ".tmp") as temp:
         yield temp
-
-
-class Progress:
-    """A one-line progress display on stderr, refreshed at most twice a second."""
-
-    def __init__(self, label: str, enabled: bool = True):
-        self.label, self.enabled = label, enabled
-        self.began = self.shown = time.perf_counter()
-
-    def update(self, text: str, force: bool = False) -> None:
-        now = time.perf_counter()
-        if self.enabled and (force or now - self.shown >= 0.5):
-            self.shown = now
-            print(f"\r{self.label}: {text} ({now - self.began:.0f}s)", end="", file=sys.stderr, flush=True)
-
-    def done(self, text: str) -> None:
-        if self.enabled:
-            print(f"\r{self.label}: {text} in {time.perf_counter() - self.began:.1f}s", file=sys.stderr, flush=True)

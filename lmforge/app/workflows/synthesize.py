@@ -5,10 +5,11 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
+from ...progress import Progress
 from ...data.corpus import DataError
 from ...data.dedup import Deduplicator
 from ...data.scrub import Scrubber
-from ...data.stream import Progress, RecordWriter, numbered_lines, output_file
+from ...data.stream import RecordWriter, numbered_lines, output_file
 
 
 def read_prompts(path) -> list[str]:
@@ -39,7 +40,7 @@ def synthesize(model, prompts: list[str], n: int, out, *, max_new_tokens: int = 
     scrubber = Scrubber(scrub_mode)
     found: collections.Counter = collections.Counter()
     counts = {"generated": 0, "exact_duplicates": 0, "near_duplicates": 0, "empty": 0, "kept": 0}
-    show = Progress("synthesize", progress)
+    show = Progress(label="synthesize", enabled=progress)
     with output_file(out, overwrite) as temp:
         writer = RecordWriter(temp, Path("out.jsonl"))
         batch_number = 0
@@ -65,7 +66,7 @@ def synthesize(model, prompts: list[str], n: int, out, *, max_new_tokens: int = 
                 counts["kept"] += 1
                 if counts["kept"] == n:
                     break
-            show.update(f"{counts['kept']:,} of {n:,} kept ({counts['generated']:,} generated)")
+            show.show(f"{counts['kept']:,} of {n:,} kept ({counts['generated']:,} generated)")
         writer.close()
         if counts["kept"] == 0:
             raise DataError("no distinct non-empty sample was generated; raise --max-new-tokens or --temperature")

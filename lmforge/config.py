@@ -436,6 +436,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def build_config(raw: dict, source: str = "config") -> Config:
+    """Validate a raw config dict; errors name `source` and each bad key."""
     try:
         return Config.model_validate(raw)
     except ValidationError as error:

@@ -26,6 +26,7 @@ SCHEME = "symmetric int8, one scale per output channel"
 
 
 def check_method(method: str) -> None:
+    """A known quantization method, or an error listing them."""
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; choose one of: "
                          + "; ".join(f"{name} ({text})" for name, text in METHODS.items()))

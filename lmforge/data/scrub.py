@@ -16,7 +16,7 @@ from ..progress import Progress
 from .card import make_card, write_card
 from .corpus import DataError
 from .pii import KINDS, find_pii
-from .stream import RecordWriter, corpus_files, is_records, iter_text_chunks, output_folder
+from .stream import RecordWriter, corpus_files, is_records, iter_rows, iter_text_chunks, output_folder
 
 MODES = ("placeholder", "pseudonym")
 BATCH_CHARS = 1 << 18  # text handed to a worker at a time: bounded, so memory does not grow with the corpus
@@ -106,10 +106,7 @@ def _batches(files) -> Iterator[tuple[int, str, list]]:
 
 
 def _all_rows(path: Path) -> Iterator[dict]:
-    from .stream import _csv_rows, _jsonl_rows
-
-    rows = _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _csv_rows(path)
-    for _, row in rows:
+    for _, row in iter_rows(path):
         yield row
 
 

@@ -78,15 +78,16 @@ def is_records(path: Path) -> bool:
 
 def iter_records(path: Path, text_field: str) -> Iterator[dict]:
     """Rows of a .jsonl/.csv/.tsv file, one at a time; each must have `text_field` (named in the error if not)."""
-    if path.suffix.lower() == ".jsonl":
-        rows = _jsonl_rows(path)
-    else:
-        rows = _csv_rows(path)
-    for number, row in rows:
+    for number, row in iter_rows(path):
         if text_field not in row:
             raise DataError(f"{path}: record {number} has no field '{text_field}' (fields: "
                             f"{', '.join(map(str, row)) or 'none'}); name the text column with --text-field")
         yield row
+
+
+def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(row number, row) of a .jsonl/.csv/.tsv file, one at a time, whatever fields each row has."""
+    return _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _csv_rows(path)
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:

@@ -217,6 +217,22 @@ def test_the_library_never_imports_the_application():
                         "import lmforge._version for the version):\n" + _describe(upward))
 
 
+def private_imports() -> list[str]:
+    """`from lmforge.x import _name` between modules: a private name another module relies on should be public."""
+    found = []
+    for name, path in all_modules().items():
+        for node, _ in _walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("lmforge")):
+                hidden = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                found += [f"  {name} (line {node.lineno}) imports {hidden}"] if hidden else []
+    return found
+
+
+def test_no_private_name_is_imported_across_modules():
+    found = private_imports()
+    assert not found, "private names imported from another module (make them public):\n" + "\n".join(found)
+
+
 def _fresh_python(code: str) -> str:
     environment = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment,

@@ -1,8 +1,10 @@
-"""The `lmforge explain ...` and `lmforge report` commands: parsers and handlers (cli.py only hooks them in)."""
+"""The `lmforge explain ...` and `lmforge report` commands."""
 from __future__ import annotations
 
 import argparse
 import json
+
+from . import Command
 
 EXAMPLES = {
     "attention": """examples:
@@ -29,14 +31,9 @@ The page is one file: images are inlined, nothing is fetched, it opens in any br
 }
 
 
-def add_commands(commands) -> None:
-    """Add `explain` (with its four subcommands) and `report` to the top-level subparsers."""
+def _explain_arguments(explain: argparse.ArgumentParser) -> None:
+    """`explain WHAT MODEL`: attention, attribution, lens, neighbors."""
     raw = argparse.RawDescriptionHelpFormatter
-    explain = commands.add_parser("explain", help="See inside a model: attention, attributions, logit lens, neighbours.",
-                                  description="See why a model predicts what it does. Layers and heads count from 0.",
-                                  epilog="examples:\n" + "\n".join(EXAMPLES[k].removeprefix("examples:\n") for k in
-                                                                     ("attention", "attribution", "lens", "neighbors")),
-                                  formatter_class=raw)
     kinds = explain.add_subparsers(dest="explain_command", metavar="WHAT", required=True)
 
     def sub(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -76,11 +73,9 @@ def add_commands(commands) -> None:
     p.add_argument("--k", type=int, default=10, help="how many neighbours (default 10)")
     p.add_argument("--json", action="store_true", help="print the neighbours as JSON")
 
-    p = commands.add_parser("report", help="Write one self-contained HTML page about a run.",
-                            description="Write one self-contained HTML page about a run: config, loss curves, metrics "
-                                        "(confusion matrix for classifiers), an attention sample, attributions on "
-                                        "validation texts and the model card.", epilog=EXAMPLES["report"],
-                            formatter_class=raw)
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    """`report RUN --out FILE`."""
     p.add_argument("run", help="run directory (or a model directory inside one)")
     p.add_argument("--out", required=True, help="the .html file to write")
     p.add_argument("--samples", type=int, default=3, help="validation texts to attribute (default 3)")
@@ -134,7 +129,7 @@ def _lens(lm, args) -> None:
 
 
 def _neighbors(lm, args) -> None:
-    from . import nearest_tokens
+    from ...explain import nearest_tokens
 
     result = nearest_tokens(lm.model, lm.tokenizer, args.word, args.k)
     if args.json:
@@ -149,7 +144,7 @@ def _neighbors(lm, args) -> None:
 
 def run_explain(args) -> int:
     """Handle `lmforge explain WHAT MODEL ...`."""
-    from ..api import LM
+    from ...api import LM
 
     lm = LM.from_pretrained(args.model)
     {"attention": _attention, "attribution": _attribution, "lens": _lens, "neighbors": _neighbors}[
@@ -159,8 +154,21 @@ def run_explain(args) -> int:
 
 def run_report(args) -> int:
     """Handle `lmforge report RUN --out report.html`."""
-    from .report import build_report
+    from ..workflows.report import build_report
 
     path = build_report(args.run, args.out, samples=args.samples, steps=args.steps)
     print(f"report written to {path}")
     return 0
+
+
+COMMANDS = [
+    Command("explain", "See inside a model: attention, attributions, logit lens, neighbours.",
+            "examples:\n" + "\n".join(EXAMPLES[k].removeprefix("examples:\n")
+                                       for k in ("attention", "attribution", "lens", "neighbors")),
+            _explain_arguments, run_explain,
+            description="See why a model predicts what it does. Layers and heads count from 0."),
+    Command("report", "Write one self-contained HTML page about a run.", EXAMPLES["report"], _report_arguments,
+            run_report, description="Write one self-contained HTML page about a run: config, loss curves, metrics "
+                                    "(confusion matrix for classifiers), an attention sample, attributions on "
+                                    "validation texts and the model card."),
+]

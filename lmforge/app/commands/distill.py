@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import Command
+
 HELP = "Distill a teacher model into a smaller student recipe (KL to softened logits + the hard-label loss)."
 EXAMPLES = """examples:
   lmforge distill --teacher runs/shakespeare-char/final --student configs/gpt-tiny.toml --data input.txt
@@ -39,7 +41,7 @@ def add_arguments(parser) -> None:
 
 def distill_overrides(args, objective: str) -> list[str]:
     """The overrides that make the student recipe a distillation run (the user's own come last and win)."""
-    from ..config import LABELED_OBJECTIVES
+    from ...config import LABELED_OBJECTIVES
 
     data = (f"data.train={json.dumps(args.data)}" if objective in LABELED_OBJECTIVES
             else f"data.paths={json.dumps([args.data])}")
@@ -54,8 +56,8 @@ def distill_overrides(args, objective: str) -> list[str]:
 
 def run_distill(args) -> int:
     """Check the teacher, then train the student against it (what `lmforge distill` does)."""
-    from ..api import train_from_config
-    from ..config import load_config
+    from ..training import train_from_config
+    from ...config import load_config
 
     if not Path(args.teacher).exists():
         raise FileNotFoundError(f"--teacher '{args.teacher}' does not exist; give the teacher's model directory "
@@ -77,4 +79,4 @@ def run_distill(args) -> int:
     return 0
 
 
-COMMAND = (HELP, EXAMPLES, add_arguments, run_distill)
+COMMAND = Command("distill", HELP, EXAMPLES, add_arguments, run_distill, overrides=True)

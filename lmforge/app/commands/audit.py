@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import Command
+
 EXAMPLES = """examples:
   lmforge audit memorization --config my.toml --canaries 20
   lmforge audit memorization --config configs/gpt-tiny.toml --canaries 8 --repetitions 0,1,4,16 train.max_steps=2000
@@ -26,9 +28,9 @@ def _memorization_arguments(p):
 
 
 def _memorization(args) -> int:
-    from ..audit.memorization import memorization_audit
-    from ..config import ConfigError, load_config
-    from ..files import atomic_write_text
+    from ..workflows.memorization import memorization_audit
+    from ...config import ConfigError, load_config
+    from ...files import atomic_write_text
 
     try:
         repetitions = [int(r) for r in args.repetitions.split(",") if r.strip()]
@@ -48,14 +50,19 @@ def _memorization(args) -> int:
     return 0
 
 
-def add_audit_command(commands) -> None:
-    """Register `lmforge audit SUBCOMMAND` on the top-level subparsers."""
-    group = commands.add_parser("audit", help="Audits: memorization (canary exposure).",
-                                description="Audits of what a trained model gives back.", epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def _add_arguments(group: argparse.ArgumentParser) -> None:
+    """`lmforge audit SUBCOMMAND`."""
     sub = group.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
     p = sub.add_parser("memorization", help="Train with inserted canaries and report their exposure.",
                        description="Train with inserted canaries and report their exposure.", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _memorization_arguments(p)
     p.set_defaults(handler=_memorization)
+
+
+def _run(args) -> int:
+    return args.handler(args)
+
+
+COMMAND = Command("audit", "Audits: memorization (canary exposure).", EXAMPLES, _add_arguments, _run,
+                  overrides=True, description="Audits of what a trained model gives back.")

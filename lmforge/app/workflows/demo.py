@@ -5,9 +5,9 @@ import shutil
 import time
 from pathlib import Path
 
-from .api import train_from_config
-from .config import build_config
-from .preflight import check_run_dir
+from ..training import train_from_config
+from ...config import build_config
+from ...preflight import check_run_dir
 
 
 def _section(title: str) -> None:

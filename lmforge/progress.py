@@ -1,4 +1,5 @@
-"""A one-line progress display: step, loss, tokens/s, elapsed and ETA."""
+"""The one progress reporter: a line on stderr for training (step, loss, tokens/s, elapsed, ETA) and for the data
+passes (what was done so far), rewritten in place on a terminal."""
 from __future__ import annotations
 
 import sys
@@ -12,15 +13,28 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    """Rewrites one line on a terminal; prints plain lines when output goes to a file or pipe."""
+    """Rewrites one line on a terminal; prints plain lines when output goes to a file or pipe. Training calls
+    update(step, **fields) against `total` steps; a data pass, named by `label`, calls show(text) and done(text)."""
 
-    def __init__(self, total: int, start: int = 0, stream=None, enabled: bool = True):
-        self.total, self.start = total, start
+    def __init__(self, total: int | None = None, start: int = 0, stream=None, enabled: bool = True, label: str = ""):
+        self.total, self.start, self.label = total, start, label
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.tty = enabled and self.stream.isatty()
-        self.began = time.perf_counter()
+        self.began = self.shown = time.perf_counter()
         self._open_line = False
+
+    def show(self, text: str, force: bool = False) -> None:
+        """`label: text (elapsed)` on the progress line, at most twice a second unless forced."""
+        now = time.perf_counter()
+        if self.enabled and (force or now - self.shown >= 0.5):
+            self.shown = now
+            print(f"\r{self.label}: {text} ({now - self.began:.0f}s)", end="", file=self.stream, flush=True)
+
+    def done(self, text: str) -> None:
+        """The pass's last line: `label: text in N.Ns`."""
+        if self.enabled:
+            print(f"\r{self.label}: {text} in {time.perf_counter() - self.began:.1f}s", file=self.stream, flush=True)
 
     def update(self, step: int, **fields) -> None:
         if not self.enabled:

@@ -12,18 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import html
-from .attention import capture_attention
-from .attribution import attribute
-from .plots import attention_figure, curves_figure
+from ...explain import html
+from ...explain.attention import capture_attention
+from ...explain.attribution import attribute
+from ...explain.plots import attention_figure, curves_figure
+from ...files import read_json
 
 MAX_SAMPLE_TOKENS = 32  # LM samples: short enough to read as a row of coloured tokens
 
 
 def _locate(path: Path) -> tuple[Path | None, Path]:
     """(run directory or None, model directory) for a run directory or a model directory inside one."""
-    from ..modeldir import ModelDirError
-    from ..train.checkpoint import list_checkpoints
+    from ...modeldir import ModelDirError
+    from ...train.checkpoint import list_checkpoints
 
     if not path.exists():
         raise FileNotFoundError(f"run directory '{path}' does not exist")
@@ -64,7 +65,7 @@ def _read_metrics(run: Path | None) -> list[dict]:
 
 
 def _metrics_section(run: Path | None, meta: dict, labels: list[str]) -> str:
-    from ..infer.metrics import save_confusion_png
+    from ...infer.metrics import save_confusion_png
 
     parts = []
     final = meta.get("metrics") or {}
@@ -72,7 +73,7 @@ def _metrics_section(run: Path | None, meta: dict, labels: list[str]) -> str:
         parts.append(html.table(["metric", "value"], [[k, v] for k, v in final.items()]))
     report = None
     if run is not None and (run / "eval.json").is_file():
-        report = json.loads((run / "eval.json").read_text(encoding="utf-8"))
+        report = read_json(run / "eval.json")
     if report and "per_class" in report:
         parts.append(f"<p>Validation: accuracy <b>{report['accuracy']:.4f}</b>, macro-F1 <b>{report['macro_f1']:.4f}</b> "
                      f"on {report.get('examples', '?')} examples.</p>")
@@ -95,8 +96,8 @@ def _classifier_samples(config, count: int) -> tuple[list[tuple[str, str | None]
     """Validation texts (with their true labels) of a classifier run, and where they came from."""
     from types import SimpleNamespace
 
-    from ..data.labeled import read_labeled
-    from ..tasks.classify import split_validation
+    from ...data.labeled import read_labeled
+    from ...tasks.classify import split_validation
 
     data = config.data
     source = data.test or data.train
@@ -120,7 +121,7 @@ def _classifier_samples(config, count: int) -> tuple[list[tuple[str, str | None]
 
 def _lm_samples(run: Path | None, lm, val_fraction: float, count: int) -> tuple[list[tuple[str, str]], str]:
     """(context, actual next text) pairs cut from the validation end of the run's token file."""
-    from ..data.tokens import open_tokens
+    from ...data.tokens import open_tokens
 
     bin_path = run / "data" / "tokens.bin" if run is not None else None
     if bin_path is None or not bin_path.is_file() or not bin_path.with_suffix(".json").is_file():
@@ -143,9 +144,9 @@ def _lm_samples(run: Path | None, lm, val_fraction: float, count: int) -> tuple[
 
 def build_report(path: str | Path, out: str | Path, *, samples: int = 3, steps: int = 32) -> Path:
     """Write the HTML report of the run at `path` to `out` (one file, images inlined) and return its path."""
-    from ..api import LM
-    from ..config import ConfigError, load_config
-    from ..files import atomic_write_text
+    from ...api import LM
+    from ...config import ConfigError, load_config
+    from ...files import atomic_write_text
 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):

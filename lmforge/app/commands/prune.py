@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from . import Command
+
 HELP = "Prune a model directory: zero the smallest weights, or remove attention heads or MLP neurons."
 EXAMPLES = """examples:
   lmforge prune runs/x/final pruned --sparsity 0.5                      # global magnitude pruning, 50% zeros
@@ -43,10 +45,10 @@ def add_arguments(p) -> None:
 
 def handler(args) -> int:
     """Load, prune, (fine-tune,) save; every argument is checked before the work starts."""
-    from ..api import LM
-    from .prune import prune
+    from ...api import LM
+    from ..workflows.prune import prune
 
-    from ..files import check_destination
+    from ...files import check_destination
 
     destination = check_destination(args.destination, args.force)
     if args.score_batches < 1 or args.batch_size < 1 or not args.lr > 0:
@@ -74,4 +76,4 @@ def handler(args) -> int:
     return 0
 
 
-COMMAND = (HELP, EXAMPLES, add_arguments, handler)
+COMMAND = Command("prune", HELP, EXAMPLES, add_arguments, handler)

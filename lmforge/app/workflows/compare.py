@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from ...figures import pyplot
+
 # the metric each kind of model is judged by, and whether more is better
 QUALITY = (("accuracy", True), ("perplexity", False), ("micro_f1", True), ("mse", False))
 
@@ -75,8 +77,8 @@ def _timed(function) -> float:
 def compare_dirs(paths: list[str], data: str, batch_size: int = 16, rounds: int = 5, new_tokens: int = 64,
                  progress: bool = True) -> list[dict]:
     """Measure every model directory of `paths` on `data`; one dict of numbers per directory, in order."""
-    from ..api import LM
-    from ..infer.generate import SamplingConfig, generate
+    from ...api import LM
+    from ...infer.generate import SamplingConfig, generate
 
     if not paths:
         raise ValueError("compare: give at least one model directory")
@@ -165,10 +167,7 @@ def format_table(rows: list[dict]) -> str:
 
 def plot_compare(rows: list[dict], out: Path) -> Path:
     """Quality against scoring speed, one labelled point per model directory."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     metric = rows[0]["quality_metric"] or "quality"
     better = "higher" if rows[0]["higher_is_better"] else "lower"

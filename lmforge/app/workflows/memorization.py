@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.corpus import DataError, iter_documents
-from ..train.checkpoint import list_checkpoints
+from ...data.corpus import DataError, iter_documents
+from ...train.checkpoint import list_checkpoints
 
 FIRST = ["Alice", "Bruno", "Chen", "Dana", "Emeka", "Fatima", "Goran", "Hana", "Ivan", "Jun", "Kofi", "Lena", "Mateo",
          "Nadia", "Omar", "Priya", "Quentin", "Rosa", "Sven", "Tariq", "Uma", "Viktor", "Wei", "Ximena", "Yusuf", "Zoe"]
@@ -101,7 +101,7 @@ def memorization_audit(config, *, canaries: int = 20, repetitions=(0, 1, 4, 16),
 
     With config.data.scrub the corpus (canaries included) is scrubbed first, as `lmforge train data.scrub=true`
     does. The run goes to config.run.path unless `work_dir` is given."""
-    from ..api import LM
+    from ...api import LM
 
     if config.model.arch == "bert" or config.train.objective != "clm":
         raise ValueError("the memorization audit trains a decoder (model.arch 'gpt' or 'llama', objective 'clm')")

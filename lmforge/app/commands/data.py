@@ -6,7 +6,8 @@ import argparse
 import json
 import os
 
-from .corpus import DataError
+from ...errors import DataError
+from . import Command
 
 
 def _scrub_arguments(p):
@@ -23,8 +24,8 @@ def _scrub_arguments(p):
 
 
 def _scrub(args) -> int:
-    from .pii import KINDS
-    from .scrub import scrub_corpus
+    from ...data.pii import KINDS
+    from ...data.scrub import scrub_corpus
 
     kinds = [k.strip().upper() for k in args.types.split(",") if k.strip()] if args.types else None
     if kinds and set(kinds) - set(KINDS):
@@ -50,7 +51,7 @@ def _dedup_arguments(p):
 
 
 def _dedup(args) -> int:
-    from .dedup import dedup_corpus
+    from ...data.dedup import dedup_corpus
 
     report = dedup_corpus(args.inputs, args.out, near=None if args.exact_only else args.near, text_field=args.text_field,
                           lines=args.lines, progress=not args.quiet, overwrite=args.overwrite)
@@ -75,7 +76,7 @@ def _contamination_arguments(p):
 
 
 def _contamination(args) -> int:
-    from .contamination import drop_contaminated, find_contamination, write_report
+    from ...data.contamination import drop_contaminated, find_contamination, write_report
 
     if args.drop and not args.out:
         raise DataError("--drop needs --out FILE for the cleaned evaluation file")
@@ -94,7 +95,7 @@ def _contamination(args) -> int:
 
 
 def _augment_arguments(p):
-    from .augment import METHODS
+    from ...data.augment import METHODS
 
     p.add_argument("source", help="labeled .csv/.tsv/.jsonl file")
     p.add_argument("out", help="output file, same format: the original rows, each followed by its augmented copies")
@@ -109,7 +110,7 @@ def _augment_arguments(p):
 
 
 def _augment(args) -> int:
-    from .augment import augment_file
+    from ...data.augment import augment_file
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     report = augment_file(args.source, args.out, methods=methods, n=args.n, alpha=args.alpha, seed=args.seed,
@@ -136,7 +137,7 @@ def _synthesize_arguments(p):
 
 
 def _synthesize(args) -> int:
-    from .synthesize import read_prompts, synthesize
+    from ..workflows.synthesize import read_prompts, synthesize
 
     report = synthesize(args.model, read_prompts(args.prompts), args.n, args.out, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
@@ -147,7 +148,7 @@ def _synthesize(args) -> int:
 
 def _write_report(report: dict, path: str | None) -> None:
     if path:
-        from ..files import atomic_write_text
+        from ...files import atomic_write_text
         atomic_write_text(path, json.dumps(report, indent=1))
 
 
@@ -189,8 +190,8 @@ def _tokenize_arguments(p) -> None:
 
 
 def _tokenize(args) -> int:
-    from ..tokenizer import Tokenizer
-    from .tokenize import tokenize_corpus
+    from ...tokenizer import Tokenizer
+    from ...data.tokenize import tokenize_corpus
 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1 (got {args.workers})")
@@ -210,17 +211,22 @@ Training reuses the token file when run.dir/data holds it for the same data.path
                            _tokenize_arguments, _tokenize)
 
 
-def add_data_command(commands) -> None:
-    """Register `lmforge data SUBCOMMAND` on the top-level subparsers."""
-    group = commands.add_parser("data", help="Data passes: scrub, dedup, contamination, augment, synthesize, tokenize.",
-                                description="Data passes. Each writes its output only when it succeeded.",
-                                epilog="examples:\n  lmforge data scrub corpus/ clean/ --report scrub.json\n"
-                                       "  lmforge data dedup clean/ deduped/ --near 0.8\n"
-                                       "  lmforge data SUBCOMMAND --help",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def _add_arguments(group: argparse.ArgumentParser) -> None:
+    """`lmforge data SUBCOMMAND`: one subparser per entry of SUBCOMMANDS."""
     sub = group.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     for name, (help_text, examples, add_arguments, handler) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=examples,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         add_arguments(p)
         p.set_defaults(handler=handler)
+
+
+def _run(args) -> int:
+    return args.handler(args)
+
+
+COMMAND = Command("data", "Data passes: scrub, dedup, contamination, augment, synthesize, tokenize.",
+                  "examples:\n  lmforge data scrub corpus/ clean/ --report scrub.json\n"
+                  "  lmforge data dedup clean/ deduped/ --near 0.8\n"
+                  "  lmforge data SUBCOMMAND --help", _add_arguments, _run,
+                  description="Data passes. Each writes its output only when it succeeded.")

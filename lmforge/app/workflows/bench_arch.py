@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import apply_overrides, build_config
+from ...config import apply_overrides, build_config
+from ...figures import pyplot
 
 # sizes of about one million parameters each for a character vocabulary; the learning rates are the recipes'
 MODELS = {
@@ -54,7 +55,7 @@ def _seconds_per_step(config) -> float:
     """Time a few training steps of a throwaway copy of the model (the first two are warm-up)."""
     import tempfile
 
-    from ..api import LM
+    from ...api import LM
 
     marks = []
     calibration = config.model_copy(update={"train": config.train.model_copy(update={
@@ -111,8 +112,8 @@ class BudgetClock:
 
 def run_arch(config, minutes: float, progress: bool = True) -> dict:
     """Train one arch for `minutes` of training time; its curve (seconds, val loss), speed and best loss."""
-    from ..api import LM
-    from ..models import count_parameters
+    from ...api import LM
+    from ...models import count_parameters
 
     per_step = _seconds_per_step(config)
     steps = max(10, int(minutes * 60 / per_step))
@@ -189,10 +190,7 @@ def format_table(results: list[dict]) -> str:
 
 def plot_curves(results: list[dict], out: Path, minutes: float) -> Path:
     """Validation loss against training minutes, one line per arch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(7, 4.2), dpi=110)
     for r in results:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from .corpus import DataError
-from .dedup import Deduplicator
-from .scrub import Scrubber
-from .stream import Progress, RecordWriter, _lines, output_file
+from ...progress import Progress
+from ...data.corpus import DataError
+from ...data.dedup import Deduplicator
+from ...data.scrub import Scrubber
+from ...data.stream import RecordWriter, numbered_lines, output_file
 
 
 def read_prompts(path) -> list[str]:
@@ -16,7 +17,7 @@ def read_prompts(path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file '{path}' does not exist")
-    prompts = [line.rstrip("\r\n").replace("\\n", "\n") for _, line in _lines(path) if line.strip()]
+    prompts = [line.rstrip("\r\n").replace("\\n", "\n") for _, line in numbered_lines(path) if line.strip()]
     if not prompts:
         raise DataError(f"prompts file '{path}' holds no prompts")
     return prompts
@@ -28,7 +29,7 @@ def synthesize(model, prompts: list[str], n: int, out, *, max_new_tokens: int = 
                progress: bool = False) -> dict:
     """Write `n` distinct generated samples as JSON lines {"prompt", "text"} to `out`; `model` is an LM or a model
     directory. Stops after max_tries * n generations if too few are distinct. Returns counts."""
-    from ..api import LM
+    from ...api import LM
 
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -39,7 +40,7 @@ def synthesize(model, prompts: list[str], n: int, out, *, max_new_tokens: int = 
     scrubber = Scrubber(scrub_mode)
     found: collections.Counter = collections.Counter()
     counts = {"generated": 0, "exact_duplicates": 0, "near_duplicates": 0, "empty": 0, "kept": 0}
-    show = Progress("synthesize", progress)
+    show = Progress(label="synthesize", enabled=progress)
     with output_file(out, overwrite) as temp:
         writer = RecordWriter(temp, Path("out.jsonl"))
         batch_number = 0
@@ -65,7 +66,7 @@ def synthesize(model, prompts: list[str], n: int, out, *, max_new_tokens: int = 
                 counts["kept"] += 1
                 if counts["kept"] == n:
                     break
-            show.update(f"{counts['kept']:,} of {n:,} kept ({counts['generated']:,} generated)")
+            show.show(f"{counts['kept']:,} of {n:,} kept ({counts['generated']:,} generated)")
         writer.close()
         if counts["kept"] == 0:
             raise DataError("no distinct non-empty sample was generated; raise --max-new-tokens or --temperature")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from .layers import MLP, Attention, KVCache, RotaryEmbedding, init_weights, make_cache, make_norm
+from ...config import ModelConfig
+from ..layers import MLP, Attention, KVCache, RotaryEmbedding, init_weights, make_cache, make_norm
 
 
 class Block(nn.Module):

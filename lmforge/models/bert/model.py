@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from .layers import MLP, Attention, RotaryEmbedding, init_weights
+from ...config import ModelConfig
+from ..layers import MLP, Attention, RotaryEmbedding, init_weights
 
 
 class EncoderBlock(nn.Module):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ...config import ModelConfig
 
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from ..models.contract import is_decoder
+
 # the metric each kind of model is judged by, and whether more is better
 QUALITY = (("accuracy", True), ("perplexity", False), ("micro_f1", True), ("mse", False))
 
@@ -37,7 +39,7 @@ def count_weights(model: torch.nn.Module) -> tuple[int, int]:
 def _kind(lm) -> str:
     if lm.config.model.labels:
         return "classifier"
-    return "decoder" if getattr(lm.model, "is_causal", False) else "encoder"
+    return "decoder" if is_decoder(lm.model) else "encoder"
 
 
 def _steps(meta: dict) -> str:

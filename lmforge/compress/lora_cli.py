@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from ..models.contract import has_classifier
+
 HELP = "LoRA model directories: merge the adapters into the weights"
 EXAMPLES = """examples:
   lmforge train configs/classify.toml model.init=runs/bert-tiny/final train.lora.rank=8
@@ -18,7 +20,7 @@ EXAMPLES = """examples:
 def _probe(model, vocab_size: int, block_size: int) -> torch.Tensor:
     """The model's outputs on a fixed random batch: compared before and after merging."""
     ids = torch.randint(0, vocab_size, (2, min(16, block_size)), generator=torch.Generator().manual_seed(0))
-    if getattr(model, "classifier", None) is not None:
+    if has_classifier(model):
         return model.classify(ids).float()
     return model(ids).float()
 

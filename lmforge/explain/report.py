@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..models.contract import is_decoder, transformer_blocks
 from . import html
 from .attention import capture_attention
 from .attribution import attribute
@@ -188,7 +189,7 @@ def build_report(path: str | Path, out: str | Path, *, samples: int = 3, steps: 
         val_fraction = config.data.val_fraction if config is not None else 0.1
         texts, where = _lm_samples(run, lm, val_fraction, samples)
 
-    has_attention = hasattr(lm.model, "h") and all(hasattr(b, "attn") for b in getattr(lm.model, "h", []))
+    has_attention = transformer_blocks(lm.model) is not None
     if texts and has_attention:
         _progress("attention sample")
         attention = capture_attention(lm.model, lm.tokenizer, texts[0][0])
@@ -203,7 +204,7 @@ def build_report(path: str | Path, out: str | Path, *, samples: int = 3, steps: 
                                                        "This model has no attention layers.")))
 
     single_label = (meta.get("classification") or {}).get("kind", "classify") == "classify"
-    can_attribute = (bool(labels) and single_label) or (not labels and getattr(lm.model, "is_causal", False))
+    can_attribute = (bool(labels) and single_label) or (not labels and is_decoder(lm.model))
     if texts and can_attribute:
         parts = [_note(f"Integrated gradients (pad baseline) on {len(texts)} texts from {where}.")]
         for number, (text, extra) in enumerate(texts, 1):

@@ -13,12 +13,13 @@ from .contract import (Classifier, Decoder, Encoder, LanguageModel, has_classifi
 from .family import CLASSIFIER, DECODER, ENCODER, Family
 from .gpt import FAMILY as GPT_FAMILY
 from .llama import FAMILY as LLAMA_FAMILY
+from .qwen2 import FAMILY as QWEN2_FAMILY
 from .rnn import FAMILY as RNN_FAMILY
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
 
-FAMILY_LIST = (GPT_FAMILY, LLAMA_FAMILY, BERT_FAMILY, RNN_FAMILY, CNN_FAMILY)
+FAMILY_LIST = (GPT_FAMILY, LLAMA_FAMILY, QWEN2_FAMILY, BERT_FAMILY, RNN_FAMILY, CNN_FAMILY)
 FAMILIES: dict[str, Family] = {family.name: family for family in FAMILY_LIST}
 ARCHS: dict[str, Family] = {arch: family for family in FAMILY_LIST for arch in family.archs}
 REGISTRY = {arch: family.module for arch, family in ARCHS.items()}  # arch -> module class

@@ -1,5 +1,6 @@
-"""The three Hugging Face families lmforge reads and writes (gpt2, bert, llama): their config.json keys and
-the name of each weight, as one table per family that both directions use."""
+"""The foreign families lmforge reads and writes: Hugging Face's gpt2, bert and llama (config.json keys and
+weight names) and llama.cpp's GGUF gpt2 and llama (metadata keys and tensor names), one class per family
+holding both tables, which import and export both use."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -11,6 +12,8 @@ from ..errors import ModelDirError
 # how a Hugging Face tensor becomes an lmforge one: as it is, transposed (GPT-2's Conv1D stores (in, out)),
 # or several concatenated along the output dimension (separate q, k, v -> one fused qkv projection)
 COPY, TRANSPOSE, CONCAT = "copy", "transpose", "concat"
+# GGUF llama: q, k and v concatenated, q and k rows in llama.cpp's interleaved rotary order (undone on import)
+ROPE_CONCAT = "rope-concat"
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,33 @@ class Family(ABC):
     def architecture(self, cfg: ModelConfig) -> str:
         """The transformers class an export loads as."""
 
+    gguf_arch: str | None = None  # general.architecture of the family's GGUF files; None: no GGUF form
+
+    def gguf_config(self, meta: dict, where: str) -> dict:
+        """ModelConfig fields from a GGUF file's metadata (keys under `gguf_arch.`)."""
+        raise ModelDirError(f"{where}: lmforge has no GGUF form of {self.model_type}")
+
+    def gguf_metadata(self, cfg: ModelConfig) -> dict[str, int | float]:
+        """The `gguf_arch.*` metadata of an lmforge model (ints are written as uint32, floats as float32)."""
+        raise ValueError(f"lmforge has no GGUF form of {self.model_type}")
+
+    def gguf_pairs(self, cfg: ModelConfig) -> list[Pair]:
+        """Every weight of a decoder of this config, lmforge name beside the GGUF tensor name(s)."""
+        raise ValueError(f"lmforge has no GGUF form of {self.model_type}")
+
 
 def _need(condition: bool, where: str, message: str) -> None:
     if not condition:
         raise ModelDirError(f"{where}: {message}")
+
+
+def _gguf_get(meta: dict, arch: str, key: str, where: str, default=None):
+    value = meta.get(f"{arch}.{key}", default)
+    if value is None:
+        raise ModelDirError(f"{where}: the metadata has no '{arch}.{key}', which a GGUF {arch} model needs")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ModelDirError(f"{where}: '{arch}.{key}'={value!r} is not a usable number")
+    return value
 
 
 def _refuse(cfg: ModelConfig, checks: dict[str, object], target: str) -> None:
@@ -97,6 +123,35 @@ class GPT2(Family):
 
     def architecture(self, cfg: ModelConfig) -> str:
         return "GPT2ForSequenceClassification" if cfg.labels else "GPT2LMHeadModel"
+
+    gguf_arch = "gpt2"
+
+    def gguf_config(self, meta: dict, where: str) -> dict:
+        get = lambda key, default=None: _gguf_get(meta, "gpt2", key, where, default)  # noqa: E731
+        n_embd = int(get("embedding_length"))
+        return {"arch": "gpt", "n_embd": n_embd, "n_layer": int(get("block_count")),
+                "n_head": int(get("attention.head_count")), "block_size": int(get("context_length")),
+                "intermediate_size": int(get("feed_forward_length", 4 * n_embd)),
+                "norm_eps": float(get("attention.layer_norm_epsilon", 1e-5)), "position": "learned",
+                "norm": "layernorm", "mlp": "gelu", "bias": True, "classifier_bias": False}
+
+    def gguf_metadata(self, cfg: ModelConfig) -> dict[str, int | float]:
+        _refuse(cfg, {"position": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True}, "GGUF gpt2")
+        return {"gpt2.context_length": cfg.block_size, "gpt2.embedding_length": cfg.n_embd,
+                "gpt2.feed_forward_length": cfg.intermediate_size, "gpt2.block_count": cfg.n_layer,
+                "gpt2.attention.head_count": cfg.n_head, "gpt2.attention.layer_norm_epsilon": float(cfg.norm_eps)}
+
+    def gguf_pairs(self, cfg: ModelConfig) -> list[Pair]:
+        # llama.cpp stores GPT-2's Conv1D weights already transposed to (out, in), lmforge's own layout
+        out = [Pair("wte.weight", ("token_embd.weight",)), Pair("wpe.weight", ("position_embd.weight",))]
+        for i in range(cfg.n_layer):
+            for ours, theirs in [("ln_1", "attn_norm"), ("ln_2", "ffn_norm"), ("attn.qkv", "attn_qkv"),
+                                 ("attn.proj", "attn_output"), ("mlp.up", "ffn_up"), ("mlp.down", "ffn_down")]:
+                out += [Pair(f"h.{i}.{ours}.{p}", (f"blk.{i}.{theirs}.{p}",)) for p in ("weight", "bias")]
+        out += [Pair(f"ln_f.{p}", (f"output_norm.{p}",)) for p in ("weight", "bias")]
+        if not cfg.tie_embeddings:
+            out.append(Pair("lm_head.weight", ("output.weight",), role="lm"))
+        return out
 
     def pairs(self, cfg: ModelConfig) -> list[Pair]:
         t = "transformer."
@@ -224,6 +279,54 @@ class Llama(Family):
     def architecture(self, cfg: ModelConfig) -> str:
         return "LlamaForSequenceClassification" if cfg.labels else "LlamaForCausalLM"
 
+    gguf_arch = "llama"
+
+    def gguf_config(self, meta: dict, where: str) -> dict:
+        get = lambda key, default=None: _gguf_get(meta, "llama", key, where, default)  # noqa: E731
+        n_embd, n_head = int(get("embedding_length")), int(get("attention.head_count"))
+        _need(n_head > 0 and n_embd % n_head == 0, where,
+              f"llama.embedding_length={n_embd} is not a multiple of llama.attention.head_count={n_head}")
+        head_dim = n_embd // n_head
+        for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
+            value = int(get(key, head_dim))
+            _need(value == head_dim, where, f"llama.{key}={value} differs from the head size {head_dim}; "
+                                            "lmforge's Llama rotates and attends over whole heads")
+        scaling = meta.get("llama.rope.scaling.type", "none")
+        _need(scaling in ("none", None), where, f"rope scaling {scaling!r} is not supported (only plain rotary "
+                                                "positions are)")
+        _need("llama.expert_count" not in meta or not meta["llama.expert_count"], where,
+              "a mixture-of-experts llama (llama.expert_count) is not supported")
+        return {"arch": "llama", "n_embd": n_embd, "n_layer": int(get("block_count")), "n_head": n_head,
+                "n_kv_head": int(get("attention.head_count_kv", n_head)),
+                "intermediate_size": int(get("feed_forward_length")), "block_size": int(get("context_length")),
+                "norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+                "rope_theta": float(get("rope.freq_base", 10000.0)), "position": "rope", "norm": "rmsnorm",
+                "mlp": "swiglu", "classifier_bias": False}
+
+    def gguf_metadata(self, cfg: ModelConfig) -> dict[str, int | float]:
+        _refuse(cfg, {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu"}, "GGUF llama")
+        return {"llama.context_length": cfg.block_size, "llama.embedding_length": cfg.n_embd,
+                "llama.feed_forward_length": cfg.intermediate_size, "llama.block_count": cfg.n_layer,
+                "llama.attention.head_count": cfg.n_head, "llama.attention.head_count_kv": cfg.n_kv_head,
+                "llama.rope.freq_base": float(cfg.rope_theta), "llama.rope.dimension_count": cfg.head_dim,
+                "llama.attention.layer_norm_rms_epsilon": float(cfg.norm_eps), "llama.vocab_size": cfg.vocab_size}
+
+    def gguf_pairs(self, cfg: ModelConfig) -> list[Pair]:
+        params = ("weight", "bias") if cfg.bias else ("weight",)
+        out = [Pair("wte.weight", ("token_embd.weight",))]
+        for i in range(cfg.n_layer):
+            ours, theirs = f"h.{i}.", f"blk.{i}."
+            out.append(Pair(f"{ours}ln_1.weight", (f"{theirs}attn_norm.weight",)))
+            out.append(Pair(f"{ours}ln_2.weight", (f"{theirs}ffn_norm.weight",)))
+            for p in params:
+                out.append(Pair(f"{ours}attn.qkv.{p}", tuple(f"{theirs}attn_{n}.{p}" for n in "qkv"), ROPE_CONCAT))
+                out.append(Pair(f"{ours}attn.proj.{p}", (f"{theirs}attn_output.{p}",)))
+                out += [Pair(f"{ours}mlp.{n}.{p}", (f"{theirs}ffn_{n}.{p}",)) for n in ("gate", "up", "down")]
+        out.append(Pair("ln_f.weight", ("output_norm.weight",)))
+        if not cfg.tie_embeddings:
+            out.append(Pair("lm_head.weight", ("output.weight",), role="lm"))
+        return out
+
     def pairs(self, cfg: ModelConfig) -> list[Pair]:
         params = ("weight", "bias") if cfg.bias else ("weight",)
         out = [Pair("wte.weight", ("model.embed_tokens.weight",))]
@@ -245,6 +348,9 @@ class Llama(Family):
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2(), Bert(), Llama())}
 FOR_ARCH = {"gpt": FAMILIES["gpt2"], "bert": FAMILIES["bert"], "llama": FAMILIES["llama"]}
+
+
+GGUF_FAMILIES: dict[str, Family] = {f.gguf_arch: f for f in FAMILIES.values() if f.gguf_arch}
 
 
 def family(model_type: object, where: str) -> Family:

@@ -44,13 +44,6 @@ checkpoints/step-N/ and final/ (a model directory for generate, eval, fill-mask,
   lmforge classify runs/classify/final --file reviews.csv --json > predictions.jsonl
   lmforge classify runs/tags/final --text "..." --threshold 0.3   # multi-label: every tag at or over 0.3
   lmforge classify runs/scores/final --file reviews.txt           # regression: one score per text""",
-    "convert": """examples:
-  lmforge convert path/to/gpt2 my-gpt2                   # a Hugging Face directory -> an lmforge model directory
-  lmforge convert runs/gpt-tiny/final hf-out --to hf     # lmforge -> Hugging Face (AutoModelFor*.from_pretrained)
-  lmforge convert path/to/all-MiniLM-L6-v2 minilm        # sentence-transformers layouts work too
-
-Hugging Face gpt2, bert and llama checkpoints (and their sequence classifiers) are read; any command that takes
-a model directory also takes such a checkpoint directly, converting it in memory.""",
     "serve": """examples:
   lmforge serve runs/gpt-tiny/final --port 8000 --max-batch 8
   lmforge serve runs/gpt-tiny/final --api-key secret --max-queue 32 --timeout 60
@@ -142,12 +135,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None,
                    help="multi-label models: give every tag at this probability or more (default: saved, 0.5)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
-
-    p = command("convert", "Convert a model between lmforge's and Hugging Face's directory formats.")
-    p.add_argument("source", help="an lmforge model directory or a Hugging Face gpt2/bert/llama checkpoint directory")
-    p.add_argument("destination", help="the directory to write (must not exist unless --force)")
-    p.add_argument("--to", choices=["lmforge", "hf"], default="lmforge", help="output format (default: lmforge)")
-    p.add_argument("--force", action="store_true", help="replace DESTINATION if it exists")
 
     p = command("serve", "Serve a model directory over HTTP with an OpenAI-compatible API.")
     p.add_argument("model", help="model directory (decoder: completions and chat; encoder: fill-mask, classify)")
@@ -336,18 +323,6 @@ def _classify(args) -> int:
     return 0
 
 
-def _convert(args) -> int:
-    from .api import LM
-
-    from .files import check_destination
-
-    destination = check_destination(args.destination, args.force)
-    lm = LM.from_pretrained(args.source)
-    (lm.save_hf if args.to == "hf" else lm.save)(destination)
-    print(f"wrote {destination} ({'Hugging Face' if args.to == 'hf' else 'lmforge'} format): {lm!r}")
-    return 0
-
-
 def _serve(args) -> int:
     from .serve import require_serve_packages, serve
 
@@ -399,7 +374,7 @@ def _report(args) -> int:
 
 
 HANDLERS = {"train": _train, "generate": _generate, "eval": _eval, "fill-mask": _fill_mask,
-            "classify": _classify, "convert": _convert, "serve": _serve, "demo": _demo, "bench-arch": _bench_arch,
+            "classify": _classify, "serve": _serve, "demo": _demo, "bench-arch": _bench_arch,
             "plot": _plot, "explain": _explain, "report": _report}
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..config import ModelConfig
 from ..errors import ModelDirError
 
@@ -79,6 +81,8 @@ def _gguf_get(meta: dict, arch: str, key: str, where: str, default=None):
         raise ModelDirError(f"{where}: the metadata has no '{arch}.{key}', which a GGUF {arch} model needs")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ModelDirError(f"{where}: '{arch}.{key}'={value!r} is not a usable number")
+    if isinstance(value, float):  # stored as float32: the shortest decimal that is that float32 (1e-05, not 9.99e-06)
+        value = float(str(np.float32(value)))
     return value
 
 

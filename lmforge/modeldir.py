@@ -19,6 +19,7 @@ from .models import build_model, count_parameters, family_of
 from .tokenizer import Tokenizer
 
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
+CHAT_TEMPLATE = "chat_template.jinja"  # the Jinja chat template (meta["chat_template"]), beside config.json
 
 
 def save_model_dir(path: str | Path, bundle: Bundle) -> Path:
@@ -32,8 +33,12 @@ def save_model_dir(path: str | Path, bundle: Bundle) -> Path:
         # `info` may be a loaded config.json (fine-tuning): its old model section must not win over `config`
         meta = {**info, "format": "lmforge", "lmforge_version": __version__, "arch": config.arch,
                 "model": config.model_dump(exclude={"init"}), "tokenizer": {"kind": tokenizer.kind}}
-        if tokenizer.eos_token is not None:
-            meta["tokenizer"]["eos_token"] = tokenizer.eos_token
+        for role in ("eos_token", "bos_token", "pad_token"):
+            if getattr(tokenizer, role, None) is not None:
+                meta["tokenizer"][role] = getattr(tokenizer, role)
+        template = meta.pop("chat_template", None)
+        if isinstance(template, str) and template:
+            (temp / CHAT_TEMPLATE).write_text(template, encoding="utf-8")
         (temp / "config.json").write_text(json.dumps(meta, indent=2))
         (temp / "README.md").write_text(model_card(model, tokenizer, config, info))
         write_manifest(temp)  # sizes and checksums: a damaged file is named on load, never used silently
@@ -73,12 +78,14 @@ def read_model_config(path: str | Path) -> tuple[ModelConfig, dict]:
 
 def load_model_dir(path: str | Path, device: str = "cpu") -> Bundle:
     """Load a Bundle (model, tokenizer, model config, config.json contents) from a model directory; a Hugging
-    Face checkpoint directory (gpt2, bert, llama, qwen2) is converted in memory."""
-    from .interop import is_hf_dir, load_hf_dir
+    Face checkpoint directory (gpt2, bert, llama, qwen2) or a GGUF file (llama, gpt2) is converted in memory."""
+    from .interop import is_gguf_file, is_hf_dir, load_gguf, load_hf_dir
 
     path = Path(path)
     if is_hf_dir(path):
         return Bundle(*load_hf_dir(path, device))
+    if is_gguf_file(path):
+        return Bundle(*load_gguf(path, device))
     config, meta = read_model_config(path)
     model = build_model(config)
     if meta.get("compression"):  # LoRA, pruned, quantized: rebuild the structure the weights were saved from
@@ -99,7 +106,11 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> Bundle:
         names = None if meta.get("compression") else names_mismatch(weights, model)
         raise ModelDirError(names or f"'{weights}' does not fit its config.json: {error}") from None
     tokenizer = Tokenizer.load(path / "tokenizer.json")
-    tokenizer.eos_token = (meta.get("tokenizer") or {}).get("eos_token")
+    roles = meta.get("tokenizer") or {}
+    tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token = (roles.get(r) for r in ("eos_token", "bos_token",
+                                                                                            "pad_token"))
+    if (path / CHAT_TEMPLATE).is_file():
+        meta["chat_template"] = (path / CHAT_TEMPLATE).read_text(encoding="utf-8")
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelDirError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}")
     return Bundle(model.to(device).eval(), tokenizer, config, meta)

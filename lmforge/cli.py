@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
                "Each command has --help with examples.")
     parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from .app.commands import add_device_arguments
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
@@ -118,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (sampling options unused)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="beam scores are divided by length ** this")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of streaming")
+    add_device_arguments(p)
 
     p = command("eval", "Evaluate a model on held-out data.")
     p.add_argument("model", help="model directory")
@@ -126,12 +128,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None,
                    help="multi-label models: a tag is predicted at this probability or more (default: saved, 0.5)")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    add_device_arguments(p)
 
     p = command("fill-mask", "Predict the [MASK] tokens of a text with an encoder.")
     p.add_argument("model", help="model directory of a BERT-style model")
     p.add_argument("text", help="text with one or more [MASK]")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true")
+    add_device_arguments(p)
 
     p = command("classify", "Label texts with a classifier model directory.")
     p.add_argument("model", help="model directory of a classifier")
@@ -142,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None,
                    help="multi-label models: give every tag at this probability or more (default: saved, 0.5)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
+    add_device_arguments(p)
 
     p = command("convert", "Convert a model between lmforge's and Hugging Face's directory formats.")
     p.add_argument("source", help="an lmforge model directory or a Hugging Face gpt2/bert/llama checkpoint directory")
@@ -255,7 +260,7 @@ def _generate(args) -> int:
 
     SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty,
                    seed=args.seed).check()  # before the prompt is echoed: a refusal prints nothing else
-    lm = LM.from_pretrained(args.model)
+    lm = LM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     prompts = args.prompt or [""]
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,
@@ -274,7 +279,7 @@ def _generate(args) -> int:
 def _eval(args) -> int:
     from .api import LM
 
-    lm = LM.from_pretrained(args.model)
+    lm = LM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     result = lm.evaluate(args.data, batch_size=args.batch_size, threshold=args.threshold)
     if args.json:
         print(json.dumps(result))
@@ -299,7 +304,7 @@ def _eval(args) -> int:
 def _fill_mask(args) -> int:
     from .api import LM
 
-    lm = LM.from_pretrained(args.model)
+    lm = LM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     predictions = lm.fill_mask(args.text, top_k=args.top_k)
     masks = predictions if predictions and isinstance(predictions[0], list) else [predictions]
     if args.json:
@@ -316,7 +321,7 @@ def _fill_mask(args) -> int:
 def _classify(args) -> int:
     from .api import LM
 
-    lm = LM.from_pretrained(args.model)
+    lm = LM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     if args.file:
         from .data.labeled import read_texts_for_prediction
         texts = read_texts_for_prediction(args.file, args.text_field)

@@ -7,12 +7,14 @@ from pathlib import Path
 from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import load_model
+import torch
 from torch import nn
 
 from ._version import __version__
 from .bundle import Bundle
 from .compress import save_weights
 from .config import ModelConfig, _describe_error
+from .devices import check_device, check_dtype
 from .errors import ModelDirError, shape_mismatch
 from .files import DamagedFileError, atomic_directory, verify_manifest, write_manifest
 from .models import build_model, count_parameters
@@ -74,14 +76,17 @@ def read_model_config(path: str | Path) -> tuple[ModelConfig, dict]:
             "invalid configuration", "unusable model settings").replace("\n  ", "\n  model.")) from None
 
 
-def load_model_dir(path: str | Path, device: str = "cpu") -> Bundle:
+def load_model_dir(path: str | Path, device: str = "cpu", dtype: str | torch.dtype | None = None) -> Bundle:
     """Load a Bundle (model, tokenizer, model config, config.json contents) from a model directory; a Hugging
-    Face checkpoint directory (gpt2, bert, llama) is converted in memory."""
+    Face checkpoint directory (gpt2, bert, llama) is converted in memory. `device` (auto, cpu, cuda, ...) and
+    `dtype` (float32, bfloat16, float16; None keeps the saved one) are checked before anything is read."""
     from .interop import is_hf_dir, load_hf_dir
 
+    device, dtype = str(check_device(device, "device")), check_dtype(dtype, "dtype")
     path = Path(path)
     if is_hf_dir(path):
-        return Bundle(*load_hf_dir(path, device))
+        model, *rest = load_hf_dir(path, device)
+        return Bundle(model.to(dtype=dtype) if dtype is not None else model, *rest)
     config, meta = read_model_config(path)
     model = build_model(config)
     if meta.get("compression"):  # LoRA, pruned, quantized: rebuild the structure the weights were saved from
@@ -104,7 +109,8 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> Bundle:
     tokenizer.eos_token = (meta.get("tokenizer") or {}).get("eos_token")
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelDirError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}")
-    return Bundle(model.to(device).eval(), tokenizer, config, meta)
+    model = model.to(device) if dtype is None else model.to(device, dtype)
+    return Bundle(model.eval(), tokenizer, config, meta)
 
 
 def check_weight_shapes(weights: Path, model: nn.Module, config: ModelConfig) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import load_model
-import torch
 from torch import nn
 
 from ._version import __version__

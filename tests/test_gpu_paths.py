@@ -68,8 +68,8 @@ def _train(corpus_file, tmp_path, steps=12, chunked=True, task_wrapper=None, **o
 
 
 def test_training_with_the_chunked_loss_gives_the_plain_losses_and_weights(tmp_path, corpus_file):
-    plain, plain_result, plain_log = _train(corpus_file, tmp_path / "a", chunked=False)
-    ours, result, log = _train(corpus_file, tmp_path / "b", chunked=True)
+    plain, _, plain_log = _train(corpus_file, tmp_path / "a", chunked=False)
+    ours, _, log = _train(corpus_file, tmp_path / "b", chunked=True)
     assert isinstance(make_task(ours, tmp_path / "c", progress=False), CausalLMTask)
     assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in plain_log], abs=1e-6)
     assert log[-1]["loss"] < log[0]["loss"]  # it learns

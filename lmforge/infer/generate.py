@@ -8,11 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..tokenizer import Tokenizer
 from ..preflight import available_memory
+from ..tokenizer import Tokenizer
 from .packed import packed_linears
 from .static import static_decoder, static_supported
-
 
 # outside these the scaled logits overflow float32 and sampling fails; no useful setting lies beyond them
 SCALE_RANGE = (1e-4, 1e4)

@@ -15,7 +15,7 @@ import weakref
 import torch
 
 # captured decoders per model: (batch, capacity, dtype, device, weight addresses) -> StaticDecoder
-_CAPTURED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_CAPTURED: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
 KEEP_PER_MODEL = 4
 
 

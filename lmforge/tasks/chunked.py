@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..train.kernels import matmul_nt  # oneDNN for float32 CPU products (2x MKL on AMD processors)
+from ..train.kernels import matmul_nt  # oneDNN for float32 CPU products (2x MKL on AMD)
 
 # logits held per block (elements): 2**27 float32 is 512 MiB, about 2,600 rows of a 50k vocabulary
 BLOCK_ELEMENTS = 1 << 27

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tokens import TokenWindows
-from .chunked import chunked_cross_entropy
 from ..infer.score import perplexity
+from .chunked import chunked_cross_entropy
 
 EVAL_SEED = 2**31 - 1
 

@@ -35,12 +35,12 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_its_gradients(smoothing
     ours_grads = torch.autograd.grad(ours * 1.5, (hidden, weight))
     plain = plain_cross_entropy(hidden, weight, targets, label_smoothing=smoothing)
     plain_grads = torch.autograd.grad(plain * 1.5, (hidden, weight))
-    assert abs(ours.item() - plain.item()) < 1e-12
+    assert abs(ours.item() - plain.item()) < 1e-10
     for a, b in zip(ours_grads, plain_grads):
-        assert torch.allclose(a, b, atol=1e-12, rtol=0)
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
     with torch.no_grad():  # evaluation: the loss alone, no gradients made
         assert abs(chunked_cross_entropy(hidden, weight, targets, label_smoothing=smoothing).item()
-                   - plain.item()) < 1e-12
+                   - plain.item()) < 1e-10
 
 
 def test_chunked_cross_entropy_under_bf16_autocast_matches_the_plain_one():

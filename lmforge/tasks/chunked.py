@@ -2,10 +2,10 @@
 
 The plain loss, `F.cross_entropy(lm_head(h).float(), targets)`, keeps the (tokens x vocab) logits, their float32
 copy and the float32 log-softmax for backward: at GPT-2's 16 x 1024 tokens and 50,304 words that is 1.6 GB in
-bfloat16 plus 2 x 3.3 GB in float32. Here each block of rows makes its logits, its loss and, when gradients are
-wanted, the gradients of the hidden states and of the head weight at once (d loss / d logits = softmax - target);
-backward only scales them. The same products as the plain loss (forward, input and weight gradient), so the same
-FLOPs; what is saved is memory and the passes over the float32 copies.
+bfloat16 plus 2 x 3.3 GB in float32, and makes about ten passes over them. Here each block of rows makes its
+logits, its loss and, when gradients are wanted, the gradients of the hidden states and of the head weight at
+once; backward only scales them. The same products as the plain loss (forward, input and weight gradient), so
+the same FLOPs; what is saved is memory and most of the passes over the float32 copies.
 """
 from __future__ import annotations
 
@@ -48,36 +48,45 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
 def _blocks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, smoothing: float,
             block_elements: int, want_grads: bool):
-    """The mean loss over the rows whose target is not IGNORE_INDEX; with want_grads its gradients too."""
+    """The mean loss over the rows whose target is not IGNORE_INDEX; with want_grads its gradients too.
+
+    d loss / d logits = softmax - (1 - s) one-hot - s / V (s: label smoothing), over the counted rows. Only the
+    softmax is made at block size (in the products' dtype, as the plain loss's gradient reaches them); the
+    one-hot and uniform parts touch one weight row per target and are applied exactly, in float32, to the small
+    hidden-state and weight gradients. Three passes over the block besides its products."""
     rows, vocab = hidden.size(0), weight.size(0)
+    wide = torch.promote_types(hidden.dtype, torch.float32)
     valid = targets != IGNORE_INDEX
-    count = valid.sum().clamp(min=1).to(torch.float32)
-    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    grad_hidden = torch.empty_like(hidden) if want_grads else None
-    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grads else None
+    count = valid.sum().clamp(min=1).to(wide)
+    scale = valid.to(wide) / count  # each counted row's share of the mean
+    total = torch.zeros((), dtype=wide, device=hidden.device)
+    grad_hidden = torch.empty(hidden.shape, dtype=wide, device=hidden.device) if want_grads else None
+    grad_weight = torch.zeros(weight.shape, dtype=wide, device=weight.device) if want_grads else None
+    uniform = weight.to(wide).sum(0) * (smoothing / vocab) if want_grads and smoothing else None
     step = _block_rows(vocab, block_elements)
     for start in range(0, rows, step):
-        h, t, keep = hidden[start:start + step], targets[start:start + step], valid[start:start + step]
-        logits = matmul_nt(h, weight).float()
-        log_z = torch.logsumexp(logits, dim=-1)
-        safe = t.clamp(min=0)
-        target_logit = logits.gather(1, safe[:, None]).squeeze(1)
-        loss = log_z - target_logit  # -log p(target)
+        h, t, share = hidden[start:start + step], targets[start:start + step].clamp(min=0), scale[start:start + step]
+        log_probs = torch.log_softmax(matmul_nt(h, weight), dim=-1, dtype=wide)
+        loss = -log_probs.gather(1, t[:, None]).squeeze(1)
         if smoothing:
-            loss = (1 - smoothing) * loss + smoothing * (log_z - logits.mean(-1))
-        total += torch.where(keep, loss, 0.0).sum()
+            loss = (1 - smoothing) * loss - smoothing * log_probs.mean(-1)
+        total += (loss * share).sum()
         if not want_grads:
             continue
-        # d loss / d logits = softmax - ((1 - s) one-hot + s / V), per valid row, over the valid count
-        grad = logits.sub_(log_z[:, None]).exp_()
+        probs = torch.exp(log_probs, out=torch.empty(log_probs.shape, dtype=hidden.dtype, device=hidden.device))
+        del log_probs
+        kept = h if bool(share.all()) else h * (share > 0)[:, None].to(h.dtype)
+        grad_weight += matmul_nt(probs.t(), kept.t()).to(wide).div_(count)
+        rows_grad = matmul_nt(probs, weight.t()).to(wide)
+        rows_grad -= (1 - smoothing) * weight.index_select(0, t).to(wide)
+        if uniform is not None:
+            rows_grad -= uniform
+        grad_hidden[start:start + step] = rows_grad * share[:, None]
+        h_share = h.to(wide) * share[:, None]
+        grad_weight.index_add_(0, t, h_share, alpha=-(1 - smoothing))
         if smoothing:
-            grad.sub_(smoothing / vocab)
-        grad.scatter_add_(1, safe[:, None], torch.full((h.size(0), 1), -(1 - smoothing), device=grad.device))
-        grad.mul_((keep.float() / count)[:, None])
-        grad = grad.to(hidden.dtype)
-        grad_hidden[start:start + step] = matmul_nt(grad, weight.t())
-        grad_weight += matmul_nt(grad.t(), h.t()).float()
-    return total / count, grad_hidden, grad_weight
+            grad_weight -= (smoothing / vocab) * h_share.sum(0)
+    return total, grad_hidden, grad_weight
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
@@ -94,5 +103,6 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
 def plain_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                         label_smoothing: float = 0.0) -> torch.Tensor:
     """The same loss the plain way (full logits, a float32 copy): the reference the chunked one is tested against."""
-    return F.cross_entropy(F.linear(hidden, weight).float(), targets, label_smoothing=label_smoothing,
-                           ignore_index=IGNORE_INDEX)
+    logits = F.linear(hidden, weight)
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets,
+                           label_smoothing=label_smoothing, ignore_index=IGNORE_INDEX)

@@ -390,11 +390,13 @@ def main() -> int:
     parser.add_argument("--nanogpt", help="a checkout of karpathy/nanoGPT (its train.py runs as the peer)")
     parser.add_argument("--dry-run", action="store_true",
                         help="CPU, toy sizes: every code path the GPU run takes, in well under a minute")
-    parser.add_argument("--rounds", type=int, default=2, help="alternations of every side (default 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternations of every side (default 2; 1 with "
+                                                                  "--dry-run)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the compiled runs")
     parser.add_argument("--skip", choices=["train", "generate"], action="append", default=[])
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
+    args.rounds = args.rounds or (1 if args.dry_run else 2)
     if args.dry_run:
         shape, device = TINY, torch.device("cpu")
     elif not torch.cuda.is_available():

@@ -172,7 +172,7 @@ def train_transformers(shape: Shape, device: torch.device) -> dict:
                         for k in ("ids", "targets"))
         with torch.autocast(device.type, dtype=torch.bfloat16):
             logits = model(ids).logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -12,6 +12,7 @@ from conftest import small_corpus
 from lmforge import LM
 from lmforge.cli import main
 from lmforge.config import build_config
+from lmforge.modeldir import load_model_dir
 from lmforge.tasks import make_task
 from lmforge.tasks.distill import DistillationTask, soft_loss
 
@@ -59,7 +60,7 @@ def _distill_task(student: LM, teacher, data, objective: str, work, temperature=
                         distill_alpha=alpha)
     raw["data"]["train" if objective == "classify" else "paths"] = str(data) if objective == "classify" else [str(data)]
     student.config = build_config(raw)
-    return make_task(student, work)
+    return make_task(student, work, teacher=load_model_dir(teacher))  # a task is handed its teacher
 
 
 CASES = [("clm", "gpt", "corpus"), ("mlm", "bert", "corpus"), ("classify", "classifier", "labeled")]

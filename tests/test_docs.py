@@ -2,6 +2,7 @@
 from the README, and (where MkDocs is installed) the site builds strictly."""
 from __future__ import annotations
 
+import importlib
 import re
 import shutil
 import subprocess
@@ -50,6 +51,36 @@ def test_every_page_is_on_the_readme_map():
     missing = [f"docs/{p.relative_to(DOCS).as_posix()}" for p in sorted(DOCS.rglob("*.md"))
                if p.name not in skip and f"docs/{p.relative_to(DOCS).as_posix()}" not in named]
     assert not missing, f"add these pages to README.md's manual table: {missing}"
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether `lmforge.a.b.name` is an importable module, or an attribute reached from the longest one."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(target, name):
+                return False
+            target = getattr(target, name)
+        return True
+    return False
+
+
+def test_python_names_and_repository_paths_in_the_manual_exist():
+    stale = []
+    for page in _pages():
+        text = page.read_text(encoding="utf-8")
+        names = set(re.findall(r"\blmforge(?:\.[A-Za-z_]\w*)+", text))
+        for module, imported in re.findall(r"\bfrom (lmforge(?:\.\w+)*) import ([\w, ]+)", text):
+            names |= {f"{module}.{name.strip()}" for name in imported.split(",") if name.strip()}
+        stale += [f"{page.name}: {name}" for name in sorted(names) if not _resolves(name)]
+        for path in set(re.findall(r"(?<![\w/.])((?:lmforge|benchmarks|configs|examples|tests)/[\w/.-]*\w)", text)):
+            if not (ROOT / path).exists():
+                stale.append(f"{page.name}: {path}")
+    assert not stale, f"the manual names things that do not exist (moved or renamed? update the page): {stale}"
 
 
 def test_results_page_is_the_benchmarks_file():

@@ -62,7 +62,7 @@ def is_encoder(model: Any) -> bool:
 
 def has_classifier(model: Any) -> bool:
     """Whether `model` carries a classification head right now (model.labels set when it was built)."""
-    return isinstance(model, Classifier) and getattr(model, "classifier", None) is not None
+    return model.classifier is not None  # every model has the attribute: None until model.labels is set
 
 
 def transformer_blocks(model: Any) -> nn.ModuleList | None:

@@ -67,4 +67,4 @@ def has_classifier(model: Any) -> bool:
 
 def transformer_blocks(model: Any) -> nn.ModuleList | None:
     """The Transformer blocks (`model.h`, each with `attn` and `mlp`), or None for the baselines (RNN, TextCNN)."""
-    return model.h if model.config.is_transformer else None
+    return model.h if getattr(model.config, "is_transformer", False) else None  # False for a foreign config

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import ConfigError
 from .files import read_toml
-from .models import ARCHS, CLASSIFIER, ENCODER
+from .models import ARCHS, CLASSIFIER, DECODER, ENCODER
 
 
 LABELED_OBJECTIVES = ("classify", "regress", "multilabel")  # objectives that read data.train, not data.paths
@@ -161,7 +161,7 @@ def check_baseline_keys(cfg: ModelConfig) -> None:
     """Fill an RNN's or TextCNN's defaults and reject keys that belong to another arch."""
     fields = type(cfg).model_fields
     foreign = [key for key in TRANSFORMER_KEYS if getattr(cfg, key) != fields[key].default]
-    rnn = cfg.arch != "textcnn"
+    rnn = ARCHS[cfg.arch].kind == DECODER  # the recurrent LMs; else TextCNN
     own = ("bptt",) if rnn else ("kernel_sizes", "n_filters", "batch_norm")
     foreign += [key for key in ("bptt", "kernel_sizes", "n_filters", "batch_norm") if key not in own
                 and getattr(cfg, key) is not None]

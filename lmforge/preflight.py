@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .config import Config, ConfigError
+from .models import CLASSIFIER, ENCODER, family_of
 
 GIB = 1 << 30
 # fp32 weights + gradients + AdamW's two moments
@@ -19,7 +20,7 @@ RECURRENT_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 def estimate_parameters(model, vocab_size: int) -> int:
     """Parameters of a model of ModelConfig `model` with `vocab_size` tokens (norms and biases left out)."""
     C = model.n_embd
-    if model.arch == "textcnn":
+    if family_of(model.arch).kind == CLASSIFIER:  # TextCNN
         return vocab_size * C + sum(model.kernel_sizes) * C * model.n_filters
     if model.arch in RECURRENT_GATES:  # input and recurrent matrices per gate, per layer
         return model.n_layer * RECURRENT_GATES[model.arch] * 2 * C * C + vocab_size * C * (1 if model.tie_embeddings else 2)
@@ -29,7 +30,7 @@ def estimate_parameters(model, vocab_size: int) -> int:
     embeddings = vocab_size * C * (1 if model.tie_embeddings else 2)
     if model.position == "learned":
         embeddings += model.block_size * C
-    if model.arch == "bert":
+    if family_of(model.arch).kind == ENCODER:
         embeddings += model.type_vocab_size * C + 2 * C * C  # segments, MLM transform and pooler
     return model.n_layer * (attention + mlp) + embeddings
 

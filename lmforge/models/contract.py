@@ -62,9 +62,9 @@ def is_encoder(model: Any) -> bool:
 
 def has_classifier(model: Any) -> bool:
     """Whether `model` carries a classification head right now (model.labels set when it was built)."""
-    return isinstance(model, Classifier) and getattr(model, "classifier", None) is not None
+    return model.classifier is not None  # every model has the attribute: None until model.labels is set
 
 
 def transformer_blocks(model: Any) -> nn.ModuleList | None:
     """The Transformer blocks (`model.h`, each with `attn` and `mlp`), or None for the baselines (RNN, TextCNN)."""
-    return model.h if model.config.is_transformer else None
+    return model.h if getattr(model.config, "is_transformer", False) else None  # False for a foreign config

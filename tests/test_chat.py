@@ -327,13 +327,13 @@ def test_lmforge_chat_as_a_person_uses_it_in_a_terminal(chat_dir):
 
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "30", command], check=True)
     try:
-        wait_for(lambda s: ">>> " in s and "/reset" in s)
+        wait_for(lambda s: ">>>" in s and "/reset" in s)  # capture-pane drops the prompt's trailing space
         subprocess.run(["tmux", "send-keys", "-t", session, "hi", "Enter"], check=True)
-        wait_for(lambda s: "hello there\n>>> " in s)
+        wait_for(lambda s: "hello there\n>>>" in s)
         subprocess.run(["tmux", "send-keys", "-t", session, "/reset", "Enter"], check=True)
         wait_for(lambda s: "(conversation forgotten)" in s)
         subprocess.run(["tmux", "send-keys", "-t", session, "bye", "Enter"], check=True)
-        wait_for(lambda s: "see you\n>>> " in s)
+        wait_for(lambda s: "see you\n>>>" in s)
         subprocess.run(["tmux", "send-keys", "-t", session, "C-d"], check=True)
         deadline = time.monotonic() + 30  # Ctrl-D ends the chat, and with it the session
         while subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode == 0:

@@ -117,7 +117,8 @@ class LM:
         """Write a Hugging Face directory that transformers' AutoModelFor* and AutoTokenizer load as it is."""
         from .interop import save_hf_dir
 
-        return save_hf_dir(path, self.model, self.tokenizer, self.config.model)
+        return save_hf_dir(path, self.model, self.tokenizer, self.config.model,
+                           chat_template=self.meta.get("chat_template"))
 
     def merge_lora(self) -> "LM":
         """Fold LoRA adapters (a train.lora run) into the weights: a plain model with the same outputs (1e-5)."""
@@ -250,6 +251,30 @@ class LM:
         outputs = generate(self.model, self.tokenizer, prompts, sampling, use_cache=use_cache,
                            on_text=on_text if stream and single else None)
         return outputs[0] if single else outputs
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The prompt the model's chat template (or the built-in ChatML one) makes of `messages`
+        ([{"role": ..., "content": ...}, ...]), as transformers' apply_chat_template(..., tokenize=False)."""
+        from .infer.chat import apply_chat_template
+
+        return apply_chat_template(self.tokenizer, self.meta, messages, add_generation_prompt=add_generation_prompt)
+
+    def chat(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+             stop: str | list[str] | tuple = (), seed: int | None = None, stream: bool = False) -> str:
+        """The assistant's reply to `messages`, ended at the template's end-of-turn token; greedy unless a
+        temperature is given. stream=True prints it as it comes."""
+        from .infer.chat import chat_reply
+        from .infer.generate import SamplingConfig
+
+        stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        sampling = SamplingConfig(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stops, seed)
+
+        def show(piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        return chat_reply(self.bundle, messages, sampling, on_text=show if stream else None).text
 
     def embed(self, texts: str | list[str], batch_size: int = 32, normalize: bool = True):
         """Mean-pooled final hidden states (N, n_embd) as a float tensor, unit length unless normalize=False."""

@@ -17,11 +17,11 @@ from .config import ModelConfig, describe_validation_error
 from .devices import check_device, check_dtype
 from .errors import ModelDirError, shape_mismatch
 from .files import DamagedFileError, atomic_directory, read_json, verify_manifest, write_manifest
+from .infer.chat_template import TEMPLATE_FILE
 from .models import build_model, count_parameters, family_of
 from .tokenizer import Tokenizer
 
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
-CHAT_TEMPLATE = "chat_template.jinja"  # the Jinja chat template (meta["chat_template"]), beside config.json
 
 
 def save_model_dir(path: str | Path, bundle: Bundle) -> Path:
@@ -38,9 +38,9 @@ def save_model_dir(path: str | Path, bundle: Bundle) -> Path:
         for role in ("eos_token", "bos_token", "pad_token"):
             if getattr(tokenizer, role, None) is not None:
                 meta["tokenizer"][role] = getattr(tokenizer, role)
-        template = meta.pop("chat_template", None)
+        template = meta.pop("chat_template", None)  # its own file, as Hugging Face writes it: readable, diffable
         if isinstance(template, str) and template:
-            (temp / CHAT_TEMPLATE).write_text(template, encoding="utf-8")
+            (temp / TEMPLATE_FILE).write_text(template, encoding="utf-8")
         (temp / "config.json").write_text(json.dumps(meta, indent=2))
         (temp / "README.md").write_text(model_card(model, tokenizer, config, info))
         write_manifest(temp)  # sizes and checksums: a damaged file is named on load, never used silently
@@ -116,8 +116,11 @@ def load_model_dir(path: str | Path, device: str = "cpu", dtype: str | torch.dty
     roles = meta.get("tokenizer") or {}
     tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token = (roles.get(r) for r in ("eos_token", "bos_token",
                                                                                             "pad_token"))
-    if (path / CHAT_TEMPLATE).is_file():
-        meta["chat_template"] = (path / CHAT_TEMPLATE).read_text(encoding="utf-8")
+    if (path / TEMPLATE_FILE).is_file():
+        try:
+            meta["chat_template"] = (path / TEMPLATE_FILE).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ModelDirError(f"'{path / TEMPLATE_FILE}' is not readable UTF-8 text: {error}") from None
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelDirError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}")
     model = model.to(device) if dtype is None else model.to(device, dtype)

@@ -20,13 +20,12 @@ WORD_PATTERN = r"(?i)\w+(?=n't\b)|n't\b|\w+(?:-\w+)*|'\w+|[^\w\s]"
 class Tokenizer:
     """Text <-> ids. Saved as a standard tokenizer.json that `tokenizers` (and transformers) can read."""
 
-    def __init__(self, backend: _Backend, eos_token: str | None = None):
+    def __init__(self, backend: _Backend, eos_token: str | None = None, bos_token: str | None = None):
         self.backend = backend
         # a checkpoint from elsewhere may end texts with its own token (Llama's "</s>"); saved in config.json
         self.eos_token = eos_token
-        # a GGUF or Hugging Face vocabulary may name its own begin-of-text and padding tokens (None: the defaults)
-        self.bos_token: str | None = None
-        self.pad_token: str | None = None
+        self.bos_token = bos_token  # the token chat templates write first ({{ bos_token }}), when the vocabulary has one
+        self.pad_token: str | None = None  # a GGUF or Hugging Face vocabulary may name its own padding token
         self.kind = {"WordLevel": "char", "BPE": "bpe", "WordPiece": "wordpiece"}.get(type(backend.model).__name__, "bpe")
         if self.kind == "char" and backend.model.unk_token == "[UNK]":  # the char kind's unknown is UNK_CHAR
             self.kind = "word"

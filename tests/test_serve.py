@@ -12,8 +12,6 @@ import torch
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from lmforge.serve.chat import ChatTemplate  # noqa: E402
-
 from serve_harness import live_server, tiny_lm  # noqa: E402
 
 PROMPTS = ["the cat", "a dog likes the", "my friend wants", "the old man sees the blue", "t"]
@@ -86,29 +84,54 @@ def test_streaming_gives_the_same_text_in_openai_chunks(gpt, server):
     assert chunks[-1].usage.completion_tokens == 30 and len(chunks) > 5
 
 
-def test_chat_uses_the_template_streamed_or_not(gpt, server):
-    url, _ = server
+def recording_prompts(app):
+    """Record the prompt ids of every generation the engine is given (the engine itself runs as always)."""
+    seen, submit = [], app.state.engine.submit
+
+    def record(job):
+        seen.extend(seq.prompt for seq in getattr(job, "sequences", ()))
+        return submit(job)
+
+    app.state.engine.submit = record
+    return seen
+
+
+def test_chat_goes_through_the_jinja_template_streamed_or_not(gpt, server):
+    url, app = server
     c = client(url)
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the cat"}]
-    prompt = ChatTemplate().render([("system", "be brief"), ("user", "the cat")])
-    expected = gpt.generate(prompt, max_new_tokens=20, temperature=0, stop=ChatTemplate().stop)
-    got = c.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0)
-    assert got.choices[0].message.content == expected and got.choices[0].message.role == "assistant"
-    stream = c.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0, stream=True)
-    pieces = [ch.choices[0].delta.content or "" for ch in stream]
-    assert "".join(pieces) == expected
+    seen = recording_prompts(app)
+    try:
+        prompt = gpt.apply_chat_template(messages)  # no template of its own: the built-in ChatML one
+        assert prompt == "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nthe cat<|im_end|>\n" \
+                         "<|im_start|>assistant\n"
+        expected = gpt.chat(messages, max_new_tokens=20)
+        got = c.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0)
+        assert got.choices[0].message.content == expected and got.choices[0].message.role == "assistant"
+        stream = c.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0, stream=True)
+        pieces = [ch.choices[0].delta.content or "" for ch in stream]
+        assert "".join(pieces) == expected
+        assert seen == [gpt.tokenizer.encode(prompt)] * 2  # the prompt the engine saw, both times
+    finally:
+        del app.state.engine.submit
 
 
-def test_chat_template_from_the_model_directory(tmp_path, gpt):
-    from lmforge.serve.chat import load_chat_template
-
-    (tmp_path / "chat_template.json").write_text(json.dumps(
-        {"user": "Q: {content}\n", "generation_prompt": "A:", "stop": ["\nQ:"]}))
-    template = load_chat_template(tmp_path)
-    assert template.render([("user", "hi")]) == "Q: hi\nA:" and template.stop == ("\nQ:",)
-    (tmp_path / "chat_template.json").write_text(json.dumps({"usr": "x"}))
-    with pytest.raises(ValueError, match="keys among"):
-        load_chat_template(tmp_path)
+def test_chat_uses_the_models_own_jinja_template(tmp_path):
+    lm = tiny_lm("gpt")
+    lm.meta["chat_template"] = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                                "{{ raise_exception('no system messages, please') }}{% endif %}"
+                                "{{ m['role'][0] | upper }}: {{ m['content'] }}\n{% endfor %}A:")
+    messages = [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "sees"},
+                {"role": "user", "content": "a dog"}]
+    with live_server(lm, max_batch=2) as (url, app, _):
+        seen = recording_prompts(app)
+        got = client(url).chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+        assert seen == [lm.tokenizer.encode("U: the cat\nA: sees\nU: a dog\nA:")]
+        assert got.choices[0].message.content == lm.chat(messages, max_new_tokens=12)
+        refused = httpx.post(url + "/v1/chat/completions", json={
+            "model": "tiny", "messages": [{"role": "system", "content": "hi"}, *messages]})
+        assert refused.status_code == 400
+        assert "refused the conversation: no system messages, please" in refused.json()["error"]["message"]
 
 
 def test_embeddings_are_mean_pooled_states_in_openai_shape(gpt, server):

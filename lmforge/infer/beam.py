@@ -2,6 +2,7 @@
 log-probability divided by length ** length_penalty, and stops only when no live beam can still win."""
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -37,8 +38,10 @@ def _reorder(cache, rows: torch.Tensor) -> None:
 
 @torch.no_grad()
 def beam_search(model, prompt: list[int], *, num_beams: int = 4, max_new_tokens: int = 50,
-                length_penalty: float = 1.0, eos_id: int | None = None, num_return: int = 1) -> list[Hypothesis]:
-    """The `num_return` best continuations of the token ids `prompt`, best first (KV cache, one prompt)."""
+                length_penalty: float = 1.0, eos_id: int | Collection[int] | None = None,
+                num_return: int = 1) -> list[Hypothesis]:
+    """The `num_return` best continuations of the token ids `prompt`, best first (KV cache, one prompt);
+    `eos_id` may be several end tokens (a chat template's end of turn and the end of text)."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if not 1 <= num_return <= num_beams:
@@ -54,6 +57,7 @@ def beam_search(model, prompt: list[int], *, num_beams: int = 4, max_new_tokens:
     if len(prompt) + max_new_tokens > context:
         raise ValueError(f"beam search keeps the whole sequence in the context: prompt of {len(prompt)} tokens + "
                          f"max_new_tokens {max_new_tokens} > block_size {context}; shorten one of them")
+    ends = {eos_id} if isinstance(eos_id, int) else set(eos_id or ())
     model.eval()
     param = next(model.parameters())
     cache = make_cache(model.config, 1, context, dtype=param.dtype, device=param.device)
@@ -71,7 +75,7 @@ def beam_search(model, prompt: list[int], *, num_beams: int = 4, max_new_tokens:
         for rank, (total, flat) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
             parent, token = divmod(flat, vocab)
             tokens = beams[parent][0]
-            if eos_id is not None and token == eos_id:
+            if token in ends:
                 if rank < num_beams:  # an end that is not among the best num_beams moves would never be chosen
                     finished.append(Hypothesis(tokens, total, _score(total, len(tokens) + 1, length_penalty), True))
                 continue

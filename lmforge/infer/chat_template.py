@@ -60,3 +60,51 @@ def render_chat(template: str, messages: list[dict], *, add_generation_prompt: b
         raise TemplateError(f"the chat template tried something the sandbox forbids: {error}") from None
     except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as error:
         raise TemplateError(f"the chat template failed while rendering: {type(error).__name__}: {error}") from None
+
+
+TEMPLATE_FILE = "chat_template.jinja"  # beside config.json in an lmforge model directory (and an HF export)
+
+# ChatML, for a model that ships no template (one made from scratch): the shape SmolLM2 and Qwen use
+DEFAULT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# tokens that end an assistant's turn in the templates people ship (ChatML, Llama 3, Phi-3, Gemma, Mistral/Llama 2)
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
+
+
+def template_of(meta: dict | None, *, default: bool = True) -> str | None:
+    """A bundle's chat template: `meta["chat_template"]` (from GGUF metadata, an HF directory or
+    chat_template.jinja), else the built-in ChatML DEFAULT_TEMPLATE (None with default=False)."""
+    found = (meta or {}).get("chat_template")
+    if isinstance(found, str) and found.strip():
+        return found
+    return DEFAULT_TEMPLATE if default else None
+
+
+def check_messages(messages) -> list[dict]:
+    """The conversation as a list of {"role": str, "content": str} dicts, or a ValueError saying what is wrong."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts, "
+                         f"got {messages!r:.120}")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
+                or not isinstance(message.get("content"), str):
+            raise ValueError(f"messages[{i}] must be a dict with a string 'role' and a string 'content', "
+                             f"got {message!r:.120}")
+        checked.append(dict(message))
+    return checked
+
+
+def end_of_turn_tokens(tokenizer, eos_token: str | None) -> list[str]:
+    """The tokens that end the assistant's turn: the tokenizer's end-of-text and every known end-of-turn token
+    its vocabulary holds as one token."""
+    found = [eos_token] if eos_token else []
+    for token in END_OF_TURN_TOKENS:
+        if token not in found and tokenizer.token_to_id(token) is not None:
+            found.append(token)
+    return found

@@ -71,11 +71,12 @@ def next_token(logits: torch.Tensor, history: torch.Tensor, history_mask: torch.
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
 
-def _encode_prompts(tokenizer: Tokenizer, prompts: list[str], context: int | None, reserve: int) -> list[list[int]]:
+def _encode_prompts(tokenizer: Tokenizer, prompts: list[str | list[int]], context: int | None,
+                    reserve: int) -> list[list[int]]:
     encoded = []
     limit = max(1, context - min(reserve, context // 2)) if context else None
     for prompt in prompts:
-        ids = tokenizer.encode(prompt)
+        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)  # text, or token ids as they are
         if not ids:
             if tokenizer.eos_id is None:
                 raise ValueError("empty prompt and the tokenizer has no end-of-text token to start from")
@@ -88,6 +89,15 @@ def _encode_prompts(tokenizer: Tokenizer, prompts: list[str], context: int | Non
     return encoded
 
 
+@dataclass
+class Continuation:
+    """What one prompt got: the text, its tokens (without the end token) and why it ended."""
+
+    text: str
+    tokens: list[int]
+    finish_reason: str  # "stop" (an end token or a stop string) or "length"
+
+
 def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfig, *, use_cache: bool = True,
              on_text: Callable[[int, str], None] | None = None, static: bool | None = None) -> list[str]:
     """Continue each prompt; returns the generated continuations (prompt not included).
@@ -98,6 +108,15 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
     it sees (`model.context_length`; None for a recurrent model, which carries its state on without limit).
     static: decode through a fixed-shape cache (infer/static.py; captured as a CUDA graph on a GPU); None: on CUDA.
     """
+    return [c.text for c in continue_prompts(model, tokenizer, prompts, cfg, use_cache=use_cache, on_text=on_text,
+                                             static=static)]
+
+
+def continue_prompts(model, tokenizer: Tokenizer, prompts: list[str | list[int]], cfg: SamplingConfig, *,
+                     use_cache: bool = True, on_text: Callable[[int, str], None] | None = None,
+                     end_ids: tuple[int, ...] | None = None, static: bool | None = None) -> list[Continuation]:
+    """`generate`, for prompts given as text or token ids, returning each Continuation's tokens and finish
+    reason; a row ends at any of `end_ids` (default: the tokenizer's end-of-text; none with cfg.ignore_eos)."""
     cfg.check()
     model.eval()
     param = next(model.parameters())
@@ -116,9 +135,12 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
     generator = None
     if cfg.seed is not None:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    eos = None if cfg.ignore_eos else tokenizer.eos_id
+    if end_ids is None:
+        end_ids = (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
+    ends = frozenset(() if cfg.ignore_eos else end_ids)
+    end_tensor = torch.tensor(sorted(ends), dtype=torch.long, device=device)
     # text is decoded as it comes only when someone reads it (streaming) or it can end the row (stop strings)
-    watcher = _TextWatcher(tokenizer, B, eos, cfg.stop, on_text) if on_text is not None or cfg.stop else None
+    watcher = _TextWatcher(tokenizer, B, ends, cfg.stop, on_text) if on_text is not None or cfg.stop else None
     static = use_cache and static_supported(model) and (device.type == "cuda" if static is None else static)
     feeder = _Feeder(model, tokens, mask, context, use_cache, padded=not bool(mask[:, :width].all()), static=static)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -132,8 +154,8 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
             if watcher is not None:
                 if watcher.add(choice.tolist()):
                     break
-            elif eos is not None:
-                finished |= choice == eos
+            elif ends:
+                finished |= torch.isin(choice, end_tensor)
                 # the check costs a device sync: every 8 steps (a finished row's extra tokens are cut below)
                 if (end - width) % 8 == 7 and bool(finished.all()):
                     break
@@ -141,12 +163,12 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
             end = width + cfg.max_new_tokens - 1
     if watcher is not None:
         return watcher.final()
-    texts = []
+    found = []
     for row in tokens[:, width:end + 1].tolist():
-        if eos is not None and eos in row:
-            row = row[:row.index(eos)]
-        texts.append(tokenizer.decode(row))
-    return texts
+        cut = next((i for i, token in enumerate(row) if token in ends), None)
+        row = row if cut is None else row[:cut]
+        found.append(Continuation(tokenizer.decode(row), row, "length" if cut is None else "stop"))
+    return found
 
 
 # bytes per generated token and row beyond the device buffers (a token id and its mask byte): the Python list
@@ -236,9 +258,9 @@ class _Feeder:
 class _TextWatcher:
     """Decodes each row's new tokens as they come: streams the new text, ends rows at end-of-text or a stop."""
 
-    def __init__(self, tokenizer: Tokenizer, rows: int, eos: int | None, stop: tuple[str, ...],
+    def __init__(self, tokenizer: Tokenizer, rows: int, ends: frozenset[int], stop: tuple[str, ...],
                  on_text: Callable[[int, str], None] | None):
-        self.tokenizer, self.eos, self.stop, self.on_text = tokenizer, eos, stop, on_text
+        self.tokenizer, self.ends, self.stop, self.on_text = tokenizer, ends, stop, on_text
         self.generated: list[list[int]] = [[] for _ in range(rows)]
         self.texts, self.done = [""] * rows, [False] * rows
 
@@ -247,7 +269,7 @@ class _TextWatcher:
         for i, token in enumerate(choice):
             if self.done[i]:
                 continue
-            if self.eos is not None and token == self.eos:
+            if token in self.ends:
                 self.done[i] = True
                 continue
             self.generated[i].append(token)
@@ -263,7 +285,7 @@ class _TextWatcher:
             self.texts[i] = text
         return all(self.done)
 
-    def final(self) -> list[str]:
-        """Each row's text (a row cut short keeps its decoded tokens)."""
-        return [text if done else self.tokenizer.decode(ids)
+    def final(self) -> list[Continuation]:
+        """Each row's Continuation (a row cut short keeps its decoded tokens)."""
+        return [Continuation(text if done else self.tokenizer.decode(ids), ids, "stop" if done else "length")
                 for text, done, ids in zip(self.texts, self.done, self.generated)]

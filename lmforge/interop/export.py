@@ -16,9 +16,11 @@ from .families import CONCAT, FOR_ARCH, TRANSPOSE, Pair
 from .hf_tokenizer import save_hf_tokenizer
 
 
-def save_hf_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, cfg: ModelConfig) -> Path:
-    """Write config.json, model.safetensors, the tokenizer files and (decoders) generation_config.json, all at
-    once: a model Hugging Face cannot express is refused before anything is written."""
+def save_hf_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, cfg: ModelConfig, *,
+                chat_template: str | None = None) -> Path:
+    """Write config.json, model.safetensors, the tokenizer files (with the chat template, when given) and
+    (decoders) generation_config.json, all at once: a model Hugging Face cannot express is refused before
+    anything is written."""
     path = Path(path)
     if cfg.layer_heads or cfg.layer_intermediate:  # Hugging Face configs have one head count and MLP width
         raise ValueError(f"a model whose heads or MLP neurons were pruned has sizes that differ per layer "
@@ -46,7 +48,7 @@ def save_hf_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, cfg: M
         hf_config.update(id2label={str(i): name for i, name in enumerate(cfg.labels)},
                          label2id={name: i for i, name in enumerate(cfg.labels)})
     with atomic_directory(path) as temp:
-        ids = save_hf_tokenizer(tokenizer, temp, cfg.block_size)
+        ids = save_hf_tokenizer(tokenizer, temp, cfg.block_size, chat_template)
         special = {f"{role.removesuffix('_token')}_token_id": ids.get(role) for role in ("bos_token", "eos_token", "pad_token")}
         hf_config.update({k: v for k, v in special.items() if v is not None})
         save_file(tensors, str(temp / "model.safetensors"), metadata={"format": "pt"})

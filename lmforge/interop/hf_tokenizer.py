@@ -36,7 +36,34 @@ def load_hf_tokenizer(root: Path, hf: dict) -> Tokenizer:
     tokenizer = Tokenizer(backend)
     if eos is not None and eos not in (EOS, "[SEP]") and backend.token_to_id(eos) is not None:
         tokenizer.eos_token = eos
+    bos = special_token(settings.get("bos_token"))
+    if bos is None and isinstance(hf.get("bos_token_id"), int):
+        bos = backend.id_to_token(hf["bos_token_id"])
+    if bos is not None and backend.token_to_id(bos) is not None:
+        tokenizer.bos_token = bos
     return tokenizer
+
+
+def load_hf_chat_template(root: Path) -> str | None:
+    """The checkpoint's chat template: chat_template.jinja (newer transformers write it), else
+    tokenizer_config.json's `chat_template` (a string, or a list of named templates: "default" is taken)."""
+    jinja = root / "chat_template.jinja"
+    if jinja.is_file():
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ModelDirError(f"'{jinja}' is not readable UTF-8 text: {error}") from None
+    config = root / "tokenizer_config.json"
+    found = read_json(config).get("chat_template") if config.is_file() else None
+    if isinstance(found, list):
+        named = {entry.get("name"): entry.get("template") for entry in found if isinstance(entry, dict)}
+        if "default" not in named:
+            raise ModelDirError(f"'{config}' has named chat templates {sorted(map(str, named))} but no 'default' one")
+        found = named["default"]
+    if found is not None and not isinstance(found, str):
+        raise ModelDirError(f"'{config}': chat_template must be a string or a list of {{name, template}} objects, "
+                            f"got {type(found).__name__}")
+    return found or None
 
 
 def special_token(value) -> str | None:
@@ -93,6 +120,9 @@ def special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
     eos = tokenizer.eos_token or EOS
     if tokenizer.token_to_id(eos) is not None:
         found.update(bos_token=eos, eos_token=eos, pad_token=eos)
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos is not None and tokenizer.token_to_id(bos) is not None:
+        found["bos_token"] = bos
     if tokenizer.token_to_id("<|unk|>") is not None:
         found["unk_token"] = "<|unk|>"
     if tokenizer.kind == "word":  # whole words have their own padding and unknown-word tokens
@@ -100,12 +130,17 @@ def special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
     return found
 
 
-def save_hf_tokenizer(tokenizer: Tokenizer, directory: Path, max_length: int) -> dict[str, int]:
-    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json; return role -> id."""
+def save_hf_tokenizer(tokenizer: Tokenizer, directory: Path, max_length: int,
+                      chat_template: str | None = None) -> dict[str, int]:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (and the chat template, in
+    tokenizer_config.json and as chat_template.jinja); return role -> id."""
     tokenizer.save(directory / "tokenizer.json")
     specials = special_tokens(tokenizer)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
               "clean_up_tokenization_spaces": False, **specials}
+    if chat_template:  # older transformers read it from tokenizer_config.json, newer from chat_template.jinja
+        config["chat_template"] = chat_template
+        atomic_write_text(directory / "chat_template.jinja", chat_template)
     atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
     atomic_write_text(directory / "special_tokens_map.json", json.dumps(specials, indent=2, ensure_ascii=False))
     return {role: tokenizer.token_to_id(token) for role, token in specials.items()}

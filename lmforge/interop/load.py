@@ -15,7 +15,7 @@ from ..errors import ModelDirError, shape_mismatch
 from ..models import ENCODER, build_model, family_of
 from ..tokenizer import Tokenizer
 from .families import CONCAT, TRANSPOSE, Family, Pair, family
-from .hf_tokenizer import load_hf_tokenizer
+from .hf_tokenizer import load_hf_chat_template, load_hf_tokenizer
 from .weights import has_weights, model_root, read_json, read_weights
 
 
@@ -75,6 +75,9 @@ def load_hf_dir(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Token
                             f"vocab_size is {cfg.vocab_size}")
     info = {"name": path.resolve().name, "source": {"format": "huggingface", "model_type": fam.model_type,
                                                      "architectures": hf.get("architectures") or []}}
+    template = load_hf_chat_template(root)
+    if template:
+        info["chat_template"] = template
     return model.to(device).eval(), tokenizer, cfg, info
 
 

@@ -17,8 +17,9 @@ def require_serve_packages() -> None:
                                   f"install them with: {INSTALL_HINT}")
 
 
-def create_app(lm, options=None, chat_template=None):
-    """The FastAPI app serving `lm` (see lmforge.serve.app.create_app)."""
+def create_app(lm, options=None, chat_template: str | None = None):
+    """The FastAPI app serving `lm` (see lmforge.serve.app.create_app); `chat_template` (Jinja) overrides the
+    model's own."""
     require_serve_packages()
     from .app import create_app as _create_app
 
@@ -36,12 +37,11 @@ def serve(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model_na
 
     from ..api import LM
     from .app import ServerOptions
-    from .chat import load_chat_template
 
     lm = LM.from_pretrained(model_dir, device=device)
     path = Path(model_dir).resolve()
     name = model_name or (path.parent.name if path.name in ("final", "best") else path.name)
     options = ServerOptions(model_name=name, max_batch=max_batch, max_queue=max_queue, api_key=api_key,
                             timeout=timeout, max_tokens=max_tokens)
-    app = create_app(lm, options, load_chat_template(model_dir))
+    app = create_app(lm, options)  # chat renders through the model's own template (or the built-in ChatML one)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(timeout) + 5)

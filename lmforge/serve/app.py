@@ -18,10 +18,11 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..infer.beam import beam_search, cut_at_stop
+from ..infer.chat import chat_prompt
+from ..infer.chat_template import TemplateError
 from ..infer.embed import embed_ids, encode_for_embedding
 from ..infer.generate import SamplingConfig
 from ..models.contract import is_decoder
-from .chat import ChatTemplate
 from .engine import Call, Engine, Generation, QueueFull, Sequence
 from .errors import APIError
 from .metrics import CountRequests, Metrics
@@ -54,10 +55,10 @@ class _BodiesAreJson:
         await self.app(scope, receive, send)
 
 
-def create_app(lm, options: ServerOptions | None = None, chat_template: ChatTemplate | None = None) -> FastAPI:
-    """The FastAPI app serving `lm`; the engine thread starts and stops with the app's lifespan."""
+def create_app(lm, options: ServerOptions | None = None, chat_template: str | None = None) -> FastAPI:
+    """The FastAPI app serving `lm`; the engine thread starts and stops with the app's lifespan. Chat renders
+    through `chat_template` (Jinja) when given, else the model's own, else the built-in ChatML one."""
     options = options or ServerOptions()
-    template = chat_template or ChatTemplate()
     metrics = Metrics()
     engine = Engine(lm, max_batch=options.max_batch, max_queue=options.max_queue, metrics=metrics)
     model, tokenizer = lm.model, lm.tokenizer
@@ -197,13 +198,19 @@ def create_app(lm, options: ServerOptions | None = None, chat_template: ChatTemp
     def token_text(token: int) -> str:
         return tokenizer.decode([token], skip_special_tokens=False)
 
-    async def beam_choices(body: Sampling, prompts: list[list[int]], max_tokens: int, stops) -> list[dict]:
+    def ends_of(body: Sampling, end_ids: tuple[int, ...] | None) -> tuple[int, ...]:
+        if body.ignore_eos:
+            return ()
+        return end_ids if end_ids is not None else ((tokenizer.eos_id,) if tokenizer.eos_id is not None else ())
+
+    async def beam_choices(body: Sampling, prompts: list[list[int]], max_tokens: int, stops,
+                           end_ids: tuple[int, ...] | None = None) -> list[dict]:
         def work():
             found = []
             for ids in prompts:
                 beams = beam_search(model, ids, num_beams=body.num_beams, max_new_tokens=max_tokens,
-                                    length_penalty=body.length_penalty,
-                                    eos_id=None if body.ignore_eos else tokenizer.eos_id, num_return=body.n)
+                                    length_penalty=body.length_penalty, eos_id=ends_of(body, end_ids),
+                                    num_return=body.n)
                 for hyp in beams:
                     text = tokenizer.decode(hyp.tokens)
                     cut = cut_at_stop(text, stops)
@@ -214,7 +221,8 @@ def create_app(lm, options: ServerOptions | None = None, chat_template: ChatTemp
         return await run_call(work)
 
     def start_generation(body: Sampling, prompts: list[list[int]], max_tokens: int, stops, top_logprobs: int | None,
-                         loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> Generation:
+                         loop: asyncio.AbstractEventLoop, queue: asyncio.Queue,
+                         end_ids: tuple[int, ...] | None = None) -> Generation:
         sequences = []
         for p, ids in enumerate(prompts):
             for j in range(body.n):
@@ -225,7 +233,7 @@ def create_app(lm, options: ServerOptions | None = None, chat_template: ChatTemp
         for seq in sequences:
             seq.sampling.check()
         generation = Generation(sequences, lambda event: loop.call_soon_threadsafe(queue.put_nowait, event),
-                                eos_id=None if body.ignore_eos else tokenizer.eos_id, top_logprobs=top_logprobs,
+                                end_ids=ends_of(body, end_ids), top_logprobs=top_logprobs,
                                 timeout=options.timeout, decode=tokenizer.decode)
         try:
             engine.submit(generation)
@@ -366,13 +374,17 @@ def create_app(lm, options: ServerOptions | None = None, chat_template: ChatTemp
         messages = []
         for m in body.messages:
             content = m.content if isinstance(m.content, str) else "".join(p.text for p in m.content or [])
-            messages.append((m.role, content))
-        prompt = encode_prompt(template.render(messages), "messages")
+            messages.append({"role": m.role, "content": content})
+        try:
+            prompt, form = chat_prompt(lm.bundle, messages, chat_template)
+        except TemplateError as error:  # e.g. a template that insists user and assistant alternate
+            raise APIError(400, str(error), param="messages") from None
+        prompt = encode_prompt(prompt, "messages")
         max_tokens = plan(body, [prompt], None, "messages")
-        stops = stops_of(body, template.stop)
+        stops = stops_of(body, form.end_texts)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.num_beams > 1:
-            found = await beam_choices(body, [prompt], max_tokens, stops)
+            found = await beam_choices(body, [prompt], max_tokens, stops, form.end_ids)
             completion = sum(c["tokens"] for c in found)
             return {"id": rid, "object": "chat.completion", "created": now, "model": options.model_name,
                     "choices": [{"index": i, "message": {"role": "assistant", "content": c["text"]},
@@ -381,7 +393,7 @@ def create_app(lm, options: ServerOptions | None = None, chat_template: ChatTemp
                               "total_tokens": len(prompt) + completion}}
         top = (body.top_logprobs or 0) if body.logprobs else None
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-        generation = start_generation(body, [prompt], max_tokens, stops, top, loop, queue)
+        generation = start_generation(body, [prompt], max_tokens, stops, top, loop, queue, form.end_ids)
 
         def chunk(index, text, reason, entries):
             delta = {"content": text} if text or reason is None else {}

@@ -45,9 +45,9 @@ class Generation:
     ("error", http status, message).
     """
 
-    def __init__(self, sequences: list[Sequence], emit: Callable[[tuple], None], *, eos_id: int | None,
+    def __init__(self, sequences: list[Sequence], emit: Callable[[tuple], None], *, end_ids: tuple[int, ...],
                  top_logprobs: int | None, timeout: float, decode: Callable[[list[int]], str]):
-        self.sequences, self.emit, self.eos_id = sequences, emit, eos_id
+        self.sequences, self.emit, self.end_ids = sequences, emit, frozenset(end_ids)  # tokens that end a sequence
         self.top_logprobs, self.decode = top_logprobs, decode
         self.submitted = time.monotonic()
         self.deadline = self.submitted + timeout
@@ -247,7 +247,7 @@ class Engine:
             seq.logprobs.append({"token": token, "logprob": float(logprobs[token]),
                                  "top": list(zip(top.indices.tolist(), top.values.tolist()))})
         self.metrics.generated_tokens += 1
-        ended = generation.eos_id is not None and token == generation.eos_id
+        ended = token in generation.end_ids
         if not ended:
             seq.tokens.append(token)
         text = generation.decode(seq.tokens)

@@ -116,7 +116,7 @@ class LM:
         """Write a Hugging Face directory that transformers' AutoModelFor* and AutoTokenizer load as it is."""
         from .interop import save_hf_dir
 
-        return save_hf_dir(path, self.model, self.tokenizer, self.config.model)
+        return save_hf_dir(path, self.model, self.tokenizer, self.config.model, self.meta)
 
     def merge_lora(self) -> "LM":
         """Fold LoRA adapters (a train.lora run) into the weights: a plain model with the same outputs (1e-5)."""
@@ -406,6 +406,9 @@ def make_tokenizer(config: Config) -> Tokenizer:
     if config.train.distill_teacher:  # a distilled student reads and writes its teacher's tokens
         from .tasks.distill import teacher_tokenizer
         return teacher_tokenizer(config.train.distill_teacher)
+    if config.train.objective == "sft":
+        raise ConfigError("objective 'sft' fine-tunes a pretrained decoder: set model.init to a model directory or "
+                          "GGUF file (its tokenizer and chat template are used)")
     if config.train.objective in LABELED_OBJECTIVES and config.data.train and not config.data.paths:
         from .data.labeled import iter_labeled_texts
         texts = iter_labeled_texts(config.data)

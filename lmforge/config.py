@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import ConfigError
 
 
-LABELED_OBJECTIVES = ("classify", "regress", "multilabel")  # objectives that read data.train, not data.paths
+# objectives that read data.train (labeled rows; conversations for sft), not data.paths
+LABELED_OBJECTIVES = ("classify", "regress", "multilabel", "sft")
 
 
 MAX_VOCAB = 1 << 21  # far above any real vocabulary (the largest in use hold ~256k tokens)
@@ -237,9 +238,10 @@ class LoRAConfig(Section):
 class TrainConfig(Section):
     """Optimisation, schedule, evaluation and checkpointing."""
 
-    objective: Literal["clm", "mlm", "classify", "regress", "multilabel"] | None = Field(
+    objective: Literal["clm", "mlm", "classify", "regress", "multilabel", "sft"] | None = Field(
         None, description="default: clm for decoders, mlm for bert; 'regress' predicts a number (data.label_field), "
-                          "'multilabel' a set of tags ('a;b' or a JSON list per row)")
+                          "'multilabel' a set of tags ('a;b' or a JSON list per row); 'sft' instruction-tunes a "
+                          "decoder on conversations (data.train, JSONL), loss on the assistant's tokens only")
     max_steps: int = Field(1000, ge=0)
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -336,6 +338,8 @@ class Config(Section):
                              f"'{self.train.objective}'")
         if bert and self.train.objective == "clm":
             raise ValueError("arch 'bert' is an encoder: use train.objective 'mlm' or 'classify', not 'clm'")
+        if self.train.objective == "sft" and (bert or cnn):
+            raise ValueError(f"objective 'sft' tunes a decoder (gpt, llama); arch '{self.model.arch}' is not one")
         if not bert and self.train.objective == "mlm":
             raise ValueError(f"arch '{self.model.arch}' is a decoder: use train.objective 'clm' or 'classify', not 'mlm'")
         labeled = self.train.objective in LABELED_OBJECTIVES

@@ -123,6 +123,7 @@ def test_a_template_of_the_model_with_bpe_marks_the_replies(tmp_path):
         elif current:
             runs.append(tokenizer.decode(current, skip_special_tokens=False))
             current = []
+    runs += [tokenizer.decode(current, skip_special_tokens=False)] if current else []
     assert runs == [" Paris is the capital.<|endoftext|>\n", " the capital.<|endoftext|>\n"]
     assert end_of_turn(template, tokenizer) == "<|endoftext|>"
     assert end_of_turn(DEFAULT_CHAT_TEMPLATE, tokenizer) is None  # no <|im_end|> token in this vocabulary
@@ -210,22 +211,31 @@ def greedy_reply(lm: LM, messages: list[dict], limit: int = 12) -> str:
     return lm.tokenizer.decode(out)
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_a_tiny_model_learns_a_toy_instruction_set(tmp_path, lora):
+def test_a_tiny_model_learns_a_toy_instruction_set(tmp_path):
     lm = tiny_lm(tmp_path, n_embd=64, n_head=4)
     rows = toy_rows()
     path = write_jsonl(tmp_path / "toy.jsonl", rows)
-    options = dict(max_steps=150, batch_size=8, lr=1e-2 if lora else 3e-3, warmup_steps=10, eval_every=0,
-                   log_every=10, progress=False, weight_decay=0.0)
-    if lora:
-        options["lora"] = {"rank": 16, "alpha": 32.0}
     losses = []
-    result = lm.fit(path, objective="sft", hooks=[lambda step, r: losses.append(r["loss"])], **options)
+    result = lm.fit(path, objective="sft", max_steps=150, batch_size=8, lr=3e-3, warmup_steps=10, eval_every=0,
+                    log_every=10, progress=False, weight_decay=0.0, hooks=[lambda step, r: losses.append(r["loss"])])
     assert result.step == 150 and losses[-1] < losses[0] / 5
     lm.model.eval()
     replies = [greedy_reply(lm, row["messages"][:1]) for row in rows]
-    right = sum(reply == row["messages"][1]["content"] for reply, row in zip(replies, rows))
-    assert right >= (6 if lora else 8), replies
+    assert replies == [row["messages"][1]["content"] for row in rows]  # each answer, then <|im_end|>
+
+
+def test_lora_sft_trains_the_adapters_only(tmp_path):
+    lm = tiny_lm(tmp_path, n_embd=64, n_head=4)
+    path = write_jsonl(tmp_path / "toy.jsonl", toy_rows())
+    base = {name: p.detach().clone() for name, p in lm.model.named_parameters()}
+    losses = []
+    lm.fit(path, objective="sft", max_steps=200, batch_size=8, lr=2e-2, warmup_steps=10, eval_every=0, log_every=10,
+           progress=False, weight_decay=0.0, lora={"rank": 16, "alpha": 64.0},
+           hooks=[lambda step, r: losses.append(r["loss"])])
+    assert losses[-1] < losses[0] / 2  # adapters on a random tiny base: slower than full tuning, but learning
+    for name, p in lm.model.named_parameters():  # LoRA layers keep their base's parameter names
+        if "lora_" not in name:
+            assert torch.equal(p, base[name]), name
 
 
 def test_the_sft_model_saves_and_exports_its_chat_files(tmp_path):

@@ -41,8 +41,10 @@ def _turns(row: dict, shape: str, where: str) -> list[dict]:
         instruction = _text(row["instruction"], where, "'instruction'")
         extra = _text(row.get("input") or "", where, "'input'")
         prompt = f"{instruction}\n\n{extra}" if extra else instruction
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(row["output"], where, "'output'")}]
-    key, role_key, text_key = ("messages", "role", "content") if shape == "messages" else ("conversations", "from", "value")
+        reply = _text(row["output"], where, "'output'")
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+    openai = shape == "messages"
+    key, role_key, text_key = ("messages", "role", "content") if openai else ("conversations", "from", "value")
     turns = row[key]
     if not isinstance(turns, list) or not turns:
         raise DataError(f"{where}: '{key}' must be a non-empty list of turns, got {turns!r:.60}")
@@ -96,7 +98,8 @@ def read_conversations(path: str | Path, limit: int | None = None) -> tuple[str,
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise DataError(f"{where}: not valid JSON ({error.msg}); a chat file has one JSON object a line") from None
+                raise DataError(f"{where}: not valid JSON ({error.msg}); a chat file has one JSON object a "
+                                "line") from None
             shape, messages = parse_conversation(row, shape, where)
             conversations.append(messages)
             if limit is not None and len(conversations) >= limit:

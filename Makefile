@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,5 +29,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_shakespeare.py $(if $(NANOGPT),--nanogpt $(NANOGPT) --bf16)
 
+# the manual in docs/ as a site in site/; --strict: a broken link or heading, or a stale API name, fails
+docs: $(STAMP)
+	$(PY) -m pip install -qq -e '.[docs]'
+	$(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

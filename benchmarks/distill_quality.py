@@ -25,7 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, shared_file  # noqa: E402
 
-from lmforge.api import LM, train_from_config  # noqa: E402
+from lmforge.api import LM  # noqa: E402
+
+from lmforge.app.training import train_from_config
 from lmforge.config import load_config  # noqa: E402
 from lmforge.data.tokens import TokenWindows, build_token_file, open_tokens  # noqa: E402
 from lmforge.infer.score import score_tokens  # noqa: E402

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED  # noqa: E402
 
-from lmforge.audit.memorization import memorization_audit  # noqa: E402
+from lmforge.app.workflows.memorization import memorization_audit  # noqa: E402
 from lmforge.config import build_config  # noqa: E402
 
 

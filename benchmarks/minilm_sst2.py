@@ -206,7 +206,7 @@ def main() -> int:
 
 
 def write_results(result: dict) -> None:
-    """One section of benchmarks/RESULTS.md per (task, full or LoRA): the numbers the README quotes."""
+    """One section of benchmarks/RESULTS.md per (task, full or LoRA): the numbers docs/lora.md quotes."""
     from results import machine, write_section
 
     kind = f"LoRA rank {result['lora_rank']}" if result["lora_rank"] else "full fine-tuning"

@@ -31,7 +31,7 @@ from common import shared_file  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 from lmforge.api import LM  # noqa: E402
-from lmforge.compress.prune import prune  # noqa: E402
+from lmforge.app.workflows.prune import prune  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "prune_quality.json"
 

@@ -32,7 +32,7 @@ def held_out(folder: Path, chars: int | None) -> Path:
 
 
 def compare(paths: list[Path], data: Path, rounds: int, batch_size: int) -> tuple[list[dict], str]:
-    from lmforge.compare.models import compare_dirs, format_table
+    from lmforge.app.workflows.compare import compare_dirs, format_table
 
     rows = compare_dirs([str(p) for p in paths], str(data), batch_size=batch_size, rounds=rounds, new_tokens=64)
     for row, path in zip(rows, paths):  # short names in the table, not temporary paths
@@ -41,7 +41,7 @@ def compare(paths: list[Path], data: Path, rounds: int, batch_size: int) -> tupl
 
 
 def quantized_copies(source: Path, folder: Path) -> list[Path]:
-    from lmforge.compress.quantize import quantize_dir
+    from lmforge.app.workflows.quantize import quantize_dir
 
     paths = [source]
     for method in ("dynamic-int8", "weight-int8"):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from encoder_quality import DATA, read_labeled_lines, write_csv
-from lmforge.api import train_from_config
+from lmforge.app.training import train_from_config
 from lmforge.config import load_config
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "textcnn.toml"

@@ -13,11 +13,11 @@ from .bundle import Bundle
 from .config import LABELED_OBJECTIVES, Config, ConfigError, ModelConfig, build_config, to_toml
 from .data.corpus import iter_texts
 from .files import atomic_write_text
-from .modeldir import load_model_dir, save_model_dir
-from .preflight import check_fits, check_run_dir
+from .modeldir import load_model_dir, read_tokenizer, save_model_dir
+from .preflight import check_fits
 from .models import build_model, count_parameters
 from .tokenizer import Tokenizer
-from .train.checkpoint import find_resumable, list_checkpoints
+from .train.checkpoint import find_resumable
 from .train.trainer import RunDir, TrainResult, train
 
 # model fields that may differ between a checkpoint and the config that resumes or fine-tunes it
@@ -61,7 +61,7 @@ class LM:
             # a fine-tuning may choose its own pooling; every other set architecture key must match
             wanted_pooling = config.model.pooling if "pooling" in config.model.model_fields_set else None
             # the pretrained model decides the architecture: a recipe's sizes (configs/classify.toml's) give way
-            ignored = _model_diffs(base.config.model, config.model, free={"pooling", "classifier_bias"})
+            ignored = model_diffs(base.config.model, config.model, free={"pooling", "classifier_bias"})
             if ignored:
                 import warnings
                 warnings.warn(f"model.init={config.model.init} decides the architecture; ignoring the config's "
@@ -180,7 +180,7 @@ class LM:
         prepare_lora(self)  # train.lora: adapters on (a bad one is refused before any data is written)
         with tempfile.TemporaryDirectory(prefix="lmforge-") as scratch:
             work = Path(run_dir) if run_dir is not None else Path(scratch)
-            task = make_task(self, work, progress=progress)
+            task = make_task(self, work, progress=progress, teacher=_teacher(cfg))
             if cfg.patience and not task.can_evaluate:
                 raise ConfigError(f"train.patience={cfg.patience} needs validation data, but this task has none "
                                   "(the validation split is too short to evaluate); add data or set train.patience=0")
@@ -382,6 +382,20 @@ class LM:
                 f"parameters={count_parameters(self.model):,}, tokenizer={self.tokenizer!r})")
 
 
+def _teacher(cfg) -> Bundle | None:
+    """The frozen teacher of train.distill_teacher, loaded for the task that is handed it (None without one)."""
+    if not cfg.distill_teacher:
+        return None
+    from .tasks.distill import check_objective, missing_teacher
+
+    check_objective(cfg.objective)
+    path = Path(cfg.distill_teacher)
+    if not path.exists():
+        raise missing_teacher(path)
+    with torch.random.fork_rng(devices=[]):  # building the teacher draws initial weights; leave the run's RNG be
+        return load_model_dir(path)
+
+
 def _check_batch_size(batch_size: int) -> None:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a whole number >= 1, got {batch_size!r}")
@@ -404,8 +418,10 @@ def make_tokenizer(config: Config) -> Tokenizer:
     if tok.path:
         return Tokenizer.load(tok.path)
     if config.train.distill_teacher:  # a distilled student reads and writes its teacher's tokens
-        from .tasks.distill import teacher_tokenizer
-        return teacher_tokenizer(config.train.distill_teacher)
+        from .tasks.distill import missing_teacher
+        if not Path(config.train.distill_teacher).exists():
+            raise missing_teacher(Path(config.train.distill_teacher))
+        return read_tokenizer(config.train.distill_teacher)
     if config.train.objective == "sft":
         raise ConfigError("objective 'sft' fine-tunes a pretrained decoder: set model.init to a model directory or "
                           "GGUF file (its tokenizer and chat template are used)")
@@ -420,41 +436,8 @@ def make_tokenizer(config: Config) -> Tokenizer:
     return Tokenizer.train(tok.kind, texts, tok.vocab_size, tok.lowercase)
 
 
-def _check_same_model(saved: ModelConfig, wanted: ModelConfig, where: str, free: set[str] = frozenset()) -> None:
-    """A checkpoint's architecture must match the config that resumes or fine-tunes it."""
-    diffs = _model_diffs(saved, wanted, free)
-    if diffs:
-        raise ConfigError(f"the config does not match the model in {where}:\n  " + "\n  ".join(diffs) +
-                          "\n(remove these keys from the config, or start a new run)")
-
-
-def _model_diffs(saved: ModelConfig, wanted: ModelConfig, free: set[str] = frozenset()) -> list[str]:
+def model_diffs(saved: ModelConfig, wanted: ModelConfig, free: set[str] = frozenset()) -> list[str]:
     """The model keys a config sets to something other than the checkpoint's values."""
     fields_set = wanted.model_fields_set - _FREE_MODEL_FIELDS - free
     return [f"model.{key}: saved {getattr(saved, key)!r}, config {getattr(wanted, key)!r}"
             for key in sorted(fields_set) if getattr(saved, key) != getattr(wanted, key)]
-
-
-def train_from_config(config: Config, resume: bool = False, progress: bool = True, hooks=()) -> tuple[LM, TrainResult]:
-    """What `lmforge train` does: build (or resume) the model a config describes and train it in run.path."""
-    run_path = config.run.path
-    check_run_dir(run_path)
-    existing = list_checkpoints(run_path / "checkpoints")
-    if resume and not run_path.is_dir():  # most likely a typo; a restart loop's first start can mkdir -p it
-        raise FileNotFoundError(f"cannot resume: '{run_path}' does not exist (for a first start under a restart "
-                                f"loop create it: mkdir -p {run_path})")
-    source = find_resumable(run_path / "checkpoints") if resume else None
-    if source is not None:
-        lm = LM.from_pretrained(source)
-        _check_same_model(lm.config.model, config.model, str(source))
-        lm.config = config.model_copy(update={"model": lm.config.model})
-        resume = source
-    elif resume:  # killed before its first checkpoint: the same restart command starts it (the trainer says so)
-        lm = LM.from_config(config)
-    else:
-        if existing:
-            raise FileExistsError(f"run directory '{run_path}' already holds checkpoints; continue it with "
-                                  f"--resume {run_path}, or set run.dir / run.name to start a new run")
-        lm = LM.from_config(config)
-    result = lm.fit(run_dir=run_path, resume=resume, progress=progress, hooks=hooks)
-    return lm, result

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .files import read_toml
 
 
 # objectives that read data.train (labeled rows; conversations for sft), not data.paths
@@ -354,7 +355,8 @@ class Config(Section):
         return self
 
 
-def _describe_error(error: ValidationError, source: str) -> str:
+def describe_validation_error(error: ValidationError, source: str) -> str:
+    """A pydantic error as lines a config author reads: each bad key, what is wrong, and close allowed keys."""
     lines = [f"invalid configuration ({source}):"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
@@ -438,10 +440,22 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def build_config(raw: dict, source: str = "config") -> Config:
+    """Validate a raw config dict; errors name `source` and each bad key."""
     try:
         return Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_describe_error(error, source)) from None
+        raise ConfigError(describe_validation_error(error, source)) from None
+
+
+def check_sections(raw: dict, source: str) -> None:
+    """Each known section of a recipe must be a table (`[run]` with keys under it), not a single value."""
+    for section in Config.model_fields:
+        value = raw.get(section)
+        if value is not None and not isinstance(value, dict):
+            hint = (f"; for a run name write [run] with name = {json.dumps(value)} under it"
+                    if section == "run" and isinstance(value, str) else "")
+            raise ConfigError(f"{source}: section '{section}' must be a table ([{section}] followed by key = value "
+                              f"lines), not the single value {value!r}{hint}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -454,11 +468,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"config file '{path}' is a folder, not a TOML file (ready recipes are in configs/)")
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist (ready recipes are in configs/)")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # Windows editors may write a BOM
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-            raise ConfigError(f"config file '{path}' is not valid TOML: {error}") from None
+        raw = read_toml(path, ConfigError)
         source = str(path)
+        check_sections(raw, source)
         raw.setdefault("run", {}).setdefault("name", path.stem)
     apply_overrides(raw, list(overrides))
     return build_config(raw, source)

@@ -7,7 +7,10 @@ import json
 import os
 import shutil
 import tempfile
+import tomllib
 from pathlib import Path
+
+from .errors import parse_failure
 
 
 def _umask() -> int:
@@ -139,3 +142,25 @@ def verify_manifest(directory: Path, suffixes: tuple[str, ...] | None = None) ->
             raise DamagedFileError(f"'{path}' is damaged: its SHA-256 checksum differs from the one recorded "
                                    "when it was written (flipped bytes?)")
     return True
+
+
+def read_json(path: str | Path, error: type[Exception] = ValueError, encoding: str = "utf-8"):
+    """Parse a JSON file; an empty, non-UTF-8 or malformed one raises `error` saying so in words, with its name."""
+    path = Path(path)
+    text = None
+    try:
+        text = path.read_text(encoding=encoding)
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as failure:
+        raise error(parse_failure(path, failure, "JSON", text)) from None
+
+
+def read_toml(path: str | Path, error: type[Exception] = ValueError) -> dict:
+    """Parse a TOML file (a leading BOM allowed); a non-UTF-8 or malformed one raises `error` saying so in words."""
+    path = Path(path)
+    text = None
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # Windows editors may write a BOM
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as failure:
+        raise error(parse_failure(path, failure, "TOML", text)) from None

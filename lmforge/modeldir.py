@@ -12,10 +12,10 @@ from torch import nn
 from ._version import __version__
 from .bundle import Bundle
 from .compress import save_weights
-from .config import ModelConfig, _describe_error
+from .config import ModelConfig, describe_validation_error
 from .data.chat_encode import end_of_turn
 from .errors import ModelDirError, shape_mismatch
-from .files import DamagedFileError, atomic_directory, verify_manifest, write_manifest
+from .files import DamagedFileError, atomic_directory, read_json, verify_manifest, write_manifest
 from .models import build_model, count_parameters
 from .tokenizer import Tokenizer
 
@@ -54,10 +54,7 @@ def read_model_config(path: str | Path) -> tuple[ModelConfig, dict]:
     config_path = path / "config.json"
     meta = {}
     if config_path.is_file():
-        try:
-            meta = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ModelDirError(f"'{config_path}' is not valid JSON: {error}") from None
+        meta = read_json(config_path, ModelDirError)
         if not isinstance(meta, dict):
             raise ModelDirError(f"'{config_path}' must hold a JSON object ({{...}}) with a 'model' section, "
                                 f"not {type(meta).__name__}: {meta!r}")
@@ -73,7 +70,7 @@ def read_model_config(path: str | Path) -> tuple[ModelConfig, dict]:
     try:
         return ModelConfig.model_validate(meta["model"]), meta
     except ValidationError as error:
-        raise ModelDirError(_describe_error(error, str(config_path)).replace(
+        raise ModelDirError(describe_validation_error(error, str(config_path)).replace(
             "invalid configuration", "unusable model settings").replace("\n  ", "\n  model.")) from None
 
 
@@ -102,12 +99,27 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> Bundle:
     try:
         load_model(model, str(weights), strict=True, device=device)
     except Exception as error:  # safetensors raises several types for bad or mismatched files
-        raise ModelDirError(f"'{weights}' does not fit its config.json: {error}") from None
+        names = None if meta.get("compression") else names_mismatch(weights, model)
+        raise ModelDirError(names or f"'{weights}' does not fit its config.json: {error}") from None
     tokenizer = Tokenizer.load(path / "tokenizer.json")
     tokenizer.eos_token = (meta.get("tokenizer") or {}).get("eos_token")
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelDirError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}")
     return Bundle(model.to(device).eval(), tokenizer, config, meta)
+
+
+def read_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of a model directory (with its end-of-text token) without building the model; a Hugging Face
+    checkpoint's is converted."""
+    from .interop import is_hf_dir
+
+    path = Path(path)
+    if is_hf_dir(path):
+        return load_model_dir(path).tokenizer
+    _, meta = read_model_config(path)
+    tokenizer = Tokenizer.load(path / "tokenizer.json")
+    tokenizer.eos_token = (meta.get("tokenizer") or {}).get("eos_token")
+    return tokenizer
 
 
 def check_weight_shapes(weights: Path, model: nn.Module, config: ModelConfig) -> None:
@@ -129,6 +141,34 @@ def check_weight_shapes(weights: Path, model: nn.Module, config: ModelConfig) ->
     layers = {int(n.split(".")[1]) for n in shapes if n.startswith("h.")}
     if layers and max(layers) + 1 != config.n_layer:
         raise ModelDirError(f"'{config_file}' says n_layer={config.n_layer}, the weights have {max(layers) + 1}")
+
+
+def _listed(items: list[tuple[str, tuple]], most: int = 3) -> str:
+    shown = ", ".join(f"{name} {list(shape)}" for name, shape in items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def names_mismatch(weights: Path, model: nn.Module) -> str | None:
+    """Words for a weights file whose tensor names disagree with the model config.json describes: the first
+    tensors the file lacks and the first it has no place for, with their shapes; None when the names agree."""
+    with safe_open(str(weights), framework="pt") as handle:
+        shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    expected = model.state_dict()
+    storage: dict[int, list[str]] = {}
+    for name, tensor in expected.items():  # tied weights are stored once under one of their names
+        storage.setdefault(tensor.data_ptr(), []).append(name)
+    lacking = [(name, tuple(tensor.shape)) for name, tensor in expected.items() if name not in shapes
+               and not any(other in shapes for other in storage[tensor.data_ptr()])]
+    extra = [(name, shape) for name, shape in shapes.items() if name not in expected]
+    if not lacking and not extra:
+        return None
+    parts = []
+    if lacking:
+        parts.append(f"the model it describes has tensors the file lacks: {_listed(lacking)}")
+    if extra:
+        parts.append(f"the file has tensors that model has no place for: {_listed(extra)}")
+    return (f"'{weights}' does not fit '{weights.parent / 'config.json'}': " + "; ".join(parts)
+            + " (was config.json edited, or the weights copied from another model?)")
 
 
 def generation_ids(tokenizer: Tokenizer, info: dict) -> dict[str, int | list[int]]:

@@ -99,3 +99,18 @@ def check_run_dir(path: Path, key: str = "run.dir") -> None:
                 where = "is a file" if place == path else f"cannot be made: '{place}' is a file"
                 raise ConfigError(f"{key} '{path}' {where}, not a folder; choose another {key}")
             return
+
+
+def check_resume_dir(path: Path) -> None:
+    """--resume takes a run directory; a model directory inside one (final/, best/, checkpoints/step-N/) is refused
+    with the run directory to name instead, before anything is written into it."""
+    path = Path(path)
+    if not ((path / "config.json").is_file() and (path / "model.safetensors").is_file()):
+        return
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if (run / "config.toml").is_file() or (run / "checkpoints").is_dir():
+        hint = f"resume the run that holds it: --resume {run}"
+    else:
+        hint = f"to train its weights further, start a new run from it with model.init={path}"
+    raise ConfigError(f"cannot resume '{path}': it is a model directory (config.json + model.safetensors), not a "
+                      f"run directory (config.toml, checkpoints/); {hint}")

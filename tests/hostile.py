@@ -245,7 +245,7 @@ def _alarm(signum, frame):
 
 def build_fixtures(folder: Path) -> None:
     """Tiny trained models (a GPT run with a checkpoint, a BERT, a classifier) that cases point at."""
-    from lmforge.api import train_from_config
+    from lmforge.app.training import train_from_config
     from lmforge.config import build_config
 
     (folder / "corpus.txt").write_text(corpus(), encoding="utf-8")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lmforge import LM
-from lmforge.api import train_from_config
+from lmforge.app.training import train_from_config
 from lmforge.cli import main
 from lmforge.config import ConfigError, ModelConfig, build_config, load_config
 from lmforge.infer.generate import SamplingConfig, generate
@@ -235,7 +235,7 @@ def test_bench_arch_trains_for_its_whole_budget_even_when_the_first_speed_estima
         tmp_path, corpus_file, monkeypatch, misjudged):
     # the calibration's step time is off 20x either way; the budget clock must still fill the budget, and end
     # the schedule (its last step at min_lr, with a final evaluation) when the time is up
-    from lmforge.compare import arch as bench
+    from lmforge.app.workflows import bench_arch as bench
 
     real = bench._seconds_per_step
     monkeypatch.setattr(bench, "_seconds_per_step", lambda config: real(config) * misjudged)

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.api import LM, train_from_config
+from lmforge.api import LM
+
+from lmforge.app.training import train_from_config
 from lmforge.cli import main
 from lmforge.config import TrainConfig, build_config, load_config
 from lmforge.data.corpus import DataError

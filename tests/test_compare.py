@@ -6,8 +6,8 @@ import torch
 
 from lmforge.api import LM
 from lmforge.cli import main
-from lmforge.compare.models import compare_dirs, format_table
-from lmforge.compress.quantize import quantize_dir
+from lmforge.app.workflows.compare import compare_dirs, format_table
+from lmforge.app.workflows.quantize import quantize_dir
 
 
 @pytest.fixture(scope="module")

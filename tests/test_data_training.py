@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from lmforge import LM
-from lmforge.audit.memorization import memorization_audit
+from lmforge.app.workflows.memorization import memorization_audit
 from lmforge.cli import main
 from lmforge.config import build_config
 from lmforge.data.corpus import resolve_paths
-from lmforge.data.synthesize import synthesize
+from lmforge.app.workflows.synthesize import synthesize
 
 from conftest import small_corpus
 

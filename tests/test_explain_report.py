@@ -13,7 +13,7 @@ import torch
 from conftest import small_corpus
 from lmforge.api import LM
 from lmforge.cli import main
-from lmforge.explain.report import build_report
+from lmforge.app.workflows.report import build_report
 from lmforge.modeldir import ModelDirError
 from test_classify import reviews, write_csv
 

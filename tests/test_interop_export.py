@@ -112,7 +112,7 @@ def test_add_tokens_grows_embeddings_with_mean_rows_and_keeps_the_head_tied(tmp_
 
 
 def test_finetuning_config_adds_tokens_to_an_imported_gpt2(tmp_path, corpus_file):
-    from lmforge.api import train_from_config
+    from lmforge.app.training import train_from_config
     from lmforge.config import load_config
 
     _, directory = make_hf(tmp_path, "gpt2")

@@ -9,7 +9,7 @@ import torch
 from lmforge import LM
 from lmforge.cli import main
 from lmforge.compress.lora import LoRALinear, apply_lora, lora_modules, merge_lora
-from lmforge.compress.lora_cli import merge_model_dir
+from lmforge.app.workflows.merge import merge_model_dir
 from lmforge.config import ConfigError, load_config, to_toml
 from lmforge.modeldir import ModelDirError
 
@@ -154,7 +154,7 @@ def test_lora_fine_tunes_an_imported_hugging_face_encoder(tmp_path):
             f"model.init={minilm}", f"data.train={train}", f"run.dir={tmp_path / 'run'}", "model.pooling=mean",
             "train.max_steps=3", "train.eval_every=0", "train.patience=0", "train.batch_size=8",
             "train.lora.rank=8"])
-        from lmforge.api import train_from_config
+        from lmforge.app.training import train_from_config
         lm, _ = train_from_config(config, progress=False)
     share = lm.meta["training"]["trainable_parameters"]
     trainable, total = (int(part.replace(",", "")) for part in share.split(" (")[0].split(" of "))

@@ -12,7 +12,7 @@ from conftest import tiny_model
 from lmforge.api import LM
 from lmforge.cli import main
 from lmforge.compress import sparse, structured
-from lmforge.compress.prune import prune
+from lmforge.app.workflows.prune import prune
 from lmforge.modeldir import load_model_dir
 
 

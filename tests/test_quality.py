@@ -1,7 +1,7 @@
 """Quality bars from real data (slow: run with `make test-slow`)."""
 import pytest
 
-from lmforge.api import train_from_config
+from lmforge.app.training import train_from_config
 from lmforge.config import load_config
 
 from conftest import SHARED

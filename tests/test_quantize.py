@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from lmforge.api import LM
 from lmforge.cli import main
-from lmforge.compress.quantize import Int8Linear, quantize_dir, quantize_model, quantize_weight
+from lmforge.app.workflows.quantize import quantize_dir
+from lmforge.compress.quantize import Int8Linear, quantize_model, quantize_weight
 from lmforge.modeldir import ModelDirError, load_model_dir
 
 METHODS = ["dynamic-int8", "weight-int8"]

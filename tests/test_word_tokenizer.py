@@ -3,7 +3,7 @@ import pytest
 from tokenizers import Tokenizer as Backend
 
 from lmforge import LM
-from lmforge.api import train_from_config
+from lmforge.app.training import train_from_config
 from lmforge.config import ConfigError, build_config, load_config
 from lmforge.tokenizer import Tokenizer
 

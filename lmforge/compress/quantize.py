@@ -25,7 +25,8 @@ METHODS = {
 SCHEME = "symmetric int8, one scale per output channel"
 
 
-def _check_method(method: str) -> None:
+def check_method(method: str) -> None:
+    """A known quantization method, or an error listing them."""
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; choose one of: "
                          + "; ".join(f"{name} ({text})" for name, text in METHODS.items()))
@@ -127,7 +128,7 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 def quantize_model(model: nn.Module, method: str) -> tuple[nn.Module, list[str], list[str]]:
     """Replace every nn.Linear of `model` (in place) with an Int8Linear; returns (model, quantized names, names
     left in floating point because their weight is shared with another module)."""
-    _check_method(method)
+    check_method(method)
     shared = _shared_parameters(model)
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and name]
     done, kept = [], []
@@ -161,38 +162,3 @@ def restore(model: nn.Module, config, spec: dict, path: Path) -> nn.Module:
         _replace(model, name, Int8Linear(linear.in_features, linear.out_features, linear.bias is not None,
                                          dynamic=method == "dynamic-int8"))
     return model
-
-
-def quantize_dir(source: str | Path, destination: str | Path, method: str, force: bool = False) -> dict:
-    """Quantize the model directory `source` into a new model directory `destination`; a summary dict
-    (method, layers quantized and kept, weights file sizes before and after)."""
-    from ..files import check_destination
-    from ..modeldir import load_model_dir, read_model_config, save_model_dir
-    from ..bundle import Bundle
-
-    _check_method(method)
-    source, destination = Path(source), Path(destination)
-    if destination.resolve() == source.resolve():
-        raise ValueError(f"destination '{destination}' is the source directory; write the quantized model elsewhere")
-    check_destination(destination, force)
-    from ..interop import is_hf_dir
-    if not is_hf_dir(source):
-        _, meta = read_model_config(source)
-        for step in meta.get("compression") or []:
-            kind = step.get("kind") if isinstance(step, dict) else None
-            if kind == "quantize":
-                raise ValueError(f"'{source}' is already quantized ({step.get('method')}): quantize the original "
-                                 "floating-point model directory instead")
-            if kind == "lora":
-                raise ValueError(f"'{source}' holds unmerged LoRA adapters: merge them first "
-                                 f"(lmforge lora merge {source} merged), then quantize the merged directory")
-    model, tokenizer, config, meta = load_model_dir(source, "cpu")
-    model, done, kept = quantize_model(model, method)
-    spec = {"kind": "quantize", "method": method, "scheme": SCHEME, "modules": done}
-    # the source's evaluation numbers describe the floating-point weights: `lmforge compare` measures these
-    info = {key: value for key, value in meta.items() if key != "metrics"}
-    info["compression"] = [*(meta.get("compression") or []), spec]
-    save_model_dir(destination, Bundle(model, tokenizer, config, info))
-    before = sum(f.stat().st_size for f in source.glob("*.safetensors"))
-    after = (destination / "model.safetensors").stat().st_size
-    return {"method": method, "quantized": done, "kept": kept, "bytes_before": before, "bytes_after": after}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..progress import Progress
 from .corpus import DataError
 from .dedup import words
-from .stream import (Progress, RecordWriter, _lines, check_text_file, corpus_files, csv_header, is_records,
+from .stream import (RecordWriter, numbered_lines, check_text_file, corpus_files, csv_header, is_records,
                      iter_records, iter_text_chunks, output_file)
 
 
@@ -25,7 +26,7 @@ def read_eval_items(path: str | Path, text_field: str = "text") -> list[tuple[st
     if is_records(path):
         items = [(str(row[text_field] or ""), row) for row in iter_records(path, text_field)]
     else:
-        items = [(line.rstrip("\r\n"), line) for _, line in _lines(path) if line.strip()]
+        items = [(line.rstrip("\r\n"), line) for _, line in numbered_lines(path) if line.strip()]
     if not items:
         raise DataError(f"evaluation file '{path}' holds no items")
     return items
@@ -65,7 +66,7 @@ def find_contamination(train, eval_path, *, n: int = 8, threshold: float = 0.5, 
     lengths = {len(g.split()) for g in wanted}
     firsts = {g.split()[0] for g in wanted}
     found: set[str] = set()
-    show = Progress("contamination", progress)
+    show = Progress(label="contamination", enabled=progress)
     carry: list[str] = []
     characters = 0
     for text, starts in _training_texts(train, text_field):
@@ -78,7 +79,7 @@ def find_contamination(train, eval_path, *, n: int = 8, threshold: float = 0.5, 
                         found.add(gram)
         carry = tokens[-(n - 1):] if n > 1 else []
         characters += len(text)
-        show.update(f"{characters / 1e6:,.1f}M characters of training text, {len(found):,} shared n-grams")
+        show.show(f"{characters / 1e6:,.1f}M characters of training text, {len(found):,} shared n-grams")
     if characters == 0:
         raise DataError(f"the training corpus is empty: no text in {train}")
     overlaps = [len(g & found) / len(g) if g else 0.0 for g in item_grams]

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..progress import Progress
 from .card import make_card, write_card
 from .corpus import DataError
-from .stream import Progress, RecordWriter, _lines, corpus_files, is_records, iter_records, output_folder
+from .stream import RecordWriter, numbered_lines, corpus_files, is_records, iter_records, output_folder
 
 PRIME = (1 << 61) - 1
 WORDS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\u3040-\u30ff\uac00-\ud7af]|[^\W_]+")  # a CJK character is a word
@@ -106,10 +107,10 @@ def _documents(path: Path, text_field: str, lines: bool) -> Iterator[tuple[str, 
         for row in iter_records(path, text_field):
             yield str(row[text_field] or ""), row
     elif lines:
-        for _, line in _lines(path):
+        for _, line in numbered_lines(path):
             yield line, line
     else:
-        text = "".join(line for _, line in _lines(path))
+        text = "".join(line for _, line in numbered_lines(path))
         yield text, text
 
 
@@ -121,7 +122,7 @@ def dedup_corpus(inputs, out, *, near: float | None = 0.8, text_field: str = "te
     files = corpus_files(inputs)
     dedup = Deduplicator(near, num_perm, shingle)
     counts = {"documents_in": 0, "exact_duplicates": 0, "near_duplicates": 0, "documents_out": 0}
-    show = Progress("dedup", progress)
+    show = Progress(label="dedup", enabled=progress)
     with output_folder(out, inputs, overwrite) as temp:
         for path, relative in files:
             writer = None  # opened at the first kept document: a file whose documents all went is not written
@@ -143,7 +144,7 @@ def dedup_corpus(inputs, out, *, near: float | None = 0.8, text_field: str = "te
                         keep(item)
                     else:
                         counts[f"{verdict}_duplicates"] += 1
-                    show.update(f"{counts['documents_in']:,} documents, {counts['exact_duplicates']:,} exact and "
+                    show.show(f"{counts['documents_in']:,} documents, {counts['exact_duplicates']:,} exact and "
                                 f"{counts['near_duplicates']:,} near duplicates")
             finally:
                 if writer is not None:

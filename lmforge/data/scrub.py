@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..progress import Progress
 from .card import make_card, write_card
 from .corpus import DataError
 from .pii import KINDS, find_pii
-from .stream import Progress, RecordWriter, corpus_files, is_records, iter_text_chunks, output_folder
+from .stream import RecordWriter, corpus_files, is_records, iter_rows, iter_text_chunks, output_folder
 
 MODES = ("placeholder", "pseudonym")
 BATCH_CHARS = 1 << 18  # text handed to a worker at a time: bounded, so memory does not grow with the corpus
@@ -105,10 +106,7 @@ def _batches(files) -> Iterator[tuple[int, str, list]]:
 
 
 def _all_rows(path: Path) -> Iterator[dict]:
-    from .stream import _csv_rows, _jsonl_rows
-
-    rows = _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _csv_rows(path)
-    for _, row in rows:
+    for _, row in iter_rows(path):
         yield row
 
 
@@ -122,7 +120,7 @@ def scrub_corpus(inputs, out, *, mode: str = "placeholder", kinds=None, salt: st
     files = corpus_files(inputs)
     found: collections.Counter = collections.Counter()
     documents = with_pii = characters = 0
-    show = Progress("scrub", progress)
+    show = Progress(label="scrub", enabled=progress)
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     pool = context.Pool(workers) if workers > 1 else None
     try:
@@ -148,7 +146,7 @@ def scrub_corpus(inputs, out, *, mode: str = "placeholder", kinds=None, salt: st
                     else:
                         characters += len(item)
                         file_has_pii[index] = file_has_pii.get(index, False) or bool(count)
-                show.update(f"{characters / 1e6:,.1f}M characters, {sum(found.values()):,} PII replaced")
+                show.show(f"{characters / 1e6:,.1f}M characters, {sum(found.values()):,} PII replaced")
 
             for index, kind, items in _batches(files):
                 if pool is None:

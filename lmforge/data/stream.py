@@ -1,12 +1,10 @@
 """Streaming I/O for the data passes: corpus files read piece by piece with strict checks, mirrored writers,
-an output folder published in one rename (an error leaves it untouched), and a progress line."""
+an output folder published in one rename (an error leaves it untouched)."""
 from __future__ import annotations
 
 import contextlib
 import csv
 import json
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,7 +46,7 @@ def check_text_file(path: Path) -> None:
                         "(.txt, .md, .jsonl, .csv, .tsv)")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line with its newline) decoded as strict UTF-8, with the file and line named on errors."""
     check_text_file(path)
     number = 0
@@ -64,7 +62,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 def iter_text_chunks(path: Path, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
     """A plain-text file in pieces of about chunk_chars characters, cut at line ends (lossless when joined)."""
     pending, size = [], 0
-    for _, line in _lines(path):
+    for _, line in numbered_lines(path):
         pending.append(line)
         size += len(line)
         if size >= chunk_chars:
@@ -80,19 +78,20 @@ def is_records(path: Path) -> bool:
 
 def iter_records(path: Path, text_field: str) -> Iterator[dict]:
     """Rows of a .jsonl/.csv/.tsv file, one at a time; each must have `text_field` (named in the error if not)."""
-    if path.suffix.lower() == ".jsonl":
-        rows = _jsonl_rows(path)
-    else:
-        rows = _csv_rows(path)
-    for number, row in rows:
+    for number, row in iter_rows(path):
         if text_field not in row:
             raise DataError(f"{path}: record {number} has no field '{text_field}' (fields: "
                             f"{', '.join(map(str, row)) or 'none'}); name the text column with --text-field")
         yield row
 
 
+def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(row number, row) of a .jsonl/.csv/.tsv file, one at a time, whatever fields each row has."""
+    return _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _csv_rows(path)
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    for number, line in _lines(path):
+    for number, line in numbered_lines(path):
         if line.strip():
             yield number, parse_json_record(path, number, line)
 
@@ -100,7 +99,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     allow_long_csv_fields()
-    reader = csv.DictReader((line for _, line in _lines(path)), delimiter=delimiter)
+    reader = csv.DictReader((line for _, line in numbered_lines(path)), delimiter=delimiter)
     for number, row in enumerate(reader, 1):
         if None in row:
             raise DataError(f"{path}: row {number} has more cells than the header has columns")
@@ -109,7 +108,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
 
 def csv_header(path: Path) -> list[str]:
     """The column names of a .csv/.tsv file (its first row)."""
-    for _, line in _lines(path):
+    for _, line in numbered_lines(path):
         return next(csv.reader([line], delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
     raise DataError(f"'{path}' is empty: a header row naming the columns is needed")
 
@@ -168,21 +167,3 @@ def output_file(out: str | Path, overwrite: bool = False):
         raise FileExistsError(f"output file '{out}' exists; choose another name or pass --overwrite")
     with atomic_file(out, suffix=out.suffix + ".tmp") as temp:
         yield temp
-
-
-class Progress:
-    """A one-line progress display on stderr, refreshed at most twice a second."""
-
-    def __init__(self, label: str, enabled: bool = True):
-        self.label, self.enabled = label, enabled
-        self.began = self.shown = time.perf_counter()
-
-    def update(self, text: str, force: bool = False) -> None:
-        now = time.perf_counter()
-        if self.enabled and (force or now - self.shown >= 0.5):
-            self.shown = now
-            print(f"\r{self.label}: {text} ({now - self.began:.0f}s)", end="", file=sys.stderr, flush=True)
-
-    def done(self, text: str) -> None:
-        if self.enabled:
-            print(f"\r{self.label}: {text} in {time.perf_counter() - self.began:.1f}s", file=sys.stderr, flush=True)

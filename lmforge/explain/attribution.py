@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import atomic_write_text
+from .html import attribution_page
 from .inputs import device_of, encode_text, evaluation_mode, model_name, token_labels
 
 METHODS = ("integrated_gradients", "gradient_x_input")
@@ -50,6 +52,11 @@ class Attribution:
             return None
         return self.completeness_error / max(abs(self.output - self.baseline_output), 1e-6)
 
+    @property
+    def completeness_passes(self) -> bool:
+        """Whether the scores add up to the output's change within COMPLETENESS_TOLERANCE."""
+        return self.completeness_relative is not None and self.completeness_relative <= COMPLETENESS_TOLERANCE
+
     def to_dict(self) -> dict:
         """A JSON-ready dict (scores as a list, completeness included)."""
         data = asdict(self)
@@ -59,13 +66,9 @@ class Attribution:
 
     def save(self, path: str | Path) -> Path:
         """Write a self-contained .html page (coloured tokens), a .png bar chart, or .json."""
-        from ..files import atomic_write_text
-
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix in (".html", ".htm"):
-            from .html import attribution_page
-
             atomic_write_text(path, attribution_page(self))
         elif suffix == ".png":
             from .plots import attribution_figure

@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from .attribution import COMPLETENESS_TOLERANCE
 
 STYLE = """
 body { font-family: "DejaVu Sans", "Noto Sans CJK SC", "WenQuanYi Micro Hei", sans-serif; margin: 24px auto;
@@ -71,7 +70,7 @@ def attribution_summary(attribution) -> str:
     method = attribution.method.replace("_", " ")
     if attribution.completeness_error is not None:
         difference = attribution.output - attribution.baseline_output
-        verdict = "passes" if attribution.completeness_relative <= COMPLETENESS_TOLERANCE else "MISSES"
+        verdict = "passes" if attribution.completeness_passes else "MISSES"
         parts.append(f"{method} ({attribution.steps} steps, {attribution.baseline} baseline): scores sum to "
                      f"{float(attribution.scores.sum()):+.4f}, log-probability moved {difference:+.4f} from the baseline, "
                      f"completeness {verdict} (error {attribution.completeness_error:.2e})")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..figures import pyplot
+
 # families that cover Chinese (and Japanese/Korean) glyphs, most complete first
 CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans SC",
                 "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Droid Sans Fallback", "AR PL UMing CN", "AR PL UKai CN")
@@ -63,7 +65,7 @@ def plot_labels(labels: list[str]) -> list[str]:
 def _figure_style(texts=()):
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    pyplot()  # the headless backend, before any figure
     font = cjk_font() if has_cjk(texts) else None
     style = {"font.family": ["DejaVu Sans", font]} if font else {}
     with matplotlib.rc_context(style), warnings.catch_warnings():
@@ -73,7 +75,7 @@ def _figure_style(texts=()):
 
 def save_figure(figure, path: str | Path | None, dpi: int = 100) -> Path | bytes:
     """Write the figure as PNG atomically to `path`, or return the PNG bytes when path is None."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     try:
         if path is None:
@@ -101,7 +103,7 @@ def _heatmap(axis, matrix, labels, show_x: bool, show_y: bool, fontsize: float):
 
 def attention_figure(attention, path: str | Path | None, layer: int | None = None, head: int | None = None):
     """Heatmaps of an AttentionMap: one map, a row of heads or layers, or the layers x heads grid."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = plot_labels(attention.tokens)
     weights = attention.weights
@@ -131,7 +133,7 @@ def attention_figure(attention, path: str | Path | None, layer: int | None = Non
 
 def lens_figure(lens, path: str | Path | None):
     """The logit-lens grid: depth rows, position columns, each cell the top token, coloured by its probability."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     inputs = plot_labels(lens.tokens)
     cells = [plot_labels([tokens[0] for tokens in depth]) for depth in lens.top_tokens]
@@ -155,7 +157,7 @@ def lens_figure(lens, path: str | Path | None):
 
 def attribution_figure(attribution, path: str | Path | None):
     """Horizontal bars, one per token: green pushes towards the target, red away from it."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = plot_labels(attribution.tokens)
     scores = np.asarray(attribution.scores, dtype=float)
@@ -174,7 +176,7 @@ def attribution_figure(attribution, path: str | Path | None):
 
 def curves_figure(records: list[dict], path: str | Path | None):
     """Training and validation loss against step; a second panel for validation accuracy-like metrics."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     train = [(r["step"], r["loss"]) for r in records if "loss" in r and "lr" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..figures import pyplot
+
 
 def confusion_matrix(true: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
     """Counts (n_classes, n_classes): rows are the true class, columns the predicted one."""
@@ -39,10 +41,7 @@ def classification_report(true, predicted, labels: list[str]) -> dict:
 
 def save_confusion_png(confusion, labels: list[str], path: str | Path, title: str = "Confusion matrix") -> Path:
     """Draw the confusion matrix (counts, rows = true label) as a PNG with matplotlib's Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     matrix = np.asarray(confusion)
     size = max(3.0, 0.6 * len(labels) + 2)

@@ -10,7 +10,7 @@ import numpy as np
 from ..data.labeled import EncodedSet, LabeledSet
 from ..data.targets import multi_hot, read_tag_lists
 from .classify import head_outputs
-from .figures import pyplot, save_png
+from ..figures import pyplot, save_png
 
 DEFAULT_THRESHOLD = 0.5
 

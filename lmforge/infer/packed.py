@@ -13,7 +13,7 @@ import contextlib
 import torch
 from torch import nn
 
-from ..models.patch import forwards_replaced
+from ..patching import forwards_replaced
 
 _MKLDNN = getattr(torch.ops, "mkldnn", None)
 _LINEAR = getattr(_MKLDNN, "_linear_pointwise", None)

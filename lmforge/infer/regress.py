@@ -9,7 +9,7 @@ import numpy as np
 from ..data.labeled import EncodedSet, LabeledSet
 from ..data.targets import parse_scores
 from .classify import head_outputs
-from .figures import pyplot, save_png
+from ..figures import pyplot, save_png
 
 
 def predict_scores(model, encoded: EncodedSet, mean: float, std: float, batch_size: int = 32) -> np.ndarray:

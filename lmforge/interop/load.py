@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from ..config import ModelConfig, _describe_error
+from ..config import ModelConfig, describe_validation_error
 from ..errors import ModelDirError, shape_mismatch
 from ..models import build_model
 from ..tokenizer import Tokenizer
@@ -58,7 +58,7 @@ def load_hf_dir(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Token
         vocab_size = hf.get("vocab_size") or (embedding.shape[0] if embedding is not None else 0)
         cfg = ModelConfig(**fields, vocab_size=vocab_size, labels=labels)
     except ValidationError as error:
-        raise ModelDirError(_describe_error(error, str(config_file)).replace("invalid configuration", "unusable values")) from None
+        raise ModelDirError(describe_validation_error(error, str(config_file)).replace("invalid configuration", "unusable values")) from None
     with torch.random.fork_rng(devices=[]):  # parts made fresh (a missing MLM head) are the same every load
         torch.manual_seed(0)
         model = build_model(cfg)

@@ -1,7 +1,6 @@
 """Reading a Hugging Face checkpoint's files: where the model lives, config.json, and its weights."""
 from __future__ import annotations
 
-import json
 import pickle
 import re
 import warnings
@@ -11,16 +10,14 @@ import torch
 from safetensors import safe_open
 
 from ..errors import ModelDirError
+from ..files import read_json as read_json_file
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 def read_json(path: Path) -> dict:
     """A JSON object from `path`, with an error that names the file when it is not one."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelDirError(f"'{path}' is not valid JSON: {error}") from None
+    value = read_json_file(path, ModelDirError)
     if not isinstance(value, dict):
         raise ModelDirError(f"'{path}' must hold a JSON object ({{...}}), not {type(value).__name__}: {value!r}")
     return value
@@ -32,10 +29,7 @@ def model_root(path: Path) -> Path:
     modules = path / "modules.json"
     if (path / "config.json").is_file() or not modules.is_file():
         return path
-    try:
-        entries = json.loads(modules.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelDirError(f"'{modules}' is not valid JSON: {error}") from None
+    entries = read_json_file(modules, ModelDirError)
     for entry in entries if isinstance(entries, list) else []:
         if isinstance(entry, dict) and str(entry.get("type", "")).endswith("Transformer"):
             return path / entry.get("path", "")

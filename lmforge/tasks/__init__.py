@@ -28,12 +28,14 @@ __all__ = ["EMBEDDING_PREFIXES", "EVAL_SEED", "HEAD_PREFIXES", "CausalLMTask", "
            "make_multilabel_task", "make_regression_task", "make_sft_task", "make_task"]
 
 
-def make_task(lm, work_dir: Path, progress: bool = False):
+def make_task(lm, work_dir: Path, progress: bool = False, teacher=None):
     """The task for lm.config.train.objective, with its data prepared under `work_dir`; with train.distill_teacher
-    set, that task inside a DistillationTask (distill.py)."""
+    set, that task inside a DistillationTask (distill.py) around the `teacher` Bundle the caller loaded."""
     if lm.config.train.distill_teacher:
         from .distill import make_distillation_task
-        return make_distillation_task(lm, lambda: _objective_task(lm, work_dir, progress))
+        if teacher is None:
+            raise ValueError("train.distill_teacher is set: hand make_task the teacher's Bundle (load_model_dir)")
+        return make_distillation_task(lm, lambda: _objective_task(lm, work_dir, progress), teacher)
     return _objective_task(lm, work_dir, progress)
 
 

@@ -119,28 +119,6 @@ class DistillationTask:
         return self.base.evaluate(model, steps, batch_size, device)
 
 
-def _missing(path: Path) -> FileNotFoundError:
-    return FileNotFoundError(f"train.distill_teacher '{path}' does not exist; give the teacher's model directory "
-                             "(a run's final/ or checkpoints/step-N/)")
-
-
-def teacher_tokenizer(path: str | Path):
-    """The teacher's tokenizer, which a new student takes as its own."""
-    from ..interop import is_hf_dir
-    from ..modeldir import load_model_dir, read_model_config
-    from ..tokenizer import Tokenizer
-
-    path = Path(path)
-    if not path.exists():
-        raise _missing(path)
-    if is_hf_dir(path):
-        return load_model_dir(path)[1]
-    _, meta = read_model_config(path)
-    tokenizer = Tokenizer.load(path / "tokenizer.json")
-    tokenizer.eos_token = (meta.get("tokenizer") or {}).get("eos_token")
-    return tokenizer
-
-
 def check_same_tokenizer(teacher, student, path: Path) -> None:
     """Teacher and student must map the same tokens to the same ids, or their logits cannot be compared."""
     theirs, ours = teacher.backend.get_vocab(), student.backend.get_vocab()
@@ -174,27 +152,31 @@ def _check_family(teacher, arch: str, objective: str, student, path: Path) -> No
                           "which reads the same encoded texts")
 
 
-def load_teacher(lm, path: Path):
-    """The frozen teacher model of train.distill_teacher and its saved config, checked against the student `lm`."""
-    from ..modeldir import load_model_dir
-
-    objective = lm.config.train.objective
+def check_objective(objective: str) -> None:
+    """Distillation covers the objectives in OBJECTIVES; say so before a teacher is loaded for another."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"train.distill_teacher is set, but distillation covers objectives {', '.join(OBJECTIVES)}; "
                           f"this run's train.objective is '{objective}'")
-    if not path.exists():
-        raise _missing(path)
-    with torch.random.fork_rng(devices=[]):  # building the teacher draws initial weights; leave the run's RNG be
-        teacher, tokenizer, teacher_cfg, meta = load_model_dir(path)
-    _check_family(teacher, teacher_cfg.arch, objective, lm.model, path)
-    check_same_tokenizer(tokenizer, lm.tokenizer, path)
+
+
+def missing_teacher(path: Path) -> FileNotFoundError:
+    """The error for a train.distill_teacher path that does not exist."""
+    return FileNotFoundError(f"train.distill_teacher '{path}' does not exist; give the teacher's model directory "
+                             "(a run's final/ or checkpoints/step-N/)")
+
+
+def check_teacher(lm, teacher, path: Path) -> None:
+    """The teacher Bundle of train.distill_teacher must suit the student `lm`: family, tokenizer, labels."""
+    objective = lm.config.train.objective
+    check_objective(objective)
+    _check_family(teacher.model, teacher.config.arch, objective, lm.model, path)
+    check_same_tokenizer(teacher.tokenizer, lm.tokenizer, path)
     if objective == "classify":
-        kind = (meta.get("classification") or {}).get("kind", "classify")
-        if not teacher_cfg.labels or kind != "classify":
+        kind = (teacher.meta.get("classification") or {}).get("kind", "classify")
+        if not teacher.config.labels or kind != "classify":
             raise ConfigError(f"train.distill_teacher '{path}' has no single-label classification head "
-                              f"({'head: ' + kind if teacher_cfg.labels else 'a language model'}); objective "
+                              f"({'head: ' + kind if teacher.config.labels else 'a language model'}); objective "
                               "'classify' distills from a classifier trained on the same labels")
-    return teacher, teacher_cfg
 
 
 def label_columns(teacher_labels: list[str], student_labels: list[str], path: Path) -> list[int]:
@@ -205,14 +187,15 @@ def label_columns(teacher_labels: list[str], student_labels: list[str], path: Pa
     return [teacher_labels.index(label) for label in student_labels]
 
 
-def make_distillation_task(lm, make_base) -> DistillationTask:
-    """The distillation task for `lm` (the student): the teacher is loaded and checked before make_base()
-    prepares any data, so a bad teacher writes nothing."""
+def make_distillation_task(lm, make_base, teacher) -> DistillationTask:
+    """The distillation task for `lm` (the student) with the frozen `teacher` Bundle it is handed: the teacher is
+    checked before make_base() prepares any data, so a bad teacher writes nothing."""
     from ..models import count_parameters
 
     cfg = lm.config.train
     path = Path(cfg.distill_teacher)
-    teacher, teacher_cfg = load_teacher(lm, path)
+    check_teacher(lm, teacher, path)
+    teacher, teacher_cfg = teacher.model, teacher.config
     base = make_base()
     columns = None
     if cfg.objective == "classify":

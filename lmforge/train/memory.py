@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..models.patch import forwards_replaced
+from ..patching import forwards_replaced
 
 
 def _checkpointed(forward, *args, **kwargs):

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..figures import pyplot
 from .metrics import read_metrics
 
 PANELS = (("loss", "loss (lines: train, dots: validation)"), ("lr", "learning rate"),
           ("grad_norm", "gradient norm (before clipping)"), ("tokens_per_s", "tokens/s"))
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(figure, out_path: Path) -> None:
@@ -32,7 +24,7 @@ def plot_metrics(metrics_path: Path, out_path: Path | None = None) -> Path | Non
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     if not train:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     out_path = out_path or metrics_path.with_name("loss.png")
     figure, axis = plt.subplots(figsize=(7, 4), dpi=110)
     axis.plot(*zip(*train), label="train loss", linewidth=1)
@@ -61,7 +53,7 @@ def plot_runs(runs: list[str | Path], out_path: str | Path) -> Path:
             raise ValueError(f"'{metrics}' holds no training records yet")
         name = run.name if run.is_dir() else run.parent.name
         series.append((name, records))
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(2, 2, figsize=(11, 7), dpi=110)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, (name, records) in enumerate(series):

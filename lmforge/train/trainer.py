@@ -22,7 +22,7 @@ from .metrics import MetricsLog
 from .optim import learning_rate, make_optimizer
 from .penalty import l1_parameters, l1_penalty
 from .plots import plot_metrics
-from .progress import Progress
+from ..progress import Progress
 
 Export = Callable[[nn.Module, Path], None]
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}

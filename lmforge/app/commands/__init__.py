@@ -20,7 +20,8 @@ ORDER = ("train", "generate", "chat", "eval", "fill-mask", "classify", "convert"
 @dataclass(frozen=True)
 class Command:
     """One command: its name, one-line help, an examples epilog, how it adds its arguments and how it runs.
-    `overrides=True` lets `section.key=value` settings stand anywhere on its command line."""
+    `overrides=True` lets `section.key=value` settings stand anywhere on its command line; `description` (default:
+    the help) opens its --help page."""
 
     name: str
     help: str
@@ -28,6 +29,7 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     overrides: bool = False
+    description: str | None = None
 
 
 def all_commands() -> list[Command]:

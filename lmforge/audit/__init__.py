@@ -1,1 +1,0 @@
-"""Audits of trained models: memorization (canary exposure)."""

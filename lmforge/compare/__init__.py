@@ -1,1 +1,0 @@
-"""Side-by-side comparisons of architectures under one budget (`lmforge bench-arch`)."""

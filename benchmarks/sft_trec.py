@@ -65,7 +65,7 @@ def first_word(reply: str) -> str:
 @torch.no_grad()
 def accuracy(lm, test: list[tuple[str, str]], batch_size: int = 50) -> tuple[float, float, list[str]]:
     """(accuracy, seconds, replies): greedy replies of at most 4 tokens, stopped at the end-of-turn token."""
-    from lmforge.data.chat_encode import special_strings, template_of
+    from lmforge.infer.chat_encode import special_strings, template_of
     from lmforge.infer.chat_template import render_chat
     from lmforge.infer.generate import SamplingConfig, generate
 

@@ -13,7 +13,7 @@ from ._version import __version__
 from .bundle import Bundle
 from .compress import save_weights
 from .config import ModelConfig, describe_validation_error
-from .data.chat_encode import end_of_turn
+from .infer.chat_encode import end_of_turn
 from .errors import ModelDirError, shape_mismatch
 from .files import DamagedFileError, atomic_directory, read_json, verify_manifest, write_manifest
 from .models import build_model, count_parameters

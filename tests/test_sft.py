@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lmforge import LM
 from lmforge.cli import main
 from lmforge.data.chat import read_conversations
-from lmforge.data.chat_encode import DEFAULT_CHAT_TEMPLATE, DEFAULT_MARKERS, encode_conversation, end_of_turn
+from lmforge.infer.chat_encode import DEFAULT_CHAT_TEMPLATE, DEFAULT_MARKERS, encode_conversation, end_of_turn
 from lmforge.errors import ConfigError, DataError
 from lmforge.infer.chat_template import TemplateError
 from lmforge.tasks.sft import IGNORE, make_sft_task, pack

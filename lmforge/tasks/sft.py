@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.chat import read_conversations
-from ..data.chat_encode import Encoded, check_template_tokens, encode_conversation, special_strings, template_of
+from ..infer.chat_encode import Encoded, check_template_tokens, encode_conversation, special_strings, template_of
 from ..errors import ConfigError, DataError
 from ..infer.score import perplexity
 

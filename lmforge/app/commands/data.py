@@ -159,7 +159,7 @@ def _inspect_arguments(p):
 def _inspect(args) -> int:
     import sys
 
-    from ...data.chat_encode import inspect_chat_file
+    from ...infer.chat_encode import inspect_chat_file
     from ...modeldir import load_model_dir
 
     if args.show < 0 or (args.block_size is not None and args.block_size < 2):

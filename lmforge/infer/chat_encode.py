@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..infer.chat_template import TemplateError, render_chat
+from ..data.chat import read_conversations
+from .chat_template import TemplateError, render_chat
 
 # The built-in template for models that ship none: ChatML (<|im_start|>role ... <|im_end|>), as SmolLM2, Qwen
 # and many others use. Its two markers must be tokens of the model's vocabulary (tokenizer.add_special_tokens).
@@ -136,8 +137,6 @@ def mark_trained(tokenizer, encoded: Encoded, color: bool = False) -> str:
 def inspect_chat_file(path, tokenizer, meta: dict, block_size: int, show: int = 3, color: bool = False) -> str:
     """A report for `lmforge data inspect`: the first `show` conversations rendered with their trained tokens
     marked, then the counts over the whole file (conversations, tokens, trained tokens, truncated)."""
-    from .chat import read_conversations
-
     template = template_of(meta)
     check_template_tokens(template, tokenizer)
     shape, conversations = read_conversations(path)

@@ -13,7 +13,7 @@ from .bundle import Bundle
 from .config import LABELED_OBJECTIVES, Config, ConfigError, ModelConfig, build_config, to_toml
 from .data.corpus import iter_texts
 from .files import atomic_write_text
-from .modeldir import load_model_dir, read_tokenizer, save_model_dir
+from .modeldir import chat_files, load_model_dir, model_card, read_tokenizer, save_model_dir
 from .preflight import check_fits
 from .models import build_model, count_parameters
 from .tokenizer import Tokenizer
@@ -116,7 +116,9 @@ class LM:
         """Write a Hugging Face directory that transformers' AutoModelFor* and AutoTokenizer load as it is."""
         from .interop import save_hf_dir
 
-        return save_hf_dir(path, self.model, self.tokenizer, self.config.model, self.meta)
+        files = {"README.md": model_card(self.model, self.tokenizer, self.config.model, self.meta),
+                 **chat_files(self.tokenizer, self.meta, self.bundle.is_causal)}
+        return save_hf_dir(path, self.model, self.tokenizer, self.config.model, files)
 
     def merge_lora(self) -> "LM":
         """Fold LoRA adapters (a train.lora run) into the weights: a plain model with the same outputs (1e-5)."""

@@ -10,17 +10,17 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..files import atomic_directory
-from ..modeldir import chat_files, model_card
 from ..tokenizer import Tokenizer
 from .families import CONCAT, FOR_ARCH, TRANSPOSE, Pair
 from .hf_tokenizer import save_hf_tokenizer
 
 
 def save_hf_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, cfg: ModelConfig,
-                meta: dict | None = None) -> Path:
+                extra_files: dict[str, str] | None = None) -> Path:
     """Write config.json, model.safetensors, the tokenizer files and (decoders) generation_config.json, all at
-    once: a model Hugging Face cannot express is refused before anything is written. With `meta`, also the
-    model card (README.md) and, for a model with a chat template, chat_template.jinja (eos ids end turns)."""
+    once: a model Hugging Face cannot express is refused before anything is written. `extra_files` (name ->
+    text: a model card, chat_template.jinja, a generation_config.json whose eos ids end chat turns) are written
+    with them, replacing a file of the same name."""
     path = Path(path)
     if cfg.layer_heads or cfg.layer_intermediate:  # Hugging Face configs have one head count and MLP width
         raise ValueError(f"a model whose heads or MLP neurons were pruned has sizes that differ per layer "
@@ -53,16 +53,11 @@ def save_hf_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, cfg: M
         hf_config.update({k: v for k, v in special.items() if v is not None})
         save_file(tensors, str(temp / "model.safetensors"), metadata={"format": "pt"})
         (temp / "config.json").write_text(json.dumps(hf_config, indent=2, ensure_ascii=False))
-        chat = chat_files(tokenizer, meta or {}, model.is_causal)
         if model.is_causal:
             generation = {k: v for k, v in special.items() if v is not None}
-            if chat:  # the end-of-turn token stops generation too
-                generation["eos_token_id"] = json.loads(chat["generation_config.json"])["eos_token_id"]
             (temp / "generation_config.json").write_text(json.dumps(generation, indent=2))
-        if meta is not None:
-            (temp / "README.md").write_text(model_card(model, tokenizer, cfg, meta))
-        if chat:
-            (temp / "chat_template.jinja").write_text(chat["chat_template.jinja"])
+        for name, text in (extra_files or {}).items():
+            (temp / name).write_text(text, encoding="utf-8")
     return path
 
 

@@ -219,6 +219,9 @@ class DataConfig(Section):
     scrub: bool = Field(False, description="replace PII in data.paths by typed placeholders before training")
     dedup: bool = Field(False, description="drop exact and near-duplicate documents of data.paths before training")
     dedup_near: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard similarity above which documents are near duplicates")
+    max_length: int | None = Field(None, ge=2, description="sft: conversations are cut to this many tokens and "
+                                   "packed into rows this wide (default model.block_size, which a chat model "
+                                   "from model.init sets to its whole context)")
     contamination: list[str] = Field(default_factory=list, description="evaluation files checked for n-gram overlap "
                                      "with the training text; the result goes into the model card")
 

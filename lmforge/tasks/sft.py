@@ -159,7 +159,7 @@ def make_sft_task(lm) -> SFTTask:
                           "ShareGPT conversations or alpaca instruction/output rows)")
     template = template_of(lm.meta)
     check_template_tokens(template, lm.tokenizer)
-    block = config.model.block_size
+    block = min(config.model.block_size, data.max_length or config.model.block_size)
     _, conversations = read_conversations(data.train)
     if data.test:
         val_conversations = read_conversations(data.test)[1]

@@ -15,7 +15,7 @@ from .data.corpus import iter_texts
 from .files import atomic_write_text
 from .modeldir import chat_files, load_model_dir, model_card, read_tokenizer, save_model_dir
 from .preflight import check_fits
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, is_decoder
 from .tokenizer import Tokenizer
 from .train.checkpoint import find_resumable
 from .train.trainer import RunDir, TrainResult, train
@@ -224,7 +224,7 @@ class LM:
         ignore_eos=True keeps going past the end-of-text token (always max_new_tokens tokens)."""
         from .infer.generate import SamplingConfig, generate
 
-        if not getattr(self.model, "is_causal", False):
+        if not is_decoder(self.model):
             raise ValueError(f"generate needs a decoder (gpt, llama); this model is '{self.config.model.arch}' "
                              "(use fill_mask or classify)")
         single = isinstance(prompt, str)
@@ -373,7 +373,7 @@ class LM:
             ids = np.array(open_tokens(build_token_file(paths, self.tokenizer, scratch, text_field or "text")))
         if len(ids) < 2:
             raise ValueError(f"'{data}' has fewer than 2 tokens: nothing to evaluate")
-        if not getattr(self.model, "is_causal", True):
+        if not is_decoder(self.model):
             from .infer.fill_mask import evaluate_mlm
             return evaluate_mlm(self.model, self.tokenizer, ids, batch_size, self.config.train.mask_prob)
         return score_tokens(self.model, ids, batch_size)

@@ -29,4 +29,4 @@ class Bundle:
     @property
     def is_causal(self) -> bool:
         """A decoder (generates text) rather than an encoder or a classifier-only baseline."""
-        return bool(getattr(self.model, "is_causal", False))
+        return bool(self.model.is_causal)  # every model says so (models/contract.py)

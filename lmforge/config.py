@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import ConfigError
 from .files import read_toml
+from .models import ARCHS, CLASSIFIER, ENCODER
 
 
 # objectives that read data.train (labeled rows; conversations for sft), not data.paths
@@ -28,9 +29,9 @@ class Section(BaseModel):
 class ModelConfig(Section):
     """Architecture. `arch` picks the family; the switches below default from it."""
 
-    arch: Literal["gpt", "llama", "bert", "lstm", "gru", "rnn", "textcnn"] = Field(
-        "gpt", description="Transformers: gpt, llama (decoders), bert (encoder); baselines: lstm, gru, rnn (a plain "
-                           "tanh RNN) language models, textcnn (Kim's convolutional classifier)")
+    arch: Literal[tuple(ARCHS)] = Field(  # the family registry in models/ (one folder per family)
+        "gpt", description="Transformers: gpt, llama, qwen2 (decoders), bert (encoder); baselines: lstm, gru, rnn (a "
+                           "plain tanh RNN) language models, textcnn (Kim's convolutional classifier)")
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
     n_kv_head: int | None = Field(None, ge=1, description="key/value heads (grouped-query attention); default n_head")
@@ -43,6 +44,8 @@ class ModelConfig(Section):
                                                                    "`lmforge prune --method neurons`)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bias: bool | None = None
+    qkv_bias: bool | None = Field(None, description="biases on the query/key/value projections even where model.bias "
+                                                    "is false (Qwen2); default: model.bias")
     norm: Literal["layernorm", "rmsnorm"] | None = None
     mlp: Literal["gelu", "swiglu"] | None = None
     position: Literal["learned", "rope"] | None = Field(
@@ -58,7 +61,7 @@ class ModelConfig(Section):
         "cls", description="arch 'bert' only: what the classifier reads, the [CLS] state through the pooler (BERT's "
                            "way) or the mean of the real tokens' states (as sentence encoders do); a fine-tuning "
                            "from model.init may choose either")
-    rope_theta: float = Field(10000.0, gt=0)
+    rope_theta: float = Field(10000.0, gt=0, description="rotary positions' base (qwen2 defaults to 1e6)")
     type_vocab_size: int = Field(2, ge=1, description="BERT token-type (segment) embeddings")
     vocab_size: int = Field(0, ge=0, le=MAX_VOCAB, description="set from the tokenizer; leave 0")
     labels: list[str] = Field(default_factory=list, description="class names of a classification head (set from the data)")
@@ -75,23 +78,19 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _fill_arch_defaults(self):
-        if self.arch in BASELINE_ARCHS:
+        family = ARCHS[self.arch]
+        if not family.transformer:
             check_baseline_keys(self)
             return self
         wrong = [key for key in ("bptt", "kernel_sizes", "n_filters", "batch_norm") if getattr(self, key) is not None]
         if wrong:
             raise ValueError(f"model.{wrong[0]} is a key of the baseline archs (lstm, gru, rnn, textcnn); "
                              f"arch '{self.arch}' has no use for it: remove it")
-        llama = self.arch == "llama"
-        defaults = {
-            "bias": not llama,
-            "norm": "rmsnorm" if llama else "layernorm",
-            "mlp": "swiglu" if llama else "gelu",
-            "position": "rope" if llama else "learned",
-        }
-        for key, value in defaults.items():
-            if getattr(self, key) is None:
+        for key, value in family.defaults.items():  # the family's switches, where the config leaves them unset
+            if getattr(self, key) is None or key not in self.model_fields_set:
                 object.__setattr__(self, key, value)
+        if self.qkv_bias is None:
+            object.__setattr__(self, "qkv_bias", self.bias)
         if self.n_kv_head is None:
             object.__setattr__(self, "n_kv_head", self.n_head)
         if self.intermediate_size is None:
@@ -108,15 +107,16 @@ class ModelConfig(Section):
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError("rotary positions need an even head size (n_embd / n_head)")
         self._check_layer_sizes()
-        if self.arch != "bert" and self.pooling != "cls":
+        if family.kind != ENCODER and self.pooling != "cls":
             raise ValueError(f"pooling is an arch 'bert' switch; arch '{self.arch}' classifies from the last real token")
-        if self.arch != "bert" and self.norm_position == "pre":
+        if family.kind != ENCODER and self.norm_position == "pre":
             raise ValueError(f"norm_position is an arch 'bert' switch; arch '{self.arch}' blocks are pre-norm already")
         return self
 
     @property
     def is_transformer(self) -> bool:
-        return self.arch not in BASELINE_ARCHS
+        """Whether the arch is a Transformer (not an RNN or TextCNN baseline)."""
+        return ARCHS[self.arch].transformer
 
     @property
     def head_dim(self) -> int:
@@ -151,10 +151,11 @@ class ModelConfig(Section):
                                  f"{self.n_kv_head} each entry must be a multiple of {group} (whole key/value groups)")
 
 
-BASELINE_ARCHS = ("lstm", "gru", "rnn", "textcnn")
+BASELINE_ARCHS = tuple(arch for arch, family in ARCHS.items() if not family.transformer)
 # keys only the Transformers read; on a baseline arch they must stay at their defaults
-TRANSFORMER_KEYS = ("n_head", "n_kv_head", "intermediate_size", "bias", "norm", "mlp", "position", "rope_theta",
-                    "norm_eps", "norm_position", "pooling", "type_vocab_size", "layer_heads", "layer_intermediate")
+TRANSFORMER_KEYS = ("n_head", "n_kv_head", "intermediate_size", "bias", "qkv_bias", "norm", "mlp", "position",
+                    "rope_theta", "norm_eps", "norm_position", "pooling", "type_vocab_size", "layer_heads",
+                    "layer_intermediate")
 
 
 def check_baseline_keys(cfg: ModelConfig) -> None:
@@ -332,11 +333,12 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _fill_family_defaults(self):
-        bert, cnn = self.model.arch == "bert", self.model.arch == "textcnn"
+        family = ARCHS[self.model.arch]
+        bert, cnn = family.kind == ENCODER, family.kind == CLASSIFIER
         if self.tokenizer.kind is None:
-            object.__setattr__(self.tokenizer, "kind", "wordpiece" if bert or cnn else "char")
+            object.__setattr__(self.tokenizer, "kind", family.tokenizer)
         if self.train.objective is None:
-            object.__setattr__(self.train, "objective", "mlm" if bert else "classify" if cnn else "clm")
+            object.__setattr__(self.train, "objective", family.objective)
         if cnn and self.train.objective != "classify":
             raise ValueError(f"arch 'textcnn' is a classifier: use train.objective 'classify', not "
                              f"'{self.train.objective}'")

@@ -16,7 +16,7 @@ from .config import ModelConfig, describe_validation_error
 from .infer.chat_encode import end_of_turn
 from .errors import ModelDirError, shape_mismatch
 from .files import DamagedFileError, atomic_directory, read_json, verify_manifest, write_manifest
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, family_of
 from .tokenizer import Tokenizer
 
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
@@ -76,7 +76,7 @@ def read_model_config(path: str | Path) -> tuple[ModelConfig, dict]:
 
 def load_model_dir(path: str | Path, device: str = "cpu") -> Bundle:
     """Load a Bundle (model, tokenizer, model config, config.json contents) from a model directory; a Hugging
-    Face checkpoint directory (gpt2, bert, llama) is converted in memory."""
+    Face checkpoint directory (gpt2, bert, llama, qwen2) is converted in memory."""
     from .interop import is_hf_dir, load_hf_dir
 
     path = Path(path)
@@ -217,13 +217,13 @@ def card_front_matter(info: dict) -> list[str]:
 
 def model_card(model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, info: dict) -> str:
     """A short model card: what the model is, what it was trained on, how it scored, what it is not for."""
-    if hasattr(model, "describe"):  # the baselines (RNNs, TextCNN) describe themselves
+    family = family_of(config.arch)
+    if not family.transformer:  # the baselines (RNNs, TextCNN) describe themselves
         summary = f"{model.describe()}; made with lmforge {__version__}, "
     else:
-        family = {"gpt": "GPT-2-style decoder", "llama": "Llama-style decoder", "bert": "BERT-style encoder"}[config.arch]
         heads = f"{config.n_head} heads" if not config.layer_heads else f"{config.layer_heads} heads per layer (pruned)"
         widths = f", MLP widths {config.layer_intermediate} (pruned)" if config.layer_intermediate else ""
-        summary = (f"A {family} made with lmforge {__version__}: {config.n_layer} layers, {heads}, "
+        summary = (f"A {family.card} made with lmforge {__version__}: {config.n_layer} layers, {heads}, "
                    f"{config.n_embd} dimensions{widths}, context {config.block_size} tokens, ")
     lines = [*card_front_matter(info), f"# {info.get('name', 'lmforge model')}", "",
              f"{summary}{count_parameters(model) / 1e6:.2f}M parameters; {tokenizer.kind} tokenizer, "

@@ -240,7 +240,8 @@ def _fresh_python(code: str) -> str:
     return result.stdout.strip()
 
 
-@pytest.mark.parametrize("modules", ["lmforge.errors, lmforge.config, lmforge._version, lmforge.bundle",
+# config.py reads the family registry (models/), whose modules are torch modules: it is not torch-free
+@pytest.mark.parametrize("modules", ["lmforge.errors, lmforge._version, lmforge.bundle",
                                      "lmforge.files, lmforge.app.commands"])
 def test_leaves_do_not_import_torch(modules):
     heavy = _fresh_python(f"import sys, {modules}; print(sorted(m for m in ('torch', 'numpy', 'lmforge.api') "

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.contract import transformer_blocks
+
 # target names a user writes -> layer names inside each Transformer block (models/layers.py's Attention and MLP)
 TARGET_GROUPS = {"qkv": ("attn.qkv",), "proj": ("attn.proj",), "mlp": ("mlp.up", "mlp.down", "mlp.gate")}
 ADAPTER_NAMES = ("lora_a", "lora_b")
@@ -96,8 +98,8 @@ def _layer_name(full: str) -> str:
 
 def check_lora_model(model: nn.Module) -> None:
     """LoRA needs Transformer blocks (gpt, llama, bert); the baselines (RNNs, TextCNN) have none to adapt."""
-    if not isinstance(getattr(model, "h", None), nn.ModuleList) or not _block_linears(model):
-        arch = getattr(getattr(model, "config", None), "arch", type(model).__name__)
+    if transformer_blocks(model) is None or not _block_linears(model):
+        arch = model.config.arch
         raise ValueError(f"train.lora applies to the Transformer archs (gpt, llama, bert); this model is '{arch}', "
                          "which has no attention or MLP layers to adapt: unset train.lora.rank to train it fully")
 

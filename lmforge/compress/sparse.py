@@ -6,16 +6,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.contract import transformer_blocks
+
 VALUES, BITMASK = ".sparse_values", ".sparse_bitmask"  # suffixes of a packed weight's two tensors in the file
 
 
 def prunable_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """The Linear layers inside the Transformer blocks (attention and MLP): what pruning thins. Embeddings, the
     tied LM head and task heads stay dense (they are small, and the LM head shares the embedding table)."""
-    config = getattr(model, "config", None)
-    blocks = getattr(model, "h", None)
-    if config is None or not getattr(config, "is_transformer", False) or blocks is None:
-        arch = getattr(config, "arch", type(model).__name__)
+    blocks = transformer_blocks(model)
+    if blocks is None:
+        arch = model.config.arch
         raise ValueError(f"pruning works on the Transformers (arch gpt, llama, bert); this model is '{arch}'")
     return [(f"h.{name}", module) for name, module in blocks.named_modules() if isinstance(module, nn.Linear)]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models.contract import is_decoder
 from .inputs import check_layer_head, device_of, encode_text, evaluation_mode, require_attention, token_labels
 
 
@@ -52,7 +53,7 @@ def capture_attention(model, tokenizer, text: str) -> AttentionMap:
     with evaluation_mode(model):
         _, weights = model.hidden_states(tensor, return_weights=True)
     stacked = torch.stack([w[0] for w in weights]).float().cpu().numpy()
-    return AttentionMap(token_labels(tokenizer, ids), ids, stacked, bool(getattr(model, "is_causal", False)))
+    return AttentionMap(token_labels(tokenizer, ids), ids, stacked, is_decoder(model))
 
 
 def explain_attention(model, tokenizer, text: str, *, layer: int | None = None, head: int | None = None,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..files import atomic_write_text
+from ..models.contract import has_classifier, is_decoder
 from .html import attribution_page
 from .inputs import device_of, encode_text, evaluation_mode, model_name, token_labels
 
@@ -162,8 +163,8 @@ def _baseline(model, tokenizer, ids: list[int], baseline: str) -> tuple[torch.Te
 def _kind(model, kind: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"unknown attribution kind '{kind}'; choose one of {', '.join(KINDS)}")
-    has_head = getattr(model, "classifier", None) is not None and bool(getattr(model.config, "labels", None))
-    causal = bool(getattr(model, "is_causal", False))
+    has_head = has_classifier(model) and bool(model.config.labels)
+    causal = is_decoder(model)
     if kind == "auto":
         if has_head:
             return "class"

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..models.contract import is_decoder, transformer_blocks
 from ..tokenizer import Tokenizer
 
 
@@ -18,8 +19,7 @@ def model_name(model) -> str:
 
 def require_attention(model, what: str) -> None:
     """Raise a clear error unless the model is a Transformer whose blocks expose attention weights."""
-    blocks = getattr(model, "h", None)
-    if blocks is None or not hasattr(model, "hidden_states") or not all(hasattr(b, "attn") for b in blocks):
+    if transformer_blocks(model) is None:
         raise ValueError(f"{what} needs a Transformer with attention (arch gpt, llama or bert); "
                          f"this model is '{model_name(model)}', which has no attention layers")
 
@@ -46,7 +46,7 @@ def encode_text(model, tokenizer: Tokenizer, text: str, keep: str = "start", spe
     if not ids:
         raise ValueError(f"the text {text!r} gives no tokens with this tokenizer; give a longer text")
     if specials is None:
-        specials = not getattr(model, "is_causal", False)
+        specials = not is_decoder(model)
     special = [tokenizer.cls_id, tokenizer.sep_id] if specials and tokenizer.cls_id is not None \
         and tokenizer.sep_id is not None else None
     room = model.config.block_size - (2 if special else 0)

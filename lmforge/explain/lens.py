@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models.contract import is_decoder
 from .inputs import device_of, encode_text, evaluation_mode, model_name, require_attention, token_labels
 
 
@@ -34,7 +35,7 @@ class LogitLens:
 def logit_lens(model, tokenizer, text: str, *, top_k: int = 1, out: str | Path | None = None) -> LogitLens:
     """The logit lens of `text`: what the final norm + LM head make of each layer's residual stream."""
     require_attention(model, "the logit lens")
-    if not getattr(model, "is_causal", False) or not hasattr(model, "ln_f") or not hasattr(model, "lm_head"):
+    if not is_decoder(model):  # require_attention above: a Transformer decoder, so ln_f and lm_head are there
         raise ValueError(f"the logit lens reads a decoder's next-token head (gpt, llama); this model is "
                          f"'{model_name(model)}'")
     if top_k < 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.contract import is_decoder
 from ..models.layers import make_cache
 
 
@@ -17,7 +18,7 @@ class BatchDecoder:
     `step({row: token})`, and leave with `remove(row)`; row ids stay valid until removed."""
 
     def __init__(self, model):
-        if not getattr(model, "is_causal", False):
+        if not is_decoder(model):
             raise ValueError("continuous batching needs a decoder (gpt, llama)")
         if not model.config.is_transformer:  # its rows share one KV cache; a recurrent state has no columns to align
             raise ValueError(f"continuous batching (lmforge serve) needs a Transformer decoder (gpt, llama); arch "

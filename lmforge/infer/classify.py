@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from ..data.labeled import EncodedSet, LabeledSet
+from ..models.contract import has_classifier
 from .metrics import classification_report
 
 
@@ -36,7 +37,7 @@ def head_outputs(model, encoded: EncodedSet, batch_size: int = 32) -> np.ndarray
 def classify_texts(model, tokenizer, labels: list[str], texts: list[str], pairs: list[str] | None = None,
                    batch_size: int = 32) -> list[tuple[str, dict[str, float]]]:
     """(label, {label: probability}) for each text (and pair)."""
-    if not labels or getattr(model, "classifier", None) is None:
+    if not labels or not has_classifier(model):
         raise ValueError("this model has no classification head; fine-tune it first with objective='classify'")
     data = LabeledSet("input", list(texts), [labels[0]] * len(texts), list(pairs) if pairs is not None else None)
     probs = predict_probabilities(model, EncodedSet(data, tokenizer, None, model.config.block_size), batch_size)

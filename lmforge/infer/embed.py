@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import torch
 
+from ..models.contract import is_decoder
+
 
 def encode_for_embedding(model, tokenizer, text: str) -> list[int]:
     """The token ids a text is embedded from: with [CLS]/[SEP] for an encoder, plain for a decoder."""
-    ids = tokenizer.encode(text, add_special_tokens=not getattr(model, "is_causal", False))
+    ids = tokenizer.encode(text, add_special_tokens=not is_decoder(model))
     if not ids:
         ids = [tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.pad_id]
     return ids

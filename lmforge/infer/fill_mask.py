@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.masking import IGNORE, Masker
+from ..models.contract import is_encoder
 from .score import perplexity
 
 MASK = "[MASK]"
@@ -14,7 +15,7 @@ MASK = "[MASK]"
 @torch.no_grad()
 def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
     """For each [MASK] of `text`, the top_k (token, probability) pairs; special tokens are never proposed."""
-    if getattr(model, "is_causal", True) or not hasattr(model, "mlm_logits"):
+    if not is_encoder(model):
         raise ValueError("fill-mask needs a BERT-style encoder with a masked-LM head (arch 'bert')")
     if tokenizer.mask_id is None:
         raise ValueError("this model's tokenizer has no [MASK] token")

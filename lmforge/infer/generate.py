@@ -100,7 +100,7 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
     model.eval()
     param = next(model.parameters())
     device = param.device
-    context = getattr(model, "context_length", model.config.block_size)
+    context = model.context_length  # a Decoder: its window, or None (a recurrent state has none)
     rows = _encode_prompts(tokenizer, prompts, context, cfg.max_new_tokens)
     B, width = len(rows), max(map(len, rows))
     # prompts (left-padded, so every row's next token is at the same column) and then the new tokens, written in

@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints in and out (gpt2, bert, llama): the only part of lmforge that knows their names."""
+"""Hugging Face checkpoints in and out (gpt2, bert, llama, qwen2): files in and out here;
+the per-family name tables in models/<family>/ (gpt2, bert and llama still in families.py)."""
 from .export import save_hf_dir
 from .load import is_hf_dir, load_hf_dir
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..files import atomic_directory
+from ..models.contract import is_decoder
 from ..tokenizer import Tokenizer
 from .families import CONCAT, FOR_ARCH, TRANSPOSE, Pair
 from .hf_tokenizer import save_hf_tokenizer
@@ -53,7 +54,7 @@ def save_hf_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, cfg: M
         hf_config.update({k: v for k, v in special.items() if v is not None})
         save_file(tensors, str(temp / "model.safetensors"), metadata={"format": "pt"})
         (temp / "config.json").write_text(json.dumps(hf_config, indent=2, ensure_ascii=False))
-        if model.is_causal:
+        if is_decoder(model):
             generation = {k: v for k, v in special.items() if v is not None}
             (temp / "generation_config.json").write_text(json.dumps(generation, indent=2))
         for name, text in (extra_files or {}).items():

@@ -1,68 +1,15 @@
-"""The three Hugging Face families lmforge reads and writes (gpt2, bert, llama): their config.json keys and
-the name of each weight, as one table per family that both directions use."""
+"""The Hugging Face families lmforge reads and writes: their config.json keys and the name of each weight, as one
+table per family that both directions use. gpt2, bert and llama are here; a family folder in models/ brings its
+own table (models/qwen2/hf.py) and the registry adds it."""
 from __future__ import annotations
-
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 from ..config import ModelConfig
 from ..errors import ModelDirError
-
-# how a Hugging Face tensor becomes an lmforge one: as it is, transposed (GPT-2's Conv1D stores (in, out)),
-# or several concatenated along the output dimension (separate q, k, v -> one fused qkv projection)
-COPY, TRANSPOSE, CONCAT = "copy", "transpose", "concat"
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One lmforge parameter and the Hugging Face tensor(s) it is made of. `role` says which part of the model:
-    'base' (always there), 'lm' (language-model head), 'pooler', 'cls' (sequence-classification head)."""
-
-    ours: str
-    theirs: tuple[str, ...]
-    kind: str = COPY
-    role: str = "base"
-
-
-class Family(ABC):
-    """What one Hugging Face `model_type` looks like."""
-
-    model_type: str
-    prefix: str  # the base model's prefix inside task checkpoints (GPT2LMHeadModel -> "transformer.")
-    head_prefixes: tuple[str, ...]
-    ignored: tuple[str, ...] = ()  # buffers and heads lmforge has no use for
-    fields: dict[str, str]  # lmforge ModelConfig field -> the config.json key that sets it (for messages)
-    tied_copy: str  # where some files keep a copy of the tied output layer (the word embeddings again)
-
-    @abstractmethod
-    def config(self, hf: dict, where: str) -> dict:
-        """ModelConfig fields from a config.json (errors name `where`)."""
-
-    @abstractmethod
-    def hf_config(self, cfg: ModelConfig) -> dict:
-        """config.json keys for an lmforge model; refuses what the family cannot express."""
-
-    @abstractmethod
-    def pairs(self, cfg: ModelConfig) -> list[Pair]:
-        """Every weight of a model of this config, lmforge name beside Hugging Face's."""
-
-    @abstractmethod
-    def architecture(self, cfg: ModelConfig) -> str:
-        """The transformers class an export loads as."""
-
-
-def _need(condition: bool, where: str, message: str) -> None:
-    if not condition:
-        raise ModelDirError(f"{where}: {message}")
-
-
-def _refuse(cfg: ModelConfig, checks: dict[str, object], target: str) -> None:
-    """Export check: each ModelConfig field must have the value the Hugging Face family can express."""
-    for field, wanted in checks.items():
-        value = getattr(cfg, field)
-        if value != wanted:
-            raise ValueError(f"cannot export: Hugging Face {target} has no way to express model.{field}={value!r} "
-                             f"(it needs {wanted!r}); this model can only be used within lmforge")
+from ..models import FAMILIES as MODEL_FAMILIES
+from ..models.foreign import CONCAT, COPY, TRANSPOSE, Pair  # noqa: F401  (the table vocabulary, re-exported)
+from ..models.foreign import ForeignNames as Family
+from ..models.foreign import need as _need
+from ..models.foreign import refuse as _refuse
 
 
 class GPT2(Family):
@@ -87,7 +34,8 @@ class GPT2(Family):
                 "mlp": "gelu", "bias": True, "classifier_bias": False}
 
     def hf_config(self, cfg: ModelConfig) -> dict:
-        _refuse(cfg, {"position": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True}, "gpt2")
+        _refuse(cfg, {"position": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "qkv_bias": True},
+                "gpt2")
         if cfg.labels:
             _refuse(cfg, {"classifier_bias": False}, "GPT2ForSequenceClassification (its score layer has no bias)")
         return {"model_type": "gpt2", "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
@@ -140,8 +88,8 @@ class Bert(Family):
                 "mlp": "gelu", "bias": True, "norm_position": "post", "classifier_bias": True}
 
     def hf_config(self, cfg: ModelConfig) -> dict:
-        _refuse(cfg, {"position": "learned", "norm_position": "post", "norm": "layernorm", "mlp": "gelu", "bias": True},
-                "bert")
+        _refuse(cfg, {"position": "learned", "norm_position": "post", "norm": "layernorm", "mlp": "gelu", "bias": True,
+                      "qkv_bias": True}, "bert")
         if cfg.labels:
             _refuse(cfg, {"pooling": "cls", "classifier_bias": True},
                     "BertForSequenceClassification (it reads the pooled [CLS] state through a biased classifier)")
@@ -210,7 +158,7 @@ class Llama(Family):
                 "position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": bias, "classifier_bias": False}
 
     def hf_config(self, cfg: ModelConfig) -> dict:
-        _refuse(cfg, {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu"}, "llama")
+        _refuse(cfg, {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qkv_bias": cfg.bias}, "llama")
         if cfg.labels:
             _refuse(cfg, {"classifier_bias": False}, "LlamaForSequenceClassification (its score layer has no bias)")
         return {"model_type": "llama", "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
@@ -243,13 +191,14 @@ class Llama(Family):
         return out
 
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2(), Bert(), Llama())}
-FOR_ARCH = {"gpt": FAMILIES["gpt2"], "bert": FAMILIES["bert"], "llama": FAMILIES["llama"]}
+FOR_ARCH: dict[str, Family] = {"gpt": GPT2(), "bert": Bert(), "llama": Llama()}
+FOR_ARCH.update({arch: spec.hf for spec in MODEL_FAMILIES.values() if spec.hf is not None for arch in spec.archs})
+FAMILIES: dict[str, Family] = {table.model_type: table for table in FOR_ARCH.values()}
 
 
 def family(model_type: object, where: str) -> Family:
     """The Family of a config.json's model_type, or a clear error listing the supported ones."""
     if model_type not in FAMILIES:
         raise ModelDirError(f"{where}: model_type={model_type!r} is not supported; lmforge reads "
-                            f"{', '.join(FAMILIES)} (GPT-2, BERT and Llama checkpoints)")
+                            f"{', '.join(FAMILIES)} checkpoints")
     return FAMILIES[model_type]

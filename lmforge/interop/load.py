@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import ModelConfig, describe_validation_error
 from ..errors import ModelDirError, shape_mismatch
-from ..models import build_model
+from ..models import ENCODER, build_model, family_of
 from ..tokenizer import Tokenizer
 from .families import CONCAT, TRANSPOSE, Family, Pair, family
 from .hf_tokenizer import load_hf_tokenizer
@@ -64,9 +64,9 @@ def load_hf_dir(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Token
         model = build_model(cfg)
     state, fresh = _convert(tensors, fam, cfg, model, config_file)
     model.load_state_dict(state, strict=False)
-    if cfg.tie_embeddings and hasattr(model, "lm_head"):
+    if cfg.tie_embeddings:  # every family read from Hugging Face has an output layer to tie
         model.lm_head.weight = model.wte.weight
-    if "lm" in fresh and not labels and cfg.arch == "bert":
+    if "lm" in fresh and not labels and family_of(cfg.arch).kind == ENCODER:
         warnings.warn(f"'{path}' has no masked-LM head (a BertModel or sentence-transformers checkpoint): a fresh "
                       "one tied to the word embeddings was made, so fill-mask needs training first", stacklevel=3)
     tokenizer = load_hf_tokenizer(root, hf)
@@ -161,7 +161,7 @@ def _required(pair: Pair, cfg: ModelConfig) -> bool:
     """Base weights always; a decoder's untied output layer unless the checkpoint is a classifier."""
     if pair.role == "base":
         return True
-    return pair.role == "lm" and cfg.arch != "bert" and not cfg.labels
+    return pair.role == "lm" and family_of(cfg.arch).kind != ENCODER and not cfg.labels
 
 
 def _to_ours(pair: Pair, values: list[torch.Tensor]) -> torch.Tensor:

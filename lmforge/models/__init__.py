@@ -1,28 +1,55 @@
-"""Model registry: `arch` name -> builder."""
+"""The family registry (`arch` -> Family) and `build_model`. A new family is a folder with a FAMILY and a line
+in FAMILY_LIST; config.py, modeldir.py, interop/ and compare/ read the registry instead of their own lists."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from ..config import ModelConfig
-from .bert import BERT
-from .cnn import TextCNN
-from .gpt import GPT
-from .rnn import RecurrentLM
+from .bert import FAMILY as BERT_FAMILY
+from .cnn import FAMILY as CNN_FAMILY
+from .contract import (Classifier, Decoder, Encoder, LanguageModel, has_classifier, is_decoder, is_encoder,
+                       transformer_blocks)
+from .family import CLASSIFIER, DECODER, ENCODER, Family
+from .gpt import FAMILY as GPT_FAMILY
+from .llama import FAMILY as LLAMA_FAMILY
+from .qwen2 import FAMILY as QWEN2_FAMILY
+from .rnn import FAMILY as RNN_FAMILY
 
-REGISTRY = {"gpt": GPT, "llama": GPT, "bert": BERT, "lstm": RecurrentLM, "gru": RecurrentLM, "rnn": RecurrentLM,
-            "textcnn": TextCNN}
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+FAMILY_LIST = (GPT_FAMILY, LLAMA_FAMILY, QWEN2_FAMILY, BERT_FAMILY, RNN_FAMILY, CNN_FAMILY)
+FAMILIES: dict[str, Family] = {family.name: family for family in FAMILY_LIST}
+ARCHS: dict[str, Family] = {arch: family for family in FAMILY_LIST for arch in family.archs}
+REGISTRY = {arch: family.module for arch, family in ARCHS.items()}  # arch -> module class
+
+__all__ = ["ARCHS", "CLASSIFIER", "DECODER", "ENCODER", "FAMILIES", "Classifier", "Decoder", "Encoder", "Family",
+           "LanguageModel", "archs_of", "build_model", "count_parameters", "family_of", "has_classifier", "is_decoder",
+           "is_encoder", "transformer_blocks"]
+
+
+def family_of(arch: str) -> Family:
+    """The Family that builds `arch`, or a clear error naming the known archs."""
+    try:
+        return ARCHS[arch]
+    except KeyError:
+        raise ValueError(f"unknown model.arch '{arch}'; known: {', '.join(ARCHS)}") from None
+
+
+def archs_of(kind: str) -> list[str]:
+    """The archs of one kind (DECODER, ENCODER or CLASSIFIER), in registry order: for messages and choices."""
+    return [arch for arch, family in ARCHS.items() if family.kind == kind]
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """Build an untrained model for `cfg.arch`."""
-    try:
-        builder = REGISTRY[cfg.arch]
-    except KeyError:
-        raise ValueError(f"unknown model.arch '{cfg.arch}'; known: {', '.join(REGISTRY)}") from None
+    module = family_of(cfg.arch).module
     if cfg.vocab_size <= 0:
         raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
-    return builder(cfg)
+    return module(cfg)
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Parameters of `model`, a tied (shared) tensor counted once."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
 from .attend import attend
+
+if TYPE_CHECKING:  # annotations only: config.py reads the family registry in models/
+    from ..config import ModelConfig
 
 
 class KVCache:
@@ -96,7 +99,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.heads_at(layer), cfg.kv_heads_at(layer), cfg.head_dim
-        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * cfg.head_dim, bias=cfg.bias)
+        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(self.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
 

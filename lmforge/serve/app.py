@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..infer.beam import beam_search, cut_at_stop
 from ..infer.embed import embed_ids, encode_for_embedding
 from ..infer.generate import SamplingConfig
+from ..models.contract import is_decoder
 from .chat import ChatTemplate
 from .engine import Call, Engine, Generation, QueueFull, Sequence
 from .errors import APIError
@@ -62,7 +63,7 @@ def create_app(lm, options: ServerOptions | None = None, chat_template: ChatTemp
     model, tokenizer = lm.model, lm.tokenizer
     context = model.config.block_size
     token_limit = min(options.max_tokens or context, context)
-    is_decoder = getattr(model, "is_causal", False)
+    decoder = is_decoder(model)
     created = int(time.time())
 
     @contextlib.asynccontextmanager
@@ -113,7 +114,7 @@ def create_app(lm, options: ServerOptions | None = None, chat_template: ChatTemp
                            param="model", code="model_not_found")
 
     def need_decoder(what: str) -> None:
-        if not is_decoder:
+        if not decoder:
             raise APIError(400, f"{what} needs a decoder (gpt, llama); this server's model is "
                                 f"'{lm.config.model.arch}' (use /v1/fill-mask, /v1/classify or /v1/embeddings)")
 

@@ -14,6 +14,7 @@ import torch
 
 from ..infer.batching import BatchDecoder
 from ..infer.generate import SamplingConfig, next_token
+from ..models.contract import is_decoder
 from .metrics import Metrics
 
 
@@ -85,7 +86,7 @@ class Engine:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.lm, self.max_batch, self.max_queue = lm, max_batch, max_queue
         self.metrics = metrics or Metrics()
-        self.decoder = BatchDecoder(lm.model) if getattr(lm.model, "is_causal", False) else None
+        self.decoder = BatchDecoder(lm.model) if is_decoder(lm.model) else None
         self.pending: collections.deque = collections.deque()
         self.active: list[Generation] = []
         self.lock = threading.Condition()

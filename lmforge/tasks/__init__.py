@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..data.prepare import prepare_corpus
 from ..data.tokens import TokenWindows, build_token_file, open_tokens
+from ..models.contract import is_decoder, is_encoder
 from .classify import (EMBEDDING_PREFIXES, HEAD_PREFIXES, ClassificationTask, attach_head, layerwise_groups,
                        make_classification_task)
 from .lm import EVAL_SEED, CausalLMTask, MaskedLMTask
@@ -43,7 +44,7 @@ def _objective_task(lm, work_dir: Path, progress: bool = False):
     config = lm.config
     objective = config.train.objective
     if objective == "clm":
-        if not getattr(lm.model, "is_causal", False):
+        if not is_decoder(lm.model):
             raise ValueError(f"objective 'clm' needs a decoder; this model is '{config.model.arch}'")
         paths = prepare_corpus(lm, config.data.paths, work_dir, progress)  # data.scrub / dedup / contamination
         bin_path = build_token_file(paths, lm.tokenizer, Path(work_dir) / "data",
@@ -51,7 +52,7 @@ def _objective_task(lm, work_dir: Path, progress: bool = False):
         windows = TokenWindows(open_tokens(bin_path), config.model.block_size, config.data.val_fraction)
         return CausalLMTask(windows, config.train.seed, config.train.label_smoothing)
     if objective == "mlm":
-        if getattr(lm.model, "is_causal", True) or not hasattr(lm.model, "mlm_logits"):
+        if not is_encoder(lm.model):
             raise ValueError(f"objective 'mlm' needs an encoder (arch 'bert'); this model is '{config.model.arch}'")
         paths = prepare_corpus(lm, config.data.paths, work_dir, progress)
         bin_path = build_token_file(paths, lm.tokenizer, Path(work_dir) / "data",

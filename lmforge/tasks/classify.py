@@ -7,6 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models.contract import has_classifier, transformer_blocks
+
 
 class LabeledTask:
     """What the tasks on labeled rows share (classification, regression, multi-label): both families (BERT pools
@@ -112,7 +114,7 @@ EMBEDDING_PREFIXES = ("wte.", "wpe.", "wtt.", "ln_emb.")
 def layerwise_groups(model, cfg) -> list[tuple[list, float]]:
     """Parameter groups for fine-tuning: head at head_lr / lr, block i at decay**(n_layer - i),
     embeddings at decay**(n_layer + 1); everything else (final norm, MLM head) at the full rate."""
-    n_layer = len(getattr(model, "h", ()))  # models without Transformer blocks get no layer-wise decay
+    n_layer = len(transformer_blocks(model) or ())  # the baselines get no layer-wise decay
     head_scale = (cfg.head_lr / cfg.lr) if cfg.head_lr else 1.0
     groups: dict[float, list] = {}
     for name, param in model.named_parameters():
@@ -198,9 +200,8 @@ def attach_head(lm, labels: list[str], seed: int, kind: str = "classify") -> Non
     nn.Linear over `labels` (one output each; one for a regression), drawn from `seed` alone (not from the global
     random state, which whatever ran before may have moved)."""
     current, bias = lm.config.model.labels, lm.config.model.classifier_bias
-    head = getattr(lm.model, "classifier", None)
-    if (current and set(current) == set(labels) and head is not None and head_kind(lm) == kind
-            and (head.bias is not None) == bias):
+    if (current and set(current) == set(labels) and has_classifier(lm.model) and head_kind(lm) == kind
+            and (lm.model.classifier.bias is not None) == bias):
         return
     width = getattr(lm.model, "feature_size", lm.config.model.n_embd)  # what the model's classifier reads
     with torch.random.fork_rng(devices=[]):
@@ -213,5 +214,4 @@ def attach_head(lm, labels: list[str], seed: int, kind: str = "classify") -> Non
     lm.model.classifier = head.to(device)
     model_cfg = lm.config.model.model_copy(update={"labels": list(labels)})
     lm.config = lm.config.model_copy(update={"model": model_cfg})
-    if hasattr(lm.model, "config"):
-        lm.model.config = model_cfg
+    lm.model.config = model_cfg

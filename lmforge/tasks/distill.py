@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
+from ..models.contract import is_decoder, is_encoder
 
 OBJECTIVES = ("clm", "mlm", "classify")
 
@@ -139,14 +140,14 @@ def check_same_tokenizer(teacher, student, path: Path) -> None:
 
 
 def _check_family(teacher, arch: str, objective: str, student, path: Path) -> None:
-    causal = getattr(teacher, "is_causal", False)
+    causal = is_decoder(teacher)
     if objective == "clm" and not causal:
         raise ConfigError(f"train.distill_teacher '{path}' is a '{arch}' encoder; objective 'clm' needs a decoder "
                           "teacher (gpt, llama, lstm, gru, rnn) whose next-token predictions the student learns")
-    if objective == "mlm" and (causal or not hasattr(teacher, "mlm_logits")):
+    if objective == "mlm" and not is_encoder(teacher):
         raise ConfigError(f"train.distill_teacher '{path}' is a '{arch}' decoder; objective 'mlm' needs an encoder "
                           "teacher (arch 'bert') with a masked-LM head")
-    if objective == "classify" and causal != getattr(student, "is_causal", False):
+    if objective == "classify" and causal != is_decoder(student):
         raise ConfigError(f"train.distill_teacher '{path}' is a '{arch}' model of the other family than the "
                           "student; a classifier distills from a classifier of its own family (decoder or encoder), "
                           "which reads the same encoded texts")

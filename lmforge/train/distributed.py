@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..models.contract import transformer_blocks
+
 # torchrun sets these; RANK and WORLD_SIZE are all a process needs to find its place
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # optimizer options that belong to the running process, not to the checkpoint it resumes
@@ -111,9 +113,8 @@ class Parallel:
         if self.main:  # a plain copy that receives the gathered weights when rank 0 writes a model directory
             self.replica = copy.deepcopy(model).to("cpu")
         mesh = init_device_mesh(self.device.type, (self.world,))
-        blocks = getattr(model, "h", None)
-        if isinstance(blocks, nn.ModuleList):  # one shard group per block: only one block is gathered at a time
-            for block in blocks:
+        # one shard group per Transformer block: only one block is gathered at a time
+        for block in transformer_blocks(model) or ():
                 fully_shard(block, mesh=mesh)
         self.engine = fully_shard(step, mesh=mesh)
 

@@ -17,16 +17,13 @@ from pathlib import Path
 
 from ...config import apply_overrides, build_config
 from ...figures import pyplot
+from ...models import ARCHS, DECODER, archs_of, count_parameters
 
-# sizes of about one million parameters each for a character vocabulary; the learning rates are the recipes'
-MODELS = {
-    "gpt": {"arch": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128},
-    "llama": {"arch": "llama", "n_layer": 4, "n_head": 4, "n_embd": 128},
-    "lstm": {"arch": "lstm", "n_layer": 2, "n_embd": 256},
-    "gru": {"arch": "gru", "n_layer": 2, "n_embd": 256},
-    "rnn": {"arch": "rnn", "n_layer": 2, "n_embd": 256},
-}
-LEARNING_RATES = {"gpt": 1e-3, "llama": 1e-3, "lstm": 3e-3, "gru": 3e-3, "rnn": 1e-3}
+# every decoder of the registry, at about one million parameters for a character vocabulary; the learning rates
+# are the recipes' (gated recurrent cells take a higher one)
+MODELS = {arch: {"arch": arch, **({"n_layer": 4, "n_head": 4, "n_embd": 128} if ARCHS[arch].transformer
+                                  else {"n_layer": 2, "n_embd": 256})} for arch in archs_of(DECODER)}
+LEARNING_RATES = {arch: 3e-3 if arch in ("lstm", "gru") else 1e-3 for arch in MODELS}
 CALIBRATION_STEPS = 20
 
 
@@ -113,7 +110,6 @@ class BudgetClock:
 def run_arch(config, minutes: float, progress: bool = True) -> dict:
     """Train one arch for `minutes` of training time; its curve (seconds, val loss), speed and best loss."""
     from ...api import LM
-    from ...models import count_parameters
 
     per_step = _seconds_per_step(config)
     steps = max(10, int(minutes * 60 / per_step))

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ...figures import pyplot
+from ...models.contract import is_decoder
 
 # the metric each kind of model is judged by, and whether more is better
 QUALITY = (("accuracy", True), ("perplexity", False), ("micro_f1", True), ("mse", False))
@@ -39,7 +40,7 @@ def count_weights(model: torch.nn.Module) -> tuple[int, int]:
 def _kind(lm) -> str:
     if lm.config.model.labels:
         return "classifier"
-    return "decoder" if getattr(lm.model, "is_causal", False) else "encoder"
+    return "decoder" if is_decoder(lm.model) else "encoder"
 
 
 def _steps(meta: dict) -> str:

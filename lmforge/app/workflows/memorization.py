@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ...data.corpus import DataError, iter_documents
+from ...models import DECODER, archs_of, family_of
 from ...train.checkpoint import list_checkpoints
 
 FIRST = ["Alice", "Bruno", "Chen", "Dana", "Emeka", "Fatima", "Goran", "Hana", "Ivan", "Jun", "Kofi", "Lena", "Mateo",
@@ -103,8 +104,9 @@ def memorization_audit(config, *, canaries: int = 20, repetitions=(0, 1, 4, 16),
     does. The run goes to config.run.path unless `work_dir` is given."""
     from ...api import LM
 
-    if config.model.arch == "bert" or config.train.objective != "clm":
-        raise ValueError("the memorization audit trains a decoder (model.arch 'gpt' or 'llama', objective 'clm')")
+    if family_of(config.model.arch).kind != DECODER or config.train.objective != "clm":
+        raise ValueError(f"the memorization audit trains a decoder (model.arch one of {', '.join(archs_of(DECODER))}; "
+                         "objective 'clm')")
     if candidates < 1 or canaries < 1:
         raise ValueError(f"need at least one canary and one candidate (got {canaries}, {candidates})")
     repetitions = [int(r) for r in repetitions]

@@ -9,13 +9,14 @@ from ...bundle import Bundle
 from ...compress.lora import find_step, lora_modules, merge_lora
 from ...errors import ModelDirError
 from ...modeldir import load_model_dir, save_model_dir
+from ...models.contract import has_classifier
 
 
 def _probe(model, vocab_size: int, block_size: int):
     """The model's outputs on a fixed random batch: compared before and after merging."""
     ids = torch.randint(0, vocab_size, (2, min(16, block_size)), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        if getattr(model, "classifier", None) is not None:
+        if has_classifier(model):
             return model.classify(ids).float()
         return model(ids).float()
 

@@ -17,6 +17,7 @@ from ...explain.attention import capture_attention
 from ...explain.attribution import attribute
 from ...explain.plots import attention_figure, curves_figure
 from ...files import read_json
+from ...models.contract import is_decoder, transformer_blocks
 
 MAX_SAMPLE_TOKENS = 32  # LM samples: short enough to read as a row of coloured tokens
 
@@ -189,7 +190,7 @@ def build_report(path: str | Path, out: str | Path, *, samples: int = 3, steps: 
         val_fraction = config.data.val_fraction if config is not None else 0.1
         texts, where = _lm_samples(run, lm, val_fraction, samples)
 
-    has_attention = hasattr(lm.model, "h") and all(hasattr(b, "attn") for b in getattr(lm.model, "h", []))
+    has_attention = transformer_blocks(lm.model) is not None
     if texts and has_attention:
         _progress("attention sample")
         attention = capture_attention(lm.model, lm.tokenizer, texts[0][0])
@@ -204,7 +205,7 @@ def build_report(path: str | Path, out: str | Path, *, samples: int = 3, steps: 
                                                        "This model has no attention layers.")))
 
     single_label = (meta.get("classification") or {}).get("kind", "classify") == "classify"
-    can_attribute = (bool(labels) and single_label) or (not labels and getattr(lm.model, "is_causal", False))
+    can_attribute = (bool(labels) and single_label) or (not labels and is_decoder(lm.model))
     if texts and can_attribute:
         parts = [_note(f"Integrated gradients (pad baseline) on {len(texts)} texts from {where}.")]
         for number, (text, extra) in enumerate(texts, 1):

@@ -1,12 +1,16 @@
-"""GPT-style decoders: GPT-2 (learned positions, LayerNorm, GELU, biases) and Llama (RoPE, RMSNorm,
-SwiGLU, grouped-query attention) from one config with a few switches."""
+"""GPT-style decoders: GPT-2 (learned positions, LayerNorm, GELU, biases), Llama (RoPE, RMSNorm, SwiGLU,
+grouped-query attention) and Qwen2 (Llama with biased q/k/v) from one config with a few switches."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from .layers import MLP, Attention, KVCache, RotaryEmbedding, document_mask, init_weights, make_cache, make_norm
+from ..layers import MLP, Attention, KVCache, RotaryEmbedding, document_mask, init_weights, make_cache, make_norm
+
+if TYPE_CHECKING:  # annotations only: config.py reads the family registry in models/
+    from ...config import ModelConfig
 
 
 class Block(nn.Module):

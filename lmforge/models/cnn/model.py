@@ -2,11 +2,15 @@
 batch normalization (switchable), ReLU, max-over-time pooling, dropout and a linear classifier."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+if TYPE_CHECKING:  # annotations only: config.py reads the family registry in models/
+    from ...config import ModelConfig
+
 
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):

@@ -3,12 +3,16 @@ model.norm_position='pre', pre-LayerNorm blocks and a final LayerNorm), an MLM h
 to the word embeddings, a [CLS] pooler and a classification head."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from .layers import MLP, Attention, RotaryEmbedding, init_weights
+from ..layers import MLP, Attention, RotaryEmbedding, init_weights
+
+if TYPE_CHECKING:  # annotations only: config.py reads the family registry in models/
+    from ...config import ModelConfig
 
 
 class EncoderBlock(nn.Module):

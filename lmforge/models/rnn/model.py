@@ -2,10 +2,14 @@
 layers, dropout and an output layer tied to the embedding. The recurrent state is the generation cache."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+if TYPE_CHECKING:  # annotations only: config.py reads the family registry in models/
+    from ...config import ModelConfig
+
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 

@@ -1,0 +1,70 @@
+"""The vocabulary of foreign-name tables: how one lmforge parameter is made of a checkpoint's tensors (Pair),
+and what a table for one Hugging Face `model_type` offers (ForeignNames). Each family folder holds its table;
+interop/ reads and writes the files with them."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import ModelDirError
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+# how a Hugging Face tensor becomes an lmforge one: as it is, transposed (GPT-2's Conv1D stores (in, out)),
+# or several concatenated along the output dimension (separate q, k, v -> one fused qkv projection)
+COPY, TRANSPOSE, CONCAT = "copy", "transpose", "concat"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One lmforge parameter and the Hugging Face tensor(s) it is made of. `role` says which part of the model:
+    'base' (always there), 'lm' (language-model head), 'pooler', 'cls' (sequence-classification head)."""
+
+    ours: str
+    theirs: tuple[str, ...]
+    kind: str = COPY
+    role: str = "base"
+
+
+class ForeignNames(ABC):
+    """What one Hugging Face `model_type` looks like: its config.json keys and the name of each weight."""
+
+    model_type: str
+    prefix: str  # the base model's prefix inside task checkpoints (GPT2LMHeadModel -> "transformer.")
+    head_prefixes: tuple[str, ...]
+    ignored: tuple[str, ...] = ()  # buffers and heads lmforge has no use for
+    fields: dict[str, str]  # lmforge ModelConfig field -> the config.json key that sets it (for messages)
+    tied_copy: str  # where some files keep a copy of the tied output layer (the word embeddings again)
+
+    @abstractmethod
+    def config(self, hf: dict, where: str) -> dict:
+        """ModelConfig fields from a config.json (errors name `where`)."""
+
+    @abstractmethod
+    def hf_config(self, cfg: ModelConfig) -> dict:
+        """config.json keys for an lmforge model; refuses what the family cannot express."""
+
+    @abstractmethod
+    def pairs(self, cfg: ModelConfig) -> list[Pair]:
+        """Every weight of a model of this config, lmforge name beside Hugging Face's."""
+
+    @abstractmethod
+    def architecture(self, cfg: ModelConfig) -> str:
+        """The transformers class an export loads as."""
+
+
+def need(condition: bool, where: str, message: str) -> None:
+    """Import check: a ModelDirError naming `where` unless `condition` holds."""
+    if not condition:
+        raise ModelDirError(f"{where}: {message}")
+
+
+def refuse(cfg: ModelConfig, checks: dict[str, object], target: str) -> None:
+    """Export check: each ModelConfig field must have the value the Hugging Face family can express."""
+    for field, wanted in checks.items():
+        value = getattr(cfg, field)
+        if value != wanted:
+            raise ValueError(f"cannot export: Hugging Face {target} has no way to express model.{field}={value!r} "
+                             f"(it needs {wanted!r}); this model can only be used within lmforge")

@@ -173,11 +173,15 @@ def make_sft_task(lm) -> SFTTask:
     train = encode_all(conversations, lm.tokenizer, template, block, data.train)
     val = encode_all(val_conversations, lm.tokenizer, template, block, data.test or data.train) \
         if val_conversations else None
-    lm.meta["chat_template"] = template  # the saved model renders chats the way it was trained
     # the model card's front matter (base_model, datasets; a license the base model's meta carries stays)
     if config.model.init:
         lm.meta["base_model"] = Path(config.model.init.rstrip("/")).name
     lm.meta["datasets"] = [Path(data.train).name] + ([Path(data.test).name] if data.test else [])
-    lm.meta["sft"] = {"conversations": len(train), "truncated": sum(e.truncated for e in train),
-                      "assistant_tokens": sum(e.n_trained for e in train)}
-    return SFTTask(train, val, block, lm.tokenizer.pad_id, config.train.seed, config.train.grad_accum)
+    task = SFTTask(train, val, block, lm.tokenizer.pad_id, config.train.seed, config.train.grad_accum)
+    # what the model card's training section lists (LM.fit adds a task's training_facts)
+    task.training_facts = {
+        "conversations": f"{len(train)} ({sum(e.truncated for e in train)} cut to {block} tokens)",
+        "assistant_tokens": sum(e.n_trained for e in train),
+        "chat_template": "the model's own" if lm.meta.get("chat_template") else "built-in ChatML"}
+    lm.meta["chat_template"] = template  # the saved model renders chats the way it was trained
+    return task

@@ -345,7 +345,8 @@ class Config(Section):
         if bert and self.train.objective == "clm":
             raise ValueError("arch 'bert' is an encoder: use train.objective 'mlm' or 'classify', not 'clm'")
         if self.train.objective == "sft" and (bert or cnn):
-            raise ValueError(f"objective 'sft' tunes a decoder (gpt, llama); arch '{self.model.arch}' is not one")
+            raise ValueError(f"train.objective 'sft' tunes a decoder (gpt, llama); model.arch '{self.model.arch}' "
+                             "is not one")
         if not bert and self.train.objective == "mlm":
             raise ValueError(f"arch '{self.model.arch}' is a decoder: use train.objective 'clm' or 'classify', not 'mlm'")
         labeled = self.train.objective in LABELED_OBJECTIVES

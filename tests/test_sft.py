@@ -296,7 +296,7 @@ def test_a_vocabulary_without_the_template_markers_is_refused(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", as_rows("messages"))
     with pytest.raises(TemplateError, match=r"tokenizer.add_special_tokens=\['<\|im_start\|>', '<\|im_end\|>'\]"):
         lm.fit(path, objective="sft", max_steps=1, progress=False)
-    with pytest.raises(ConfigError, match="objective 'sft' tunes a decoder"):
+    with pytest.raises(ConfigError, match="train.objective 'sft' tunes a decoder"):
         LM.new("bert", tokenizer="char", corpus=corpus, **TINY).fit(path, objective="sft", max_steps=1)
 
 

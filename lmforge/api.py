@@ -101,10 +101,11 @@ class LM:
         return self
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "LM":
+    def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: str | None = None) -> "LM":
         """Load a model directory (final/, checkpoints/step-N/ or one written by LM.save), or a Hugging Face
-        gpt2 / bert / llama checkpoint directory (converted in memory)."""
-        model, tokenizer, model_cfg, meta = load_model_dir(path, device)
+        gpt2 / bert / llama checkpoint directory (converted in memory); on `device` (auto: the GPU if any), in
+        `dtype` (float32, bfloat16, float16; default: as saved)."""
+        model, tokenizer, model_cfg, meta = load_model_dir(path, device, dtype)
         config = Config(model=model_cfg, tokenizer={"kind": tokenizer.kind})
         return cls(model, tokenizer, config, meta)
 

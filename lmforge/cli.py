@@ -8,7 +8,7 @@ import sys
 import warnings
 
 from ._version import __version__
-from .app.commands import ORDER, Command, all_commands
+from .app.commands import all_commands
 from .errors import ConfigError, DataError, ModelDirError
 
 
@@ -20,46 +20,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _convert_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="an lmforge model directory or a Hugging Face gpt2/bert/llama checkpoint directory")
-    p.add_argument("destination", help="the directory to write (must not exist unless --force)")
-    p.add_argument("--to", choices=["lmforge", "hf"], default="lmforge", help="output format (default: lmforge)")
-    p.add_argument("--force", action="store_true", help="replace DESTINATION if it exists")
-
-
-def _convert(args) -> int:
-    """Run `lmforge convert` (moving to app/commands/convert.py)."""
-    from .api import LM
-
-    from .files import check_destination
-
-    destination = check_destination(args.destination, args.force)
-    lm = LM.from_pretrained(args.source)
-    (lm.save_hf if args.to == "hf" else lm.save)(destination)
-    print(f"wrote {destination} ({'Hugging Face' if args.to == 'hf' else 'lmforge'} format): {lm!r}")
-    return 0
-
-
-# commands still defined here until their module lands in app/commands (convert: the GGUF work moves it)
-LEGACY = [Command("convert", "Convert a model between lmforge's and Hugging Face's directory formats.",
-                  """examples:
-  lmforge convert path/to/gpt2 my-gpt2                   # a Hugging Face directory -> an lmforge model directory
-  lmforge convert runs/gpt-tiny/final hf-out --to hf     # lmforge -> Hugging Face (AutoModelFor*.from_pretrained)
-  lmforge convert path/to/all-MiniLM-L6-v2 minilm        # sentence-transformers layouts work too
-
-Hugging Face gpt2, bert and llama checkpoints (and their sequence classifiers) are read; any command that takes
-a model directory also takes such a checkpoint directly, converting it in memory.""", _convert_arguments, _convert)]
-
-
-def _commands() -> list[Command]:
-    """Every command: app/commands' modules, then LEGACY's that no module defines yet, in ORDER."""
-    found = all_commands()
-    names = {command.name for command in found}
-    rank = {name: i for i, name in enumerate(ORDER)}
-    found += [command for command in LEGACY if command.name not in names]
-    return sorted(found, key=lambda c: (rank.get(c.name, len(ORDER)), c.name))
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="lmforge", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -68,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
                "Each command has --help with examples.")
     parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for entry in _commands():
+    for entry in all_commands():
         p = commands.add_parser(entry.name, help=entry.help, description=entry.description or entry.help,
                                 epilog=entry.examples, formatter_class=argparse.RawDescriptionHelpFormatter)
         entry.add_arguments(p)

@@ -278,6 +278,10 @@ class TrainConfig(Section):
     checkpoint_activations: bool = Field(False, description="recompute each block's activations in backward instead "
                                                             "of keeping them: less memory, about 1/3 more compute")
     max_bad_steps: int = Field(5, ge=1, description="NaN/Inf steps in a row (each skipped) that abort the run")
+    nan_check: Literal["auto", "step", "log"] = Field(
+        "auto", description="when the NaN/Inf guard's verdict reaches the host: step (a sync every step) or log (the "
+                            "bad step is skipped on the device at once; warning and abort at the next log, eval or "
+                            "save step; one process, fused AdamW, not float16); auto: log on CUDA, step elsewhere")
     grad_norms_every: int = Field(100, ge=0, description="steps between per-layer gradient norms (with vanishing/"
                                                           "exploding warnings); 0 disables")
     tensorboard: bool = Field(True, description="also write TensorBoard event files into the run directory")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import load_model
@@ -13,6 +14,7 @@ from ._version import __version__
 from .bundle import Bundle
 from .compress import save_weights
 from .config import ModelConfig, describe_validation_error
+from .devices import check_device, check_dtype
 from .infer.chat_encode import end_of_turn
 from .errors import ModelDirError, shape_mismatch
 from .files import DamagedFileError, atomic_directory, read_json, verify_manifest, write_manifest
@@ -20,6 +22,7 @@ from .models import build_model, count_parameters, family_of
 from .tokenizer import Tokenizer
 
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
+CHAT_TEMPLATE = "chat_template.jinja"  # the Jinja chat template (meta["chat_template"]), beside config.json
 
 
 def save_model_dir(path: str | Path, bundle: Bundle) -> Path:
@@ -33,8 +36,12 @@ def save_model_dir(path: str | Path, bundle: Bundle) -> Path:
         # `info` may be a loaded config.json (fine-tuning): its old model section must not win over `config`
         meta = {**info, "format": "lmforge", "lmforge_version": __version__, "arch": config.arch,
                 "model": config.model_dump(exclude={"init"}), "tokenizer": {"kind": tokenizer.kind}}
-        if tokenizer.eos_token is not None:
-            meta["tokenizer"]["eos_token"] = tokenizer.eos_token
+        for role in ("eos_token", "bos_token", "pad_token"):
+            if getattr(tokenizer, role, None) is not None:
+                meta["tokenizer"][role] = getattr(tokenizer, role)
+        template = meta.pop("chat_template", None)
+        if isinstance(template, str) and template:
+            (temp / CHAT_TEMPLATE).write_text(template, encoding="utf-8")
         (temp / "config.json").write_text(json.dumps(meta, indent=2))
         (temp / "README.md").write_text(model_card(model, tokenizer, config, info))
         for name, text in chat_files(tokenizer, info, getattr(model, "is_causal", False)).items():
@@ -74,14 +81,21 @@ def read_model_config(path: str | Path) -> tuple[ModelConfig, dict]:
             "invalid configuration", "unusable model settings").replace("\n  ", "\n  model.")) from None
 
 
-def load_model_dir(path: str | Path, device: str = "cpu") -> Bundle:
+def load_model_dir(path: str | Path, device: str = "cpu", dtype: str | torch.dtype | None = None) -> Bundle:
     """Load a Bundle (model, tokenizer, model config, config.json contents) from a model directory; a Hugging
-    Face checkpoint directory (gpt2, bert, llama, qwen2) is converted in memory."""
-    from .interop import is_hf_dir, load_hf_dir
+    Face checkpoint directory (gpt2, bert, llama, qwen2) or a GGUF file (llama, gpt2) is converted in memory.
+    `device` (auto, cpu, cuda, ...) and `dtype` (float32, bfloat16, float16; None keeps the saved one) are checked
+    before anything is read."""
+    from .interop import is_gguf_file, is_hf_dir, load_gguf, load_hf_dir
 
+    device, dtype = str(check_device(device, "device")), check_dtype(dtype, "dtype")
     path = Path(path)
     if is_hf_dir(path):
-        return Bundle(*load_hf_dir(path, device))
+        model, *rest = load_hf_dir(path, device)
+        return Bundle(model.to(dtype=dtype) if dtype is not None else model, *rest)
+    if is_gguf_file(path):
+        model, *rest = load_gguf(path, device)
+        return Bundle(model.to(dtype=dtype) if dtype is not None else model, *rest)
     config, meta = read_model_config(path)
     model = build_model(config)
     if meta.get("compression"):  # LoRA, pruned, quantized: rebuild the structure the weights were saved from
@@ -102,10 +116,15 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> Bundle:
         names = None if meta.get("compression") else names_mismatch(weights, model)
         raise ModelDirError(names or f"'{weights}' does not fit its config.json: {error}") from None
     tokenizer = Tokenizer.load(path / "tokenizer.json")
-    tokenizer.eos_token = (meta.get("tokenizer") or {}).get("eos_token")
+    roles = meta.get("tokenizer") or {}
+    tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token = (roles.get(r) for r in ("eos_token", "bos_token",
+                                                                                            "pad_token"))
+    if (path / CHAT_TEMPLATE).is_file():
+        meta["chat_template"] = (path / CHAT_TEMPLATE).read_text(encoding="utf-8")
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelDirError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}")
-    return Bundle(model.to(device).eval(), tokenizer, config, meta)
+    model = model.to(device) if dtype is None else model.to(device, dtype)
+    return Bundle(model.eval(), tokenizer, config, meta)
 
 
 def read_tokenizer(path: str | Path) -> Tokenizer:

@@ -24,6 +24,9 @@ class Tokenizer:
         self.backend = backend
         # a checkpoint from elsewhere may end texts with its own token (Llama's "</s>"); saved in config.json
         self.eos_token = eos_token
+        # a GGUF or Hugging Face vocabulary may name its own begin-of-text and padding tokens (None: the defaults)
+        self.bos_token: str | None = None
+        self.pad_token: str | None = None
         self.kind = {"WordLevel": "char", "BPE": "bpe", "WordPiece": "wordpiece"}.get(type(backend.model).__name__, "bpe")
         if self.kind == "char" and backend.model.unk_token == "[UNK]":  # the char kind's unknown is UNK_CHAR
             self.kind = "word"
@@ -123,6 +126,8 @@ class Tokenizer:
 
     @property
     def pad_id(self) -> int:
+        if self.pad_token is not None and self.token_to_id(self.pad_token) is not None:
+            return self.token_to_id(self.pad_token)
         pad = self.token_to_id("[PAD]")
         return pad if pad is not None else (self.eos_id or 0)
 

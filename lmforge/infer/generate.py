@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..preflight import available_memory
 from ..tokenizer import Tokenizer
 from .packed import packed_linears
-
+from .static import static_decoder, static_supported
 
 # outside these the scaled logits overflow float32 and sampling fails; no useful setting lies beyond them
 SCALE_RANGE = (1e-4, 1e4)
@@ -88,13 +89,14 @@ def _encode_prompts(tokenizer: Tokenizer, prompts: list[str], context: int | Non
 
 
 def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfig, *, use_cache: bool = True,
-             on_text: Callable[[int, str], None] | None = None) -> list[str]:
+             on_text: Callable[[int, str], None] | None = None, static: bool | None = None) -> list[str]:
     """Continue each prompt; returns the generated continuations (prompt not included).
 
     `on_text(row, piece)` is called with each new piece of decoded text as it is produced (streaming).
     Past the context length the window slides: the cache is rebuilt from the last half of the context. The model
     makes its own cache (`model.make_cache`: KV caches for a Transformer, the state for an RNN) and says how far
     it sees (`model.context_length`; None for a recurrent model, which carries its state on without limit).
+    static: decode through a fixed-shape cache (infer/static.py; captured as a CUDA graph on a GPU); None: on CUDA.
     """
     cfg.check()
     model.eval()
@@ -103,6 +105,7 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
     context = model.context_length  # a Decoder: its window, or None (a recurrent state has none)
     rows = _encode_prompts(tokenizer, prompts, context, cfg.max_new_tokens)
     B, width = len(rows), max(map(len, rows))
+    check_generation_fits(model, B, width, cfg.max_new_tokens)
     # prompts (left-padded, so every row's next token is at the same column) and then the new tokens, written in
     # place: nothing grows per step
     tokens = torch.full((B, width + cfg.max_new_tokens), tokenizer.pad_id, dtype=torch.long, device=device)
@@ -116,7 +119,8 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
     eos = None if cfg.ignore_eos else tokenizer.eos_id
     # text is decoded as it comes only when someone reads it (streaming) or it can end the row (stop strings)
     watcher = _TextWatcher(tokenizer, B, eos, cfg.stop, on_text) if on_text is not None or cfg.stop else None
-    feeder = _Feeder(model, tokens, mask, context, use_cache, padded=not bool(mask[:, :width].all()))
+    static = use_cache and static_supported(model) and (device.type == "cuda" if static is None else static)
+    feeder = _Feeder(model, tokens, mask, context, use_cache, padded=not bool(mask[:, :width].all()), static=static)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     end = width
     with torch.inference_mode(), packed_linears(model, B, enabled=use_cache):
@@ -145,14 +149,50 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
     return texts
 
 
+# bytes per generated token and row beyond the device buffers (a token id and its mask byte): the Python list
+# of ids the text is decoded from and the text (measured ~40; small ints are not shared above 256)
+HOST_BYTES_PER_TOKEN = 48
+DEVICE_BYTES_PER_TOKEN = 9
+
+
+def check_generation_fits(model, rows: int, width: int, max_new_tokens: int) -> None:
+    """Refuse (ValueError) a generation whose token buffers and cache would not fit in memory, naming the most
+    new tokens that would: sized up front, as training's memory pre-flight, not an allocator error midway."""
+    param = next(model.parameters())
+    config = getattr(model, "config", None)
+    context = getattr(model, "context_length", getattr(config, "block_size", None))
+    columns = width + max_new_tokens
+    cache = 0
+    if getattr(config, "is_transformer", False):  # keys and values, every layer, for the context's columns
+        per_column = 2 * sum(config.kv_heads_at(i) for i in range(config.n_layer)) * config.head_dim
+        cache = rows * min(context or columns, columns) * per_column * param.element_size()
+    device_kind = "cpu" if param.device.type == "cpu" else str(param.device)
+    checks = [(rows * columns * DEVICE_BYTES_PER_TOKEN + cache, device_kind, DEVICE_BYTES_PER_TOKEN, cache)]
+    if param.device.type != "cpu":
+        checks.append((rows * max_new_tokens * HOST_BYTES_PER_TOKEN, "cpu", HOST_BYTES_PER_TOKEN, 0))
+    else:
+        checks[0] = (checks[0][0] + rows * max_new_tokens * HOST_BYTES_PER_TOKEN, "cpu",
+                     DEVICE_BYTES_PER_TOKEN + HOST_BYTES_PER_TOKEN, cache)
+    for need, where, per_token, fixed in checks:
+        free, what = available_memory(where)
+        if free is None or need <= free // 2:  # half: the model, activations and the rest of the process share it
+            continue
+        fits = max(0, (free // 2 - fixed) // (rows * per_token) - width)
+        raise ValueError(f"max_new_tokens={max_new_tokens:,} for {rows} prompt(s) needs {need / 2**30:.1f} GiB of "
+                         f"token buffers and cache, more than half of the {free / 2**30:.1f} GiB {what}; at most "
+                         f"about {fits:,} new tokens fit here (the model's context is {context} tokens; past it the "
+                         "window slides)")
+
+
 class _Feeder:
     """Runs the model over what it has not seen yet and returns the last position's logits: with a KV cache
     only the newest column (after one prefill of the whole left-padded batch), without it the whole window."""
 
     def __init__(self, model, tokens: torch.Tensor, mask: torch.Tensor, context: int | None, use_cache: bool,
-                 padded: bool):
+                 padded: bool, static: bool = False):
         self.model, self.tokens, self.mask, self.context = model, tokens, mask, context
         self.use_cache, self.padded = use_cache, padded
+        self.static = static_decoder(model, tokens.size(0), min(context, tokens.size(1))) if static else None
         self.cache, self.start, self.fed = None, 0, 0  # the cache holds columns start..fed-1 of `tokens`
         self.positions = None  # (B, 1): position of the next column of each row, advanced in place
 
@@ -169,14 +209,20 @@ class _Feeder:
             # (re)start: prefill every row at once; past the context only the last half is kept
             keep = context if self.cache is None else context // 2
             self.start = self.fed = max(0, end - keep) if context else 0
-            param = next(model.parameters())
-            capacity = min(context, tokens.size(1)) if context else None
-            self.cache = model.make_cache(tokens.size(0), capacity, dtype=param.dtype, device=param.device)
             window_mask = mask[:, self.start:end]
             positions = (window_mask.long().cumsum(-1) - 1).clamp(min=0)
             self.positions = positions[:, -1:] + 1
-            logits = model(tokens[:, self.start:end], positions=positions if self.padded else positions[0],
-                           pad_mask=window_mask if self.padded else None, cache=self.cache)[:, -1]
+            positions, pad_mask = (positions, window_mask) if self.padded else (positions[0], None)
+            if self.static is not None:
+                self.cache = self.static.cache
+                logits = self.static.prefill(tokens[:, self.start:end], positions, pad_mask)
+            else:
+                param = next(model.parameters())
+                capacity = min(context, tokens.size(1)) if context else None
+                self.cache = model.make_cache(tokens.size(0), capacity, dtype=param.dtype, device=param.device)
+                logits = model(tokens[:, self.start:end], positions=positions, pad_mask=pad_mask, cache=self.cache)[:, -1]
+        elif self.static is not None:  # one fixed-shape step (a CUDA graph replay on a GPU)
+            logits = self.static.step(tokens.select(1, end - 1))
         else:
             # one new column per row: without padding the model counts positions from its cache itself
             logits = model(tokens.narrow(1, end - 1, 1), positions=self.positions if self.padded else None,

@@ -1,15 +1,29 @@
-"""The Hugging Face families lmforge reads and writes: their config.json keys and the name of each weight, as one
-table per family that both directions use. gpt2, bert and llama are here; a family folder in models/ brings its
-own table (models/qwen2/hf.py) and the registry adds it."""
+"""The foreign families lmforge reads and writes: Hugging Face's gpt2, bert and llama (config.json keys and weight
+names) and llama.cpp's GGUF gpt2 and llama (metadata keys and tensor names), one class per family holding both
+tables, which import and export both use. A family folder in models/ brings its own table (models/qwen2/hf.py)
+and the registry adds it."""
 from __future__ import annotations
+
+import numpy as np
 
 from ..config import ModelConfig
 from ..errors import ModelDirError
 from ..models import FAMILIES as MODEL_FAMILIES
-from ..models.foreign import CONCAT, COPY, TRANSPOSE, Pair  # noqa: F401  (the table vocabulary, re-exported)
+from ..models.foreign import CONCAT, COPY, ROPE_CONCAT, TRANSPOSE, Pair  # noqa: F401  (the table vocabulary, re-exported)
 from ..models.foreign import ForeignNames as Family
 from ..models.foreign import need as _need
 from ..models.foreign import refuse as _refuse
+
+
+def _gguf_get(meta: dict, arch: str, key: str, where: str, default=None):
+    value = meta.get(f"{arch}.{key}", default)
+    if value is None:
+        raise ModelDirError(f"{where}: the metadata has no '{arch}.{key}', which a GGUF {arch} model needs")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ModelDirError(f"{where}: '{arch}.{key}'={value!r} is not a usable number")
+    if isinstance(value, float):  # stored as float32: the shortest decimal that is that float32 (1e-05, not 9.99e-06)
+        value = float(str(np.float32(value)))
+    return value
 
 
 class GPT2(Family):
@@ -45,6 +59,35 @@ class GPT2(Family):
 
     def architecture(self, cfg: ModelConfig) -> str:
         return "GPT2ForSequenceClassification" if cfg.labels else "GPT2LMHeadModel"
+
+    gguf_arch = "gpt2"
+
+    def gguf_config(self, meta: dict, where: str) -> dict:
+        get = lambda key, default=None: _gguf_get(meta, "gpt2", key, where, default)  # noqa: E731
+        n_embd = int(get("embedding_length"))
+        return {"arch": "gpt", "n_embd": n_embd, "n_layer": int(get("block_count")),
+                "n_head": int(get("attention.head_count")), "block_size": int(get("context_length")),
+                "intermediate_size": int(get("feed_forward_length", 4 * n_embd)),
+                "norm_eps": float(get("attention.layer_norm_epsilon", 1e-5)), "position": "learned",
+                "norm": "layernorm", "mlp": "gelu", "bias": True, "classifier_bias": False}
+
+    def gguf_metadata(self, cfg: ModelConfig) -> dict[str, int | float]:
+        _refuse(cfg, {"position": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True}, "GGUF gpt2")
+        return {"gpt2.context_length": cfg.block_size, "gpt2.embedding_length": cfg.n_embd,
+                "gpt2.feed_forward_length": cfg.intermediate_size, "gpt2.block_count": cfg.n_layer,
+                "gpt2.attention.head_count": cfg.n_head, "gpt2.attention.layer_norm_epsilon": float(cfg.norm_eps)}
+
+    def gguf_pairs(self, cfg: ModelConfig) -> list[Pair]:
+        # llama.cpp stores GPT-2's Conv1D weights already transposed to (out, in), lmforge's own layout
+        out = [Pair("wte.weight", ("token_embd.weight",)), Pair("wpe.weight", ("position_embd.weight",))]
+        for i in range(cfg.n_layer):
+            for ours, theirs in [("ln_1", "attn_norm"), ("ln_2", "ffn_norm"), ("attn.qkv", "attn_qkv"),
+                                 ("attn.proj", "attn_output"), ("mlp.up", "ffn_up"), ("mlp.down", "ffn_down")]:
+                out += [Pair(f"h.{i}.{ours}.{p}", (f"blk.{i}.{theirs}.{p}",)) for p in ("weight", "bias")]
+        out += [Pair(f"ln_f.{p}", (f"output_norm.{p}",)) for p in ("weight", "bias")]
+        if not cfg.tie_embeddings:
+            out.append(Pair("lm_head.weight", ("output.weight",), role="lm"))
+        return out
 
     def pairs(self, cfg: ModelConfig) -> list[Pair]:
         t = "transformer."
@@ -172,6 +215,54 @@ class Llama(Family):
     def architecture(self, cfg: ModelConfig) -> str:
         return "LlamaForSequenceClassification" if cfg.labels else "LlamaForCausalLM"
 
+    gguf_arch = "llama"
+
+    def gguf_config(self, meta: dict, where: str) -> dict:
+        get = lambda key, default=None: _gguf_get(meta, "llama", key, where, default)  # noqa: E731
+        n_embd, n_head = int(get("embedding_length")), int(get("attention.head_count"))
+        _need(n_head > 0 and n_embd % n_head == 0, where,
+              f"llama.embedding_length={n_embd} is not a multiple of llama.attention.head_count={n_head}")
+        head_dim = n_embd // n_head
+        for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
+            value = int(get(key, head_dim))
+            _need(value == head_dim, where, f"llama.{key}={value} differs from the head size {head_dim}; "
+                                            "lmforge's Llama rotates and attends over whole heads")
+        scaling = meta.get("llama.rope.scaling.type", "none")
+        _need(scaling in ("none", None), where, f"rope scaling {scaling!r} is not supported (only plain rotary "
+                                                "positions are)")
+        _need("llama.expert_count" not in meta or not meta["llama.expert_count"], where,
+              "a mixture-of-experts llama (llama.expert_count) is not supported")
+        return {"arch": "llama", "n_embd": n_embd, "n_layer": int(get("block_count")), "n_head": n_head,
+                "n_kv_head": int(get("attention.head_count_kv", n_head)),
+                "intermediate_size": int(get("feed_forward_length")), "block_size": int(get("context_length")),
+                "norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+                "rope_theta": float(get("rope.freq_base", 10000.0)), "position": "rope", "norm": "rmsnorm",
+                "mlp": "swiglu", "classifier_bias": False}
+
+    def gguf_metadata(self, cfg: ModelConfig) -> dict[str, int | float]:
+        _refuse(cfg, {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu"}, "GGUF llama")
+        return {"llama.context_length": cfg.block_size, "llama.embedding_length": cfg.n_embd,
+                "llama.feed_forward_length": cfg.intermediate_size, "llama.block_count": cfg.n_layer,
+                "llama.attention.head_count": cfg.n_head, "llama.attention.head_count_kv": cfg.n_kv_head,
+                "llama.rope.freq_base": float(cfg.rope_theta), "llama.rope.dimension_count": cfg.head_dim,
+                "llama.attention.layer_norm_rms_epsilon": float(cfg.norm_eps), "llama.vocab_size": cfg.vocab_size}
+
+    def gguf_pairs(self, cfg: ModelConfig) -> list[Pair]:
+        params = ("weight", "bias") if cfg.bias else ("weight",)
+        out = [Pair("wte.weight", ("token_embd.weight",))]
+        for i in range(cfg.n_layer):
+            ours, theirs = f"h.{i}.", f"blk.{i}."
+            out.append(Pair(f"{ours}ln_1.weight", (f"{theirs}attn_norm.weight",)))
+            out.append(Pair(f"{ours}ln_2.weight", (f"{theirs}ffn_norm.weight",)))
+            for p in params:
+                out.append(Pair(f"{ours}attn.qkv.{p}", tuple(f"{theirs}attn_{n}.{p}" for n in "qkv"), ROPE_CONCAT))
+                out.append(Pair(f"{ours}attn.proj.{p}", (f"{theirs}attn_output.{p}",)))
+                out += [Pair(f"{ours}mlp.{n}.{p}", (f"{theirs}ffn_{n}.{p}",)) for n in ("gate", "up", "down")]
+        out.append(Pair("ln_f.weight", ("output_norm.weight",)))
+        if not cfg.tie_embeddings:
+            out.append(Pair("lm_head.weight", ("output.weight",), role="lm"))
+        return out
+
     def pairs(self, cfg: ModelConfig) -> list[Pair]:
         params = ("weight", "bias") if cfg.bias else ("weight",)
         out = [Pair("wte.weight", ("model.embed_tokens.weight",))]
@@ -194,6 +285,9 @@ class Llama(Family):
 FOR_ARCH: dict[str, Family] = {"gpt": GPT2(), "bert": Bert(), "llama": Llama()}
 FOR_ARCH.update({arch: spec.hf for spec in MODEL_FAMILIES.values() if spec.hf is not None for arch in spec.archs})
 FAMILIES: dict[str, Family] = {table.model_type: table for table in FOR_ARCH.values()}
+
+
+GGUF_FAMILIES: dict[str, Family] = {f.gguf_arch: f for f in FAMILIES.values() if f.gguf_arch}
 
 
 def family(model_type: object, where: str) -> Family:

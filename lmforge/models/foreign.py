@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 # how a Hugging Face tensor becomes an lmforge one: as it is, transposed (GPT-2's Conv1D stores (in, out)),
 # or several concatenated along the output dimension (separate q, k, v -> one fused qkv projection)
 COPY, TRANSPOSE, CONCAT = "copy", "transpose", "concat"
+# GGUF llama: q, k and v concatenated, q and k rows in llama.cpp's interleaved rotary order (undone on import)
+ROPE_CONCAT = "rope-concat"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,20 @@ class ForeignNames(ABC):
     @abstractmethod
     def architecture(self, cfg: ModelConfig) -> str:
         """The transformers class an export loads as."""
+
+    gguf_arch: str | None = None  # general.architecture of the family's GGUF files; None: no GGUF form
+
+    def gguf_config(self, meta: dict, where: str) -> dict:
+        """ModelConfig fields from a GGUF file's metadata (keys under `gguf_arch.`)."""
+        raise ModelDirError(f"{where}: lmforge has no GGUF form of {self.model_type}")
+
+    def gguf_metadata(self, cfg: ModelConfig) -> dict[str, int | float]:
+        """The `gguf_arch.*` metadata of an lmforge model (ints are written as uint32, floats as float32)."""
+        raise ValueError(f"lmforge has no GGUF form of {self.model_type}")
+
+    def gguf_pairs(self, cfg: ModelConfig) -> list[Pair]:
+        """Every weight of a decoder of this config, lmforge name beside the GGUF tensor name(s)."""
+        raise ValueError(f"lmforge has no GGUF form of {self.model_type}")
 
 
 def need(condition: bool, where: str, message: str) -> None:

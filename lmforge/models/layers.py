@@ -15,14 +15,23 @@ if TYPE_CHECKING:  # annotations only: config.py reads the family registry in mo
 
 
 class KVCache:
-    """Keys and values of past positions for one layer, preallocated to `max_len`."""
+    """Keys and values of past positions for one layer, preallocated to `max_len`.
+
+    With `static` set to (column (1,) long, mask (B, 1, 1, max_len) bool) a one-token step writes at the device-side
+    column and attends over all `max_len` columns under the mask: fixed shapes, no host value read, so the step
+    can be captured once as a CUDA graph (infer/static.py). Otherwise the filled prefix grows by `length`."""
 
     def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, dtype, device):
         self.k = torch.zeros(batch, n_kv_head, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.length = 0
+        self.static: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.static is not None and k.size(2) == 1:
+            self.k.index_copy_(2, self.static[0], k)
+            self.v.index_copy_(2, self.static[0], v)
+            return self.k, self.v
         end = self.length + k.size(2)
         if end > self.k.size(2):
             raise ValueError(f"KV cache full: {end} positions > capacity {self.k.size(2)}")
@@ -116,7 +125,9 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)
         k_len = k.size(2)
-        if mask is None:
+        if mask is None and cache is not None and cache.static is not None and T == 1:  # fixed-shape step: the cache's own mask
+            mask = cache.static[1]
+        elif mask is None:
             mask = attention_mask(T, k_len, causal, pad_mask, x.device)
         if self.n_kv_head != self.n_head:
             repeat = self.n_head // self.n_kv_head

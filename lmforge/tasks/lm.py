@@ -4,11 +4,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data.tokens import TokenWindows
 from ..infer.score import perplexity
+from .chunked import chunked_cross_entropy
 
 EVAL_SEED = 2**31 - 1
+
+
+def chunkable(model) -> bool:
+    """Whether the chunked loss can stand in for model(ids): a module (not a stand-in that records its logits,
+    as distillation's) with hidden_states and a bias-free linear lm_head, outside a torch.compile trace (where
+    the compiler fuses the plain loss's float32 copy itself)."""
+    head = getattr(model, "lm_head", None) if isinstance(model, nn.Module) else None
+    return (type(head) is nn.Linear and head.bias is None and callable(getattr(model, "hidden_states", None))
+            and not torch.compiler.is_compiling())
 
 
 class CausalLMTask:
@@ -16,8 +27,9 @@ class CausalLMTask:
 
     monitor = ("val_loss", "min")
 
-    def __init__(self, windows: TokenWindows, seed: int, label_smoothing: float = 0.0):
+    def __init__(self, windows: TokenWindows, seed: int, label_smoothing: float = 0.0, chunked: bool = True):
         self.windows, self.seed, self.label_smoothing = windows, seed, label_smoothing
+        self.chunked = chunked  # False: the plain loss over full logits (the reference the chunked one must equal)
         self.can_evaluate = windows.has("val")
 
     def train_batch(self, step: int, micro: int, batch_size: int) -> dict:
@@ -29,8 +41,13 @@ class CausalLMTask:
         return batch["ids"].numel()
 
     def loss(self, model, batch: dict, label_smoothing: float | None = None):
-        """Mean next-token cross-entropy, label-smoothed by train.label_smoothing unless told otherwise."""
+        """Mean next-token cross-entropy, label-smoothed by train.label_smoothing unless told otherwise.
+        A model with a plain linear head gets the chunked loss (no full float32 logits; see chunked.py)."""
         smoothing = self.label_smoothing if label_smoothing is None else label_smoothing
+        if self.chunked and chunkable(model):
+            hidden = model.hidden_states(batch["ids"])
+            return chunked_cross_entropy(hidden.reshape(-1, hidden.size(-1)), model.lm_head.weight,
+                                         batch["targets"].reshape(-1), label_smoothing=smoothing), {}
         logits = model(batch["ids"])
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch["targets"].reshape(-1),
                                label_smoothing=smoothing)

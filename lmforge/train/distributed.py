@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..models.contract import transformer_blocks
+from ..devices import check_device
 
 # torchrun sets these; RANK and WORLD_SIZE are all a process needs to find its place
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -24,17 +25,9 @@ PROCESS_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """The torch.device of `train.device`; with `auto` (or `cuda`) a distributed rank takes GPU LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"train.device '{name}' is not a device name (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"train.device is '{name}' but no CUDA GPU is available; use train.device=cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    device = check_device(name, "train.device")  # unknown, meta, or a GPU that is not there: one clear error
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
     return device
 
 

@@ -29,6 +29,14 @@ def _mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
     return _OP(a, b_t, None, "none", [], "")
 
 
+def matmul_nt(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    """a @ b_t.T for 2-D tensors: through oneDNN for float32 CPU ones outside autocast, else torch's own."""
+    if (a.device.type == "cpu" and a.dtype == torch.float32 and b_t.dtype == torch.float32 and a.numel() and b_t.numel()
+            and not torch.is_autocast_enabled("cpu") and onednn_available()):
+        return _mm(a, b_t)
+    return a @ b_t.t()
+
+
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from torch import nn
 from ..config import TrainConfig
 from .checkpoint import find_resumable, optimizer_from_tensors, read_checkpoint, save_checkpoint
 from .distributed import Parallel, pick_device  # noqa: F401 - pick_device is part of this module's API
+from .guard import DeferredGuard, Prefetcher, deferred_guard_usable
 from .health import gradient_warnings, layer_grad_norms
 from .kernels import onednn_linear
 from .memory import checkpoint_blocks
@@ -64,10 +66,6 @@ class TrainResult:
     model: nn.Module | None = None  # a plain module with the final weights (None on FSDP ranks other than 0)
 
 
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
 def _better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
 
@@ -111,6 +109,8 @@ def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *
 
 def _train(model, task, cfg: TrainConfig, run: RunDir | None, resume, progress: bool, hooks, parallel: Parallel):
     device, main = parallel.device, parallel.main
+    if device.type == "cuda":  # float32 matrix products on tensor cores (TF32, 10-bit mantissa), as nanoGPT does
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed + parallel.rank)  # each rank its own dropout stream; rank 0 as one process
     model.to(device)
     monitor, mode = getattr(task, "monitor", ("val_loss", "min"))
@@ -175,6 +175,8 @@ def _train(model, task, cfg: TrainConfig, run: RunDir | None, resume, progress: 
     # sums over the good steps since the last log line (kept on the device: no sync per step beyond the guard)
     window_loss, window_extra, window_steps = torch.zeros((), device=device), {}, 0
     bad_in_a_row = 0
+    guard = DeferredGuard() if deferred_guard_usable(cfg, device, optimizer, scaler) else None
+    batches = Prefetcher(task, cfg, parallel.world, parallel.rank, device)
 
     def write(record: dict) -> None:  # metrics.jsonl and TensorBoard only: hooks see training and eval records
         if metrics is not None:
@@ -211,6 +213,26 @@ def _train(model, task, cfg: TrainConfig, run: RunDir | None, resume, progress: 
         last_good = run.checkpoints / f"step-{step}"
         parallel.barrier()
 
+    def skipped(at: int, loss_ok: bool) -> None:  # a NaN/Inf step whose update was skipped: count, say, maybe stop
+        nonlocal bad_in_a_row
+        bad_in_a_row += 1
+        state["skipped_steps"] += 1
+        what = "loss" if not loss_ok else "gradient norm"
+        write({"step": at, "skipped_step": 1, "skipped_steps": state["skipped_steps"]})
+        bar.note(f"warning: step {at}: NaN/Inf {what}; update skipped "
+                 f"({bad_in_a_row} in a row, {state['skipped_steps']} in all)")
+        if bad_in_a_row >= cfg.max_bad_steps:
+            raise diverged(f"{bad_in_a_row} steps in a row had NaN/Inf loss or gradients", at)
+
+    def settle(steps: int, tokens: int) -> tuple[int, int]:  # the deferred guard's verdicts, in step order
+        nonlocal bad_in_a_row
+        for verdict in guard.resolve():
+            if verdict.ok:
+                bad_in_a_row, steps, tokens = 0, steps + 1, tokens + verdict.tokens
+            else:
+                skipped(verdict.step, verdict.loss_ok)
+        return steps, tokens
+
     step = start
     try:
         model.train()
@@ -220,9 +242,7 @@ def _train(model, task, cfg: TrainConfig, run: RunDir | None, resume, progress: 
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             step_loss, step_extra, step_tokens = torch.zeros((), device=device), {}, 0
             for k in range(cfg.grad_accum):
-                # rank r takes micro-steps r, r+N, ...: N ranks x A micro-steps = one process with N*A
-                micro = k * parallel.world + parallel.rank
-                batch = _to(task.train_batch(step, micro, cfg.batch_size), device)
+                batch = batches.get(step, k)
                 with parallel.sync(final=k == cfg.grad_accum - 1):
                     with autocast:
                         total, extra = forward(batch)
@@ -241,11 +261,20 @@ def _train(model, task, cfg: TrainConfig, run: RunDir | None, resume, progress: 
                 for warning in gradient_warnings(norms, cfg.grad_clip, step + 1):
                     bar.note("warning: " + warning)
             grad_norm = _local(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
-            # the guard: one sync per step, agreed by all ranks, so a bad batch never reaches the weights
-            loss_ok, grad_ok = torch.stack([step_loss, grad_norm.float().to(device)]).isfinite().tolist()
+            if guard is not None:  # decided on the device; warnings and the abort at the next boundary (guard.py)
+                ok = guard.step(optimizer, step_loss, grad_norm, step + 1, step_tokens)
+                window_loss += torch.where(ok, step_loss, 0.0)
+                for key, value in step_extra.items():
+                    window_extra[key] = window_extra.get(key, 0) + torch.where(ok, value, 0.0)
+                loss_ok = grad_ok = True
+            else:
+                # the guard: one sync per step, agreed by all ranks, so a bad batch never reaches the weights
+                loss_ok, grad_ok = torch.stack([step_loss, grad_norm.float().to(device)]).isfinite().tolist()
             bad = parallel.any(not (loss_ok and grad_ok))
             overflow = bad and scaler is not None and not parallel.any(not loss_ok)
-            if not bad:
+            if guard is not None:
+                pass
+            elif not bad:
                 bad_in_a_row = 0
                 if scaler is not None:
                     scaler.step(optimizer)
@@ -260,23 +289,19 @@ def _train(model, task, cfg: TrainConfig, run: RunDir | None, resume, progress: 
             elif overflow:  # float16 gradients overflowed: the scaler lowers its scale and skips, as designed
                 scaler.update()
             else:
-                bad_in_a_row += 1
-                state["skipped_steps"] += 1
-                what = "loss" if not loss_ok else "gradient norm"
-                write({"step": step + 1, "skipped_step": 1, "skipped_steps": state["skipped_steps"]})
-                bar.note(f"warning: step {step + 1}: NaN/Inf {what}; update skipped "
-                         f"({bad_in_a_row} in a row, {state['skipped_steps']} in all)")
-                if bad_in_a_row >= cfg.max_bad_steps:
-                    raise diverged(f"{bad_in_a_row} steps in a row had NaN/Inf loss or gradients", step + 1)
+                skipped(step + 1, loss_ok)
             optimizer.zero_grad(set_to_none=True)
             step += 1
             last = step == cfg.max_steps
+            if guard is not None and (last or step == start + 1 or any(
+                    every and step % every == 0 for every in (cfg.log_every, cfg.eval_every, cfg.save_every))):
+                window_steps, window_tokens = settle(window_steps, window_tokens)
             if (step % cfg.log_every == 0 or last or step == start + 1) and window_steps:
-                now = time.perf_counter()
                 keys = list(window_extra)
                 totals = parallel.sum(torch.stack([window_loss, *[window_extra[k] for k in keys],
                                                    torch.tensor(float(window_tokens), device=device)]))
                 totals = totals.tolist()
+                now = time.perf_counter()  # after the read-back: the window's queued GPU work is done
                 loss_value = totals[0] / window_steps / parallel.world
                 extra = {k: v / window_steps / parallel.world for k, v in zip(keys, totals[1:-1])}
                 tokens = int(totals[-1])
@@ -318,6 +343,8 @@ def _train(model, task, cfg: TrainConfig, run: RunDir | None, resume, progress: 
                 else:
                     checkpoint(step)
             window_start += time.perf_counter() - paused
+        if guard is not None:
+            window_steps, window_tokens = settle(window_steps, window_tokens)
         if bad_in_a_row and not result.stopped_early:
             raise diverged(f"the last {bad_in_a_row} step(s) had NaN/Inf loss or gradients", step)
         if step > start:
@@ -348,19 +375,23 @@ def _train(model, task, cfg: TrainConfig, run: RunDir | None, resume, progress: 
 
 
 def _make_forward(task, parallel: Parallel, cfg: TrainConfig, bar: Progress):
-    """The micro-step's (loss, metrics); with train.compile through torch.compile, falling back plainly."""
+    """The micro-step's (loss, metrics); with train.compile through torch.compile, falling back plainly.
+    Compiled is the whole objective, the model's forward and the task's loss in one graph (the compiler fuses
+    the loss's float32 upcast into its kernels, so the task keeps the plain loss there; see tasks/lm.py)."""
     compiled = None
     if cfg.compile:
         if parallel.mode == "fsdp":
             bar.note("train.compile: not applied with train.parallel=fsdp in this version; training runs eagerly")
+        elif parallel.engine is not None:
+            compiled = torch.compile(parallel.engine)
         else:
-            compiled = torch.compile(parallel.engine if parallel.engine is not None else parallel.model)
+            compiled = torch.compile(functools.partial(parallel.loss_fn, parallel.model))
 
     def forward(batch: dict):
         nonlocal compiled
         if compiled is not None:
             try:
-                return compiled(batch) if parallel.engine is not None else parallel.loss_fn(compiled, batch)
+                return compiled(batch)
             except Exception as error:  # noqa: BLE001 - any compiler failure (no C++ compiler, an unsupported op)
                 compiled = None
                 reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""

@@ -32,6 +32,14 @@ class Command:
     description: str | None = None
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and --dtype for a command that runs a model (checked by lmforge.devices before loading)."""
+    parser.add_argument("--device", default="auto",
+                        help="where the model runs: auto (the GPU when there is one), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="convert the weights to this dtype after loading (default: as saved)")
+
+
 def all_commands() -> list[Command]:
     """Every Command of this package's modules, in ORDER."""
     found: dict[str, Command] = {}

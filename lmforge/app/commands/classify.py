@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import Command
+from . import Command, add_device_arguments
 
 EXAMPLES = """examples:
   lmforge classify runs/classify/final --text "a gripping, beautifully acted film"
@@ -23,13 +23,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="multi-label models: give every tag at this probability or more (default: saved, 0.5)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
+    add_device_arguments(p)
 
 
 def run(args) -> int:
     """Run `lmforge classify`; returns the exit status."""
     from ...api import LM
 
-    lm = LM.from_pretrained(args.model)
+    lm = LM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     if args.file:
         from ...data.labeled import read_texts_for_prediction
         texts = read_texts_for_prediction(args.file, args.text_field)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import Command
+from . import Command, add_device_arguments
 
 EXAMPLES = """examples:
   lmforge eval runs/gpt-tiny/final --data held_out.txt            # loss, perplexity, tokens
@@ -22,13 +22,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="multi-label models: a tag is predicted at this probability or more (default: saved, 0.5)")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    add_device_arguments(p)
 
 
 def run(args) -> int:
     """Run `lmforge eval`; returns the exit status."""
     from ...api import LM
 
-    lm = LM.from_pretrained(args.model)
+    lm = LM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     result = lm.evaluate(args.data, batch_size=args.batch_size, threshold=args.threshold)
     if args.json:
         print(json.dumps(result))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import Command
+from . import Command, add_device_arguments
 
 EXAMPLES = """examples:
   lmforge fill-mask runs/bert-tiny/final "The [MASK] of the function is returned." --top-k 5
@@ -17,13 +17,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", help="text with one or more [MASK]")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true")
+    add_device_arguments(p)
 
 
 def run(args) -> int:
     """Run `lmforge fill-mask`; returns the exit status."""
     from ...api import LM
 
-    lm = LM.from_pretrained(args.model)
+    lm = LM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     predictions = lm.fill_mask(args.text, top_k=args.top_k)
     masks = predictions if predictions and isinstance(predictions[0], list) else [predictions]
     if args.json:

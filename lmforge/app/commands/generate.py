@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from . import Command
+from . import Command, add_device_arguments
 
 EXAMPLES = """examples:
   lmforge generate runs/gpt-tiny/final --prompt "Once upon a time" --max-new-tokens 200 --temperature 0.8 --top-p 0.95
@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (sampling options unused)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="beam scores are divided by length ** this")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of streaming")
+    add_device_arguments(p)
 
 
 def run(args) -> int:
@@ -38,7 +39,7 @@ def run(args) -> int:
 
     SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty,
                    seed=args.seed).check()  # before the prompt is echoed: a refusal prints nothing else
-    lm = LM.from_pretrained(args.model)
+    lm = LM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     prompts = args.prompt or [""]
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,

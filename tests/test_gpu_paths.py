@@ -1,0 +1,214 @@
+"""The GPU fast paths and their plain twins (issue 23): chunked cross-entropy equals the plain loss (loss,
+gradients and weights after N steps), the deferred NaN guard equals the per-step one, the static-cache decoder
+gives today's greedy tokens, devices and dtypes are checked up front, generation is sized before it allocates.
+The CUDA-only paths (graph capture, pinned prefetch, TF32) are tested where a GPU is present and skip elsewhere."""
+import json
+import math
+
+import pytest
+import torch
+
+from lmforge import LM
+from lmforge.cli import main
+from lmforge.devices import check_device, check_dtype
+from lmforge.errors import ConfigError
+from lmforge.infer.generate import SamplingConfig, check_generation_fits, generate
+from lmforge.tasks import make_task
+from lmforge.tasks.chunked import chunked_cross_entropy, plain_cross_entropy
+from lmforge.tasks.lm import CausalLMTask
+from lmforge.train.trainer import train
+
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)
+FAST = dict(batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=3, eval_every=0, log_every=4, save_every=0,
+            grad_norms_every=0, tensorboard=False)
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (this path runs only there)")
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_chunked_cross_entropy_equals_the_plain_loss_and_its_gradients(smoothing):
+    torch.manual_seed(0)
+    hidden = torch.randn(300, 24, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(97, 24, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 97, (300,))
+    targets[[3, 77]] = -100  # ignored rows count in neither the loss nor its mean
+    ours = chunked_cross_entropy(hidden, weight, targets, label_smoothing=smoothing, block_elements=97 * 64)
+    ours_grads = torch.autograd.grad(ours * 1.5, (hidden, weight))
+    plain = plain_cross_entropy(hidden, weight, targets, label_smoothing=smoothing)
+    plain_grads = torch.autograd.grad(plain * 1.5, (hidden, weight))
+    assert abs(ours.item() - plain.item()) < 1e-10
+    for a, b in zip(ours_grads, plain_grads):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+    with torch.no_grad():  # evaluation: the loss alone, no gradients made
+        assert abs(chunked_cross_entropy(hidden, weight, targets, label_smoothing=smoothing).item()
+                   - plain.item()) < 1e-10
+
+
+def test_chunked_cross_entropy_under_bf16_autocast_matches_the_plain_one():
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(64, 32, requires_grad=True), torch.randn(50, 32, requires_grad=True)
+    targets = torch.randint(0, 50, (64,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = chunked_cross_entropy(hidden, weight, targets, block_elements=50 * 16)
+        plain = plain_cross_entropy(hidden, weight, targets)
+    grads = torch.autograd.grad(ours, (hidden, weight))
+    assert ours.dtype == torch.float32 and abs(ours.item() - plain.item()) < 1e-3
+    assert grads[0].dtype == torch.float32 and grads[1].dtype == torch.float32
+
+
+def _train(corpus_file, tmp_path, steps=12, chunked=True, task_wrapper=None, dtype=torch.float32, **options):
+    lm = LM.new("gpt", corpus=corpus_file, **TINY)
+    lm.model.to(dtype)
+    task = make_task(lm, tmp_path, progress=False)
+    task.chunked = chunked
+    if task_wrapper is not None:
+        task = task_wrapper(task)
+    cfg = lm.config.train.model_copy(update=dict(max_steps=steps, **{**FAST, **options}))
+    records = []
+    result = train(lm.model, task, cfg, None, progress=False, hooks=[lambda step, r: records.append(r)])
+    return lm, result, records
+
+
+def test_training_with_the_chunked_loss_gives_the_plain_losses_and_weights(tmp_path, corpus_file):
+    _, _, plain_log = _train(corpus_file, tmp_path / "a", chunked=False)
+    _, _, log = _train(corpus_file, tmp_path / "b", chunked=True)
+    assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in plain_log], abs=1e-6)
+    assert log[-1]["loss"] < log[0]["loss"]  # it learns
+    # weights: in float64, where AdamW's normalised steps cannot blow float32 rounding of near-zero gradients
+    # (summed in another order) up to 1e-6
+    plain, _, _ = _train(corpus_file, tmp_path / "c", chunked=False, dtype=torch.float64)
+    ours, _, _ = _train(corpus_file, tmp_path / "d", chunked=True, dtype=torch.float64)
+    assert isinstance(make_task(ours, tmp_path / "e", progress=False), CausalLMTask)
+    reference = plain.model.state_dict()
+    for name, value in ours.model.state_dict().items():
+        assert torch.allclose(value, reference[name], atol=1e-6, rtol=0), name
+
+
+class _Poisoned:
+    """A task whose loss is NaN at the given (1-based) steps."""
+
+    def __init__(self, task, steps):
+        self.task, self.steps = task, set(steps)
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def train_batch(self, step, micro, batch_size):
+        return {**self.task.train_batch(step, micro, batch_size), "poison": step + 1 in self.steps}
+
+    def loss(self, model, batch):
+        loss, extra = self.task.loss(model, {k: v for k, v in batch.items() if k != "poison"})
+        return (loss * math.nan if batch["poison"] else loss), extra
+
+
+def test_the_deferred_nan_guard_skips_the_same_steps_and_ends_with_the_same_weights(tmp_path, corpus_file):
+    runs = {}
+    for mode in ("step", "log"):
+        lm, result, records = _train(corpus_file, tmp_path / mode, steps=12, nan_check=mode,
+                                     task_wrapper=lambda task: _Poisoned(task, {6}))
+        runs[mode] = (lm.model.state_dict(), result, records)
+    (step_weights, step_result, step_log), (log_weights, log_result, log_log) = runs["step"], runs["log"]
+    assert step_result.skipped_steps == log_result.skipped_steps == 1
+    assert [r["loss"] for r in log_log] == pytest.approx([r["loss"] for r in step_log], abs=1e-7)
+    assert all(math.isfinite(r["loss"]) for r in log_log)
+    for name, value in log_weights.items():
+        assert torch.equal(value, step_weights[name]), name
+
+
+def test_the_deferred_guard_aborts_after_max_bad_steps_naming_the_step(tmp_path, corpus_file):
+    from lmforge.train.trainer import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"3 steps in a row.*at step 7"):
+        _train(corpus_file, tmp_path, steps=12, nan_check="log", max_bad_steps=3,
+               task_wrapper=lambda task: _Poisoned(task, {5, 6, 7}))
+
+
+def _tiny_lm(corpus_file, arch="gpt", **extra):
+    lm = LM.new(arch, corpus=corpus_file, **{**TINY, **extra})
+    lm.fit(corpus_file, max_steps=25, batch_size=8, eval_every=0, progress=False, lr=3e-3, warmup_steps=2)
+    return lm
+
+
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_static_cache_decoding_gives_the_same_greedy_tokens(corpus_file, arch):
+    lm = _tiny_lm(corpus_file, arch, **({"n_kv_head": 1} if arch == "llama" else {}))
+    sampling = SamplingConfig(max_new_tokens=70, temperature=0, ignore_eos=True)  # past block_size 32: it slides
+    for prompts in (["The "], ["The ", "a longer prompt here", "x"]):
+        plain = generate(lm.model, lm.tokenizer, prompts, sampling, static=False)
+        static = generate(lm.model, lm.tokenizer, prompts, sampling, static=True)
+        assert static == plain and any(len(text) > 0 for text in static)
+    sampled = SamplingConfig(max_new_tokens=20, temperature=0.8, top_k=5, seed=3, ignore_eos=True)
+    assert generate(lm.model, lm.tokenizer, ["The "], sampled, static=True) == \
+        generate(lm.model, lm.tokenizer, ["The "], sampled, static=False)
+
+
+@pytest.mark.parametrize("name,message", [
+    ("meta", "holds shapes without data"), ("gpu7", "not a device name"), ("xla", "does not run models on"),
+])
+def test_bad_devices_are_one_clear_error(name, message):
+    with pytest.raises(ConfigError, match=message):
+        check_device(name)
+
+
+def test_cuda_without_a_gpu_and_bad_dtypes_are_clear_errors():
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU is available"):
+            check_device("cuda")
+    assert check_device("cpu") == torch.device("cpu")
+    assert check_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert check_dtype("bf16") is torch.bfloat16 and check_dtype(None) is None
+    with pytest.raises(ConfigError, match="float32, bfloat16 or float16"):
+        check_dtype("int8")
+
+
+def test_train_device_meta_is_a_clear_error_not_a_traceback(tmp_path, corpus_file, capsys):
+    common = [f"data.paths=['{corpus_file}']", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+              "model.block_size=16", "train.max_steps=2", f"run.dir={tmp_path / 'run'}"]
+    assert main(["train", "configs/gpt-tiny.toml", *common, "train.device=meta", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "train.device 'meta'" in err and "Traceback" not in err
+
+
+def test_commands_take_device_and_dtype_and_refuse_bad_ones(tmp_path, corpus_file, capsys):
+    lm = _tiny_lm(corpus_file)
+    path = lm.save(tmp_path / "model")
+    assert main(["generate", str(path), "--prompt", "The ", "--temperature", "0", "--max-new-tokens", "5",
+                 "--json", "--device", "cpu", "--dtype", "bfloat16"]) == 0
+    assert len(json.loads(capsys.readouterr().out.splitlines()[-1])["text"]) > 0
+    assert main(["generate", str(path), "--device", "meta", "--max-new-tokens", "3"]) == 2
+    assert "holds shapes without data" in capsys.readouterr().err
+    assert main(["eval", str(path), "--data", str(corpus_file), "--device", "cuda:9"]) == 2
+    err = capsys.readouterr().err
+    assert ("no CUDA GPU" in err or "CUDA GPU(s)" in err) and "Traceback" not in err
+    assert LM.from_pretrained(path, device="cpu", dtype="bfloat16").model.lm_head.weight.dtype == torch.bfloat16
+
+
+def test_a_huge_max_new_tokens_is_one_error_naming_the_limit(tmp_path, corpus_file, capsys):
+    lm = _tiny_lm(corpus_file)
+    path = lm.save(tmp_path / "model")
+    assert main(["generate", str(path), "--max-new-tokens", "1000000000"]) == 2
+    err = capsys.readouterr().err
+    assert "max_new_tokens=1,000,000,000" in err and "new tokens fit here" in err and "Traceback" not in err
+    check_generation_fits(lm.model, 2, 10, 1000)  # an ordinary request passes
+
+
+@CUDA
+def test_on_cuda_the_captured_decode_step_gives_the_plain_greedy_tokens(corpus_file):
+    lm = _tiny_lm(corpus_file)
+    lm.model.cuda()
+    sampling = SamplingConfig(max_new_tokens=70, temperature=0, ignore_eos=True)
+    for prompts in (["The "], ["The ", "a longer prompt", "x"]):
+        plain = generate(lm.model, lm.tokenizer, prompts, sampling, static=False)
+        assert generate(lm.model, lm.tokenizer, prompts, sampling) == plain  # default on CUDA: captured
+        assert generate(lm.model, lm.tokenizer, prompts, sampling) == plain  # replayed from the kept capture
+
+
+@CUDA
+def test_on_cuda_training_prefetches_pinned_batches_defers_the_guard_and_enables_tf32(tmp_path, corpus_file):
+    step_lm, step_result, _ = _train(corpus_file, tmp_path / "a", nan_check="step", device="cuda",
+                                     task_wrapper=lambda task: _Poisoned(task, {5}))
+    lm, result, _ = _train(corpus_file, tmp_path / "b", device="cuda", task_wrapper=lambda task: _Poisoned(task, {5}))
+    assert torch.backends.cuda.matmul.allow_tf32
+    assert result.skipped_steps == step_result.skipped_steps == 1
+    reference = step_lm.model.state_dict()
+    for name, value in lm.model.state_dict().items():
+        assert torch.allclose(value, reference[name], atol=1e-5), name

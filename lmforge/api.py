@@ -13,7 +13,7 @@ from .bundle import Bundle
 from .config import LABELED_OBJECTIVES, Config, ConfigError, ModelConfig, build_config, to_toml
 from .data.corpus import iter_texts
 from .files import atomic_write_text
-from .modeldir import load_model_dir, read_tokenizer, save_model_dir
+from .modeldir import chat_files, load_model_dir, model_card, read_tokenizer, save_model_dir
 from .preflight import check_fits
 from .models import build_model, count_parameters, is_decoder
 from .tokenizer import Tokenizer
@@ -117,7 +117,9 @@ class LM:
         """Write a Hugging Face directory that transformers' AutoModelFor* and AutoTokenizer load as it is."""
         from .interop import save_hf_dir
 
-        return save_hf_dir(path, self.model, self.tokenizer, self.config.model,
+        files = {"README.md": model_card(self.model, self.tokenizer, self.config.model, self.meta),
+                 **chat_files(self.tokenizer, self.meta, self.bundle.is_causal)}
+        return save_hf_dir(path, self.model, self.tokenizer, self.config.model, files,
                            chat_template=self.meta.get("chat_template"))
 
     def merge_lora(self) -> "LM":
@@ -448,6 +450,9 @@ def make_tokenizer(config: Config) -> Tokenizer:
         if not Path(config.train.distill_teacher).exists():
             raise missing_teacher(Path(config.train.distill_teacher))
         return read_tokenizer(config.train.distill_teacher)
+    if config.train.objective == "sft":
+        raise ConfigError("objective 'sft' fine-tunes a pretrained decoder: set model.init to a model directory or "
+                          "GGUF file (its tokenizer and chat template are used)")
     if config.train.objective in LABELED_OBJECTIVES and config.data.train and not config.data.paths:
         from .data.labeled import iter_labeled_texts
         texts = iter_labeled_texts(config.data)

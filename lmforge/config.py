@@ -14,7 +14,8 @@ from .files import read_toml
 from .models import ARCHS, CLASSIFIER, DECODER, ENCODER
 
 
-LABELED_OBJECTIVES = ("classify", "regress", "multilabel")  # objectives that read data.train, not data.paths
+# objectives that read data.train (labeled rows; conversations for sft), not data.paths
+LABELED_OBJECTIVES = ("classify", "regress", "multilabel", "sft")
 
 
 MAX_VOCAB = 1 << 21  # far above any real vocabulary (the largest in use hold ~256k tokens)
@@ -219,6 +220,9 @@ class DataConfig(Section):
     scrub: bool = Field(False, description="replace PII in data.paths by typed placeholders before training")
     dedup: bool = Field(False, description="drop exact and near-duplicate documents of data.paths before training")
     dedup_near: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard similarity above which documents are near duplicates")
+    max_length: int | None = Field(None, ge=2, description="sft: conversations are cut to this many tokens and "
+                                   "packed into rows this wide (default model.block_size, which a chat model "
+                                   "from model.init sets to its whole context)")
     contamination: list[str] = Field(default_factory=list, description="evaluation files checked for n-gram overlap "
                                      "with the training text; the result goes into the model card")
 
@@ -239,9 +243,10 @@ class LoRAConfig(Section):
 class TrainConfig(Section):
     """Optimisation, schedule, evaluation and checkpointing."""
 
-    objective: Literal["clm", "mlm", "classify", "regress", "multilabel"] | None = Field(
+    objective: Literal["clm", "mlm", "classify", "regress", "multilabel", "sft"] | None = Field(
         None, description="default: clm for decoders, mlm for bert; 'regress' predicts a number (data.label_field), "
-                          "'multilabel' a set of tags ('a;b' or a JSON list per row)")
+                          "'multilabel' a set of tags ('a;b' or a JSON list per row); 'sft' instruction-tunes a "
+                          "decoder on conversations (data.train, JSONL), loss on the assistant's tokens only")
     max_steps: int = Field(1000, ge=0)
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -343,6 +348,9 @@ class Config(Section):
                              f"'{self.train.objective}'")
         if bert and self.train.objective == "clm":
             raise ValueError("arch 'bert' is an encoder: use train.objective 'mlm' or 'classify', not 'clm'")
+        if self.train.objective == "sft" and (bert or cnn):
+            raise ValueError(f"train.objective 'sft' tunes a decoder (gpt, llama); model.arch '{self.model.arch}' "
+                             "is not one")
         if not bert and self.train.objective == "mlm":
             raise ValueError(f"arch '{self.model.arch}' is a decoder: use train.objective 'clm' or 'classify', not 'mlm'")
         labeled = self.train.objective in LABELED_OBJECTIVES

@@ -15,6 +15,7 @@ from .bundle import Bundle
 from .compress import save_weights
 from .config import ModelConfig, describe_validation_error
 from .devices import check_device, check_dtype
+from .infer.chat_encode import end_of_turn
 from .errors import ModelDirError, shape_mismatch
 from .files import DamagedFileError, atomic_directory, read_json, verify_manifest, write_manifest
 from .infer.chat_template import TEMPLATE_FILE
@@ -43,6 +44,8 @@ def save_model_dir(path: str | Path, bundle: Bundle) -> Path:
             (temp / TEMPLATE_FILE).write_text(template, encoding="utf-8")
         (temp / "config.json").write_text(json.dumps(meta, indent=2))
         (temp / "README.md").write_text(model_card(model, tokenizer, config, info))
+        for name, text in chat_files(tokenizer, info, getattr(model, "is_causal", False)).items():
+            (temp / name).write_text(text)
         write_manifest(temp)  # sizes and checksums: a damaged file is named on load, never used silently
     return path
 
@@ -190,6 +193,50 @@ def names_mismatch(weights: Path, model: nn.Module) -> str | None:
             + " (was config.json edited, or the weights copied from another model?)")
 
 
+def generation_ids(tokenizer: Tokenizer, info: dict) -> dict[str, int | list[int]]:
+    """bos/eos/pad ids for generation_config.json; eos is a list when the chat template ends turns with a token
+    of its own (ChatML's <|im_end|>), so a runtime stops at the end of the assistant's turn."""
+    eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    turn = end_of_turn(info["chat_template"], tokenizer) if info.get("chat_template") else None
+    if turn is not None and tokenizer.token_to_id(turn) not in eos:
+        eos.append(tokenizer.token_to_id(turn))
+    ids: dict[str, int | list[int]] = {}
+    bos = getattr(tokenizer, "bos_id", None)
+    if bos is not None:
+        ids["bos_token_id"] = bos
+    if eos:
+        ids["eos_token_id"] = eos[0] if len(eos) == 1 else eos
+    ids["pad_token_id"] = tokenizer.pad_id
+    return ids
+
+
+def chat_files(tokenizer: Tokenizer, info: dict, causal: bool) -> dict[str, str]:
+    """chat_template.jinja and generation_config.json for a decoder that has a chat template (both directory
+    formats write them), else nothing."""
+    if not causal or not info.get("chat_template"):
+        return {}
+    return {"chat_template.jinja": info["chat_template"],
+            "generation_config.json": json.dumps(generation_ids(tokenizer, info), indent=2)}
+
+
+CARD_FACTS = ("base_model", "datasets", "license")
+
+
+def card_front_matter(info: dict) -> list[str]:
+    """The model card's YAML front matter (base_model, datasets, license, library_name) when meta records any of
+    those facts (an SFT run does); JSON strings are valid YAML scalars."""
+    facts = {key: info[key] for key in CARD_FACTS if info.get(key)}
+    if not facts:
+        return []
+    lines = ["---"]
+    for key, value in {**facts, "library_name": "lmforge"}.items():
+        if isinstance(value, (list, tuple)):
+            lines += [f"{key}:"] + [f"- {json.dumps(str(v))}" for v in value]
+        else:
+            lines.append(f"{key}: {json.dumps(str(value))}")
+    return lines + ["---", ""]
+
+
 def model_card(model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, info: dict) -> str:
     """A short model card: what the model is, what it was trained on, how it scored, what it is not for."""
     family = family_of(config.arch)
@@ -200,7 +247,7 @@ def model_card(model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, info
         widths = f", MLP widths {config.layer_intermediate} (pruned)" if config.layer_intermediate else ""
         summary = (f"A {family.card} made with lmforge {__version__}: {config.n_layer} layers, {heads}, "
                    f"{config.n_embd} dimensions{widths}, context {config.block_size} tokens, ")
-    lines = [f"# {info.get('name', 'lmforge model')}", "",
+    lines = [*card_front_matter(info), f"# {info.get('name', 'lmforge model')}", "",
              f"{summary}{count_parameters(model) / 1e6:.2f}M parameters; {tokenizer.kind} tokenizer, "
              f"{tokenizer.vocab_size} tokens.", ""]
     kind = (info.get("classification") or {}).get("kind", "classify")

@@ -71,6 +71,8 @@ def guess_vocab_size(config: Config) -> int:
 def check_fits(config: Config, parameters: int | None = None, vocab_size: int | None = None) -> None:
     """Refuse (ConfigError) a model + batch whose training needs more memory than the device has."""
     model, train = config.model, config.train
+    if train.objective == "sft" and config.data.max_length:  # packed rows are data.max_length tokens at most
+        model = model.model_copy(update={"block_size": min(model.block_size, config.data.max_length)})
     vocab = vocab_size or model.vocab_size or guess_vocab_size(config)
     parameters = parameters if parameters is not None else estimate_parameters(model, vocab)
     weights = TRAIN_BYTES_PER_PARAMETER * parameters

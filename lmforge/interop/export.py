@@ -16,11 +16,12 @@ from .families import CONCAT, FOR_ARCH, TRANSPOSE, Pair
 from .hf_tokenizer import save_hf_tokenizer
 
 
-def save_hf_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, cfg: ModelConfig, *,
-                chat_template: str | None = None) -> Path:
+def save_hf_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, cfg: ModelConfig,
+                extra_files: dict[str, str] | None = None, *, chat_template: str | None = None) -> Path:
     """Write config.json, model.safetensors, the tokenizer files (with the chat template, when given) and
     (decoders) generation_config.json, all at once: a model Hugging Face cannot express is refused before
-    anything is written."""
+    anything is written. `extra_files` (name -> text: a model card, chat_template.jinja, a generation_config.json
+    whose eos ids end chat turns) are written with them, replacing a file of the same name."""
     path = Path(path)
     if cfg.layer_heads or cfg.layer_intermediate:  # Hugging Face configs have one head count and MLP width
         raise ValueError(f"a model whose heads or MLP neurons were pruned has sizes that differ per layer "
@@ -56,6 +57,8 @@ def save_hf_dir(path: str | Path, model: nn.Module, tokenizer: Tokenizer, cfg: M
         if is_decoder(model):
             generation = {k: v for k, v in special.items() if v is not None}
             (temp / "generation_config.json").write_text(json.dumps(generation, indent=2))
+        for name, text in (extra_files or {}).items():
+            (temp / name).write_text(text, encoding="utf-8")
     return path
 
 

@@ -72,6 +72,14 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x * cos + rotated * sin).to(x.dtype)
 
 
+def document_mask(segments: torch.Tensor) -> torch.Tensor:
+    """The (B, 1, T, T) causal mask of packed rows: a position sees earlier positions of its own document only
+    (`segments` (B, T) numbers each row's documents)."""
+    T = segments.size(-1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    return (causal & (segments[:, :, None] == segments[:, None, :]))[:, None]
+
+
 def attention_mask(q_len: int, k_len: int, causal: bool, pad_mask: torch.Tensor | None, device) -> torch.Tensor | None:
     """Boolean mask (True = may attend) of shape (B|1, 1, q_len, k_len), or None when SDPA needs none.
 
@@ -105,7 +113,9 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x, *, causal: bool, pad_mask=None, cache: KVCache | None = None, rope=None,
-                return_weights: bool = False):
+                return_weights: bool = False, mask=None):
+        """`mask`: a ready (B, 1, T, T) boolean mask (True = may attend), e.g. packed documents' block-diagonal one;
+        it replaces the one `causal` and `pad_mask` would make."""
         B, T, _ = x.shape
         # one view, one transpose, one split: the same strided q, k, v as splitting first, in fewer ops per step
         q, k, v = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim).transpose(1, 2).split(
@@ -115,9 +125,9 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)
         k_len = k.size(2)
-        if cache is not None and cache.static is not None and T == 1:  # fixed-shape step: the cache's own mask
+        if mask is None and cache is not None and cache.static is not None and T == 1:  # fixed-shape step: the cache's own mask
             mask = cache.static[1]
-        else:
+        elif mask is None:
             mask = attention_mask(T, k_len, causal, pad_mask, x.device)
         if self.n_kv_head != self.n_head:
             repeat = self.n_head // self.n_kv_head

@@ -6,7 +6,8 @@ same batch, so a resumed run sees the data an uninterrupted one would), loss(mod
 and monitor = (metric name, "min" | "max") for early stopping.
 
 lm.py holds the language-model objectives; classify.py text classification and what the labeled tasks share;
-regress.py and multilabel.py a number or a set of tags per text; distill.py wraps one with a teacher. make_task
+regress.py and multilabel.py a number or a set of tags per text; sft.py instruction tuning on conversations;
+distill.py wraps one with a teacher. make_task
 picks one.
 """
 from __future__ import annotations
@@ -21,10 +22,11 @@ from .classify import (EMBEDDING_PREFIXES, HEAD_PREFIXES, ClassificationTask, at
 from .lm import EVAL_SEED, CausalLMTask, MaskedLMTask
 from .multilabel import MultiLabelTask, make_multilabel_task
 from .regress import RegressionTask, make_regression_task
+from .sft import SFTTask, make_sft_task
 
 __all__ = ["EMBEDDING_PREFIXES", "EVAL_SEED", "HEAD_PREFIXES", "CausalLMTask", "ClassificationTask", "MaskedLMTask",
-           "MultiLabelTask", "RegressionTask", "attach_head", "layerwise_groups", "make_classification_task",
-           "make_multilabel_task", "make_regression_task", "make_task"]
+           "MultiLabelTask", "RegressionTask", "SFTTask", "attach_head", "layerwise_groups", "make_classification_task",
+           "make_multilabel_task", "make_regression_task", "make_sft_task", "make_task"]
 
 
 def make_task(lm, work_dir: Path, progress: bool = False, teacher=None):
@@ -64,4 +66,6 @@ def _objective_task(lm, work_dir: Path, progress: bool = False):
         return make_regression_task(lm)
     if objective == "multilabel":
         return make_multilabel_task(lm)
+    if objective == "sft":
+        return make_sft_task(lm)
     raise ValueError(f"unknown train.objective '{objective}'")

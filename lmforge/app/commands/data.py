@@ -146,6 +146,31 @@ def _synthesize(args) -> int:
     return 0
 
 
+def _inspect_arguments(p):
+    p.add_argument("file", help="chat .jsonl: OpenAI 'messages', ShareGPT 'conversations' or alpaca instruction/output")
+    p.add_argument("--model", required=True, help="the model to tune (model directory or a path model.init takes): "
+                   "its tokenizer and chat template render the rows")
+    p.add_argument("-n", "--show", type=int, default=3, help="conversations to print (default 3)")
+    p.add_argument("--block-size", type=int, help="cut conversations to this many tokens (default: the model's)")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="mark trained tokens in green (auto: when printing to a terminal), else with [[ ]]")
+
+
+def _inspect(args) -> int:
+    import sys
+
+    from ...infer.chat_encode import inspect_chat_file
+    from ...modeldir import load_model_dir
+
+    if args.show < 0 or (args.block_size is not None and args.block_size < 2):
+        raise DataError("-n must be >= 0 and --block-size >= 2")
+    bundle = load_model_dir(args.model)
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    print(inspect_chat_file(args.file, bundle.tokenizer, bundle.meta, args.block_size or bundle.config.block_size,
+                            args.show, color))
+    return 0
+
+
 def _write_report(report: dict, path: str | None) -> None:
     if path:
         from ...files import atomic_write_text
@@ -177,6 +202,16 @@ The output folder gets DATA_CARD.md and data_card.json (counts per type).""", _s
   lmforge data synthesize runs/gpt/final --prompts prompts.txt --n 50 --out s.jsonl --temperature 0.7 --seed 1""",
                    _synthesize_arguments, _synthesize),
 }
+
+
+SUBCOMMANDS["inspect"] = ("Show how SFT sees a chat file: rendered conversations with the trained tokens marked.",
+                          """examples:
+  lmforge data inspect chats.jsonl --model runs/base/final
+  lmforge data inspect alpaca.jsonl --model SmolLM2-135M-Instruct.Q4_1.gguf -n 5 --color never
+
+Rows are rendered through the model's chat template (the built-in ChatML one when it has none); the loss of
+train.objective=sft covers exactly the marked tokens: every assistant reply and the end-of-turn token after it.""",
+                          _inspect_arguments, _inspect)
 
 
 def _tokenize_arguments(p) -> None:
@@ -225,7 +260,7 @@ def _run(args) -> int:
     return args.handler(args)
 
 
-COMMAND = Command("data", "Data passes: scrub, dedup, contamination, augment, synthesize, tokenize.",
+COMMAND = Command("data", "Data passes: scrub, dedup, contamination, augment, synthesize, tokenize; inspect a chat file.",
                   "examples:\n  lmforge data scrub corpus/ clean/ --report scrub.json\n"
                   "  lmforge data dedup clean/ deduped/ --near 0.8\n"
                   "  lmforge data SUBCOMMAND --help", _add_arguments, _run,

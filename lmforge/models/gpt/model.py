@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..layers import MLP, Attention, KVCache, RotaryEmbedding, init_weights, make_cache, make_norm
+from ..layers import MLP, Attention, KVCache, RotaryEmbedding, document_mask, init_weights, make_cache, make_norm
 
 if TYPE_CHECKING:  # annotations only: config.py reads the family registry in models/
     from ...config import ModelConfig
@@ -22,9 +22,9 @@ class Block(nn.Module):
         self.ln_2, self.mlp = make_norm(cfg), MLP(cfg, layer=layer)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, *, pad_mask=None, cache=None, rope=None, return_weights: bool = False):
+    def forward(self, x, *, pad_mask=None, cache=None, rope=None, return_weights: bool = False, mask=None):
         attended = self.attn(self.ln_1(x), causal=True, pad_mask=pad_mask, cache=cache, rope=rope,
-                             return_weights=return_weights)
+                             return_weights=return_weights, mask=mask)
         attended, weights = attended if return_weights else (attended, None)
         if self.training:  # skipped in eval, where dropout is the identity: two module calls less per step
             attended = self.drop(attended)
@@ -63,9 +63,10 @@ class GPT(nn.Module):
         return make_cache(self.config, batch, max_len, dtype, device)
 
     def hidden_states(self, ids, *, positions=None, pad_mask=None, cache: list[KVCache] | None = None,
-                      return_weights: bool = False):
-        """Final-norm hidden states (B, T, n_embd). `pad_mask` (B, past+T) marks real tokens; with
-        return_weights also each layer's attention (B, H, T, past+T)."""
+                      return_weights: bool = False, segments=None):
+        """Final-norm hidden states (B, T, n_embd). `pad_mask` (B, past+T) marks real tokens; `segments` (B, T)
+        numbers the documents packed in a row (none attends across them); with return_weights also each layer's
+        attention (B, H, T, past+T)."""
         B, T = ids.shape
         past = cache[0].length if cache else 0
         if positions is None:
@@ -77,16 +78,18 @@ class GPT(nn.Module):
             x = x + self.wpe(positions)
         rope = self.rope(positions) if self.rope is not None else None
         x = self.drop(x) if self.training else x
-        weights = []
+        weights, mask = [], document_mask(segments) if segments is not None else None
         for i, block in enumerate(self.h):
-            x = block(x, pad_mask=pad_mask, cache=cache[i] if cache else None, rope=rope, return_weights=return_weights)
+            x = block(x, pad_mask=pad_mask, cache=cache[i] if cache else None, rope=rope, return_weights=return_weights,
+                      mask=mask)
             if return_weights:
                 x, w = x
                 weights.append(w)
         return (self.ln_f(x), weights) if return_weights else self.ln_f(x)
 
-    def forward(self, ids, *, positions=None, pad_mask=None, cache: list[KVCache] | None = None):
-        return self.lm_head(self.hidden_states(ids, positions=positions, pad_mask=pad_mask, cache=cache))
+    def forward(self, ids, *, positions=None, pad_mask=None, cache: list[KVCache] | None = None, segments=None):
+        return self.lm_head(self.hidden_states(ids, positions=positions, pad_mask=pad_mask, cache=cache,
+                                               segments=segments))
 
     def classify(self, ids, *, pad_mask=None, token_type_ids=None):
         """Class logits (B, n_labels) from the hidden state of the last real token of each row."""

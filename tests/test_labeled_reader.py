@@ -4,7 +4,6 @@ import os
 import random
 import tracemalloc
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,9 @@ from lmforge.data.corpus import DataError, read_records
 from lmforge.data.labeled import EncodedSet, encode_example, read_labeled
 from lmforge.tokenizer import Tokenizer
 
-PHRASES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2-phrases" / "train.tsv"
+from conftest import SHARED
+
+PHRASES = SHARED / "sst2-phrases" / "train.tsv"
 WORDS = "the a film movie story plot actor scene good bad dull moving funny slow sharp warm cold long short".split()
 
 
@@ -103,7 +104,7 @@ def test_streamed_records_keep_the_readers_checks(tmp_path):
     bad.write_bytes(b"text\tlabel\n" + b"fine row\t1\n" * 50 + b"caf\xe9\t0\n")
     with pytest.warns(UserWarning, match="1 invalid UTF-8"):
         assert list(read_records(bad))[-1] == {"text": "caf\ufffd", "label": "0"}
-    with pytest.raises(DataError, match=r"bad.tsv' is not valid UTF-8 \(line 52 has a bad byte\)"):
+    with pytest.raises(DataError, match=r"bad.tsv' is not valid UTF-8 \(first bad byte at offset 564\)"):
         list(read_records(bad, errors="strict"))
     binary = tmp_path / "blob.csv"
     binary.write_bytes(b"text,label\n" + os.urandom(8000))
@@ -114,3 +115,30 @@ def test_streamed_records_keep_the_readers_checks(tmp_path):
     with warnings.catch_warnings(), pytest.raises(DataError, match="does not look like text"):
         warnings.simplefilter("ignore")
         list(read_records(late))
+
+
+def test_length_buckets_keep_every_row_once_an_epoch_and_cut_padding():
+    from lmforge.tasks.classify import ClassificationTask
+
+    tokenizer = Tokenizer.train("word", [" ".join(WORDS)], 64)
+    rng = random.Random(3)
+    texts = [" ".join(rng.choices(WORDS, k=rng.randint(1, 40))) for _ in range(1000)]
+    from lmforge.data.labeled import LabeledSet
+    encoded = EncodedSet(LabeledSet("x", texts, ["0", "1"] * 500), tokenizer, ["0", "1"], 64)
+    plain = ClassificationTask(encoded, None, ["0", "1"], seed=5)
+    bucketed = ClassificationTask(encoded, None, ["0", "1"], seed=5)
+    bucketed.bucket_by_length = True
+    padding = {}
+    for name, task in (("plain", plain), ("bucketed", bucketed)):
+        batches = [task.train_batch(step, 0, 10) for step in range(100)]  # exactly one epoch
+        rows = sorted(tuple(row[mask].tolist()) for b in batches for row, mask in zip(b["ids"], b["pad_mask"]))
+        assert rows == sorted(tuple(encoded.example(i)[0]) for i in range(1000))  # every row once
+        padding[name] = sum(int((~b["pad_mask"]).sum()) for b in batches) / sum(int(b["pad_mask"].sum()) for b in batches)
+        again = task.train_batch(37, 0, 10)
+        assert torch.equal(again["ids"], batches[37]["ids"])  # a pure function of (seed, step)
+    assert padding["bucketed"] < 0.1 * padding["plain"], padding
+    # off, the order is the plain per-epoch permutation, as before buckets existed
+    import numpy as np
+    first = plain.train_batch(0, 0, 10)["labels"].tolist()
+    order = np.random.default_rng([5, 0]).permutation(1000)[:10]
+    assert first == [int(encoded.targets[i]) for i in order]

@@ -189,22 +189,37 @@ def _checked_lines(path: Path, errors: str) -> Iterator[str]:
             raise _not_text(path, _garbage_share(sample), codec)
         raw.seek(skip)
         stream = io.TextIOWrapper(raw, encoding=codec, errors="strict" if errors == "strict" else "replace", newline="")
-        chars = garbage = replaced = number = 0
+        chars = garbage = replaced = 0
         try:
-            for number, line in enumerate(stream, 1):
+            for line in stream:
                 chars += len(line)
                 if "\ufffd" in line or "\x00" in line:
                     garbage += round(_garbage_share(line) * len(line))
                     replaced += line.count("\ufffd")
                 yield line
         except UnicodeDecodeError:
-            raise DataError(f"file '{path}' is not valid {codec.upper()} (line {number + 1} has a bad byte); convert "
-                            "it to UTF-8, or set data.encoding_errors='replace'") from None
+            raise DataError(f"file '{path}' is not valid {codec.upper()} (first bad byte at offset "
+                            f"{_first_bad_byte(path, codec, skip)}); convert it to UTF-8, or set "
+                            "data.encoding_errors='replace'") from None
     if chars and garbage / chars > GARBAGE_SHARE:
         raise _not_text(path, garbage / chars, codec)
     if replaced:
         warnings.warn(f"file '{path}': {replaced} invalid {codec.upper()} byte sequence(s) replaced with U+FFFD "
                       "(set data.encoding_errors='strict' to reject such files)", stacklevel=3)
+
+
+def _first_bad_byte(path: Path, codec: str, skip: int) -> int:
+    """The file offset of the first byte that does not decode as `codec` (read again, in blocks, to find it)."""
+    decoder, offset = codecs.getincrementaldecoder(codec)("strict"), skip
+    with open(path, "rb") as raw:
+        raw.seek(skip)
+        while block := raw.read(1 << 20):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as error:
+                return offset + error.start
+            offset += len(block)
+    return offset
 
 
 def _not_text(path: Path, share: float, codec: str) -> DataError:

@@ -288,9 +288,10 @@ class TrainConfig(Section):
     whole_word_mask: bool = False
     head_lr: float | None = Field(None, gt=0, description="classify: learning rate of the new head (default lr)")
     layer_lr_decay: float = Field(1.0, gt=0, le=1, description="classify: each lower layer's lr is multiplied by this")
-    bucket_by_length: bool = Field(False, description="classify: batches of texts of similar length (each shuffled "
-                                                       "epoch sorted by length within windows of 50 batches, the "
-                                                       "batches then shuffled): less padding, faster on short texts")
+    bucket_by_length: bool = Field(False, description="classify, regress, multilabel: batches of texts of similar "
+                                                       "length (each shuffled epoch sorted by length within windows "
+                                                       "of 50 batches, the batches then shuffled): less padding, "
+                                                       "faster on short texts")
     class_weights: bool = Field(False, description="classify: weight the loss by inverse class frequency; multilabel: "
                                                     "weight each tag's positives by its negatives / positives")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="clm, mlm, classify (and multilabel): mix this share "

@@ -204,12 +204,10 @@ def make_classification_task(lm) -> ClassificationTask:
     labels = lm.config.model.labels
     block = config.model.block_size
     lm.meta["classification"] = head_info(lm, "classify")
-    task = ClassificationTask(EncodedSet(train, lm.tokenizer, labels, block),
+    return ClassificationTask(EncodedSet(train, lm.tokenizer, labels, block),
                               EncodedSet(val, lm.tokenizer, labels, block) if val is not None else None,
                               labels, config.train.seed, config.train.grad_accum, config.train.class_weights,
                               config.train.label_smoothing)
-    task.bucket_by_length = config.train.bucket_by_length
-    return task
 
 
 def head_kind(lm) -> str:

@@ -35,12 +35,12 @@ SHARED = ROOT.parent / "shared" / "data"
 PHRASES = SHARED / "sst2-phrases" / "train.tsv"
 SENTENCES = SHARED / "sst2-sentence"
 TEXTCNN, LSTM = ROOT / "configs" / "textcnn-sst2.toml", ROOT / "configs" / "lstm-classify.toml"
-CONFIGS = {  # name -> (recipe, overrides)
-    "textcnn-wordpiece-bn": (TEXTCNN, ["model.batch_norm=true"]),
-    "textcnn-wordpiece": (TEXTCNN, ["model.batch_norm=false"]),
-    "textcnn-word-bn": (TEXTCNN, ["model.batch_norm=true", 'tokenizer.kind="word"']),
-    "textcnn-word": (TEXTCNN, ["model.batch_norm=false", 'tokenizer.kind="word"']),
-    "bilstm": (LSTM, []),
+CONFIGS = {  # name -> (recipe, overrides, what the table calls it)
+    "textcnn-wordpiece-bn": (TEXTCNN, ["model.batch_norm=true"], "TextCNN, WordPiece, batch norm"),
+    "textcnn-wordpiece": (TEXTCNN, ["model.batch_norm=false"], "TextCNN, WordPiece"),
+    "textcnn-word-bn": (TEXTCNN, ["model.batch_norm=true", 'tokenizer.kind="word"'], "TextCNN, words, batch norm"),
+    "textcnn-word": (TEXTCNN, ["model.batch_norm=false", 'tokenizer.kind="word"'], "TextCNN, words"),
+    "bilstm": (LSTM, [], "biLSTM, WordPiece, max pooling"),
 }
 SEEDS = (1, 2, 3)
 BAR = 0.84
@@ -59,7 +59,7 @@ def write_tsv(source: Path, target: Path) -> Path:
 
 def run(name: str, seed: int, extra: list[str]) -> dict:
     """Train configuration `name` with `seed` on the phrases (best on dev) and score the test sentences once."""
-    recipe, overrides = CONFIGS[name]
+    recipe, overrides, _ = CONFIGS[name]
     with tempfile.TemporaryDirectory(prefix="lmforge-sst2-") as scratch:
         scratch = Path(scratch)
         dev, test = (write_tsv(SENTENCES / f"stsa.binary.{split}", scratch / f"{split}.tsv") for split in ("dev", "test"))
@@ -96,15 +96,15 @@ def table(rows: list[dict]) -> str:
         tests = [100 * r["test_accuracy"] for r in group]
         sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
         mean = statistics.mean(tests)
-        lines.append(f"| {name} | {', '.join(str(r['seed']) for r in group)} | **{mean:.2f} ± {sd:.2f}** "
+        lines.append(f"| {CONFIGS[name][2]} (`{name}`) | {', '.join(str(r['seed']) for r in group)} | **{mean:.2f} ± {sd:.2f}** "
                      f"({', '.join(f'{t:.2f}' for t in tests)}) | {100 * statistics.mean(r['dev_accuracy'] for r in group):.2f} "
                      f"| {group[0]['parameters']:,} | {statistics.mean(r['seconds'] for r in group):.0f} s "
                      f"({statistics.mean(r['steps'] for r in group):.0f} steps) | {mean - 100 * BAR:+.2f} |")
     minilm = minilm_row()
     if minilm:
-        lines.append(f"| all-MiniLM-L6-v2 fine-tuned (benchmarks/minilm_sst2.py; 6,920 training sentences, not the "
-                     f"phrases; reused from its RESULTS.md section) | 1 | {100 * minilm['accuracy']:.2f} | - | "
-                     f"{minilm['parameters']:,} | {minilm['seconds']} s (650 steps) | "
+        lines.append(f"| all-MiniLM-L6-v2 fine-tuned (benchmarks/minilm_sst2.py on the 6,920 training sentences, "
+                     f"not the phrases; reused from its RESULTS.md section) | 1 | {100 * minilm['accuracy']:.2f} | - | "
+                     f"{minilm['parameters']:,} | {minilm['seconds']} s training (650 steps) | "
                      f"{100 * (minilm['accuracy'] - BAR):+.2f} |")
     return "\n".join(lines)
 

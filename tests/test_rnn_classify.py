@@ -135,3 +135,18 @@ def test_one_way_rnn_configs_keep_their_language_model_defaults():
 def _metrics(run):
     import json
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("recipe", ["configs/textcnn-sst2.toml", "configs/lstm-classify.toml"])
+def test_the_sst2_recipes_run_on_a_users_own_tsv(recipe, tmp_path, capsys):
+    rows = [{"sentence": r["text"], "label": r["label"]} for r in reviews(120, 4)]
+    train = write_csv(tmp_path / "train.tsv", rows, fields=("sentence", "label"))
+    train.write_text(train.read_text().replace(",", "\t"))
+    dev = write_csv(tmp_path / "dev.tsv", rows[:20], fields=("sentence", "label"))
+    dev.write_text(dev.read_text().replace(",", "\t"))
+    run = tmp_path / "run"
+    assert main(["train", recipe, f"data.train={train}", f"data.test={dev}", "model.n_embd=16",
+                 "tokenizer.vocab_size=100", "train.max_steps=4", "train.eval_every=2", f"run.dir={run}",
+                 "--quiet"]) == 0
+    assert main(["eval", str(run / "final"), "--data", str(dev)]) == 0
+    assert "accuracy" in capsys.readouterr().out

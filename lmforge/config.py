@@ -111,8 +111,8 @@ class ModelConfig(Section):
             raise ValueError("rotary positions need an even head size (n_embd / n_head)")
         self._check_layer_sizes()
         if self.arch != "bert" and self.pooling != "cls":
-            raise ValueError(f"pooling is a switch of arch 'bert' and the RNNs; arch '{self.arch}' classifies from "
-                             "the last real token")
+            raise ValueError(f"pooling is an arch 'bert' switch (and the RNNs'); arch '{self.arch}' classifies "
+                             "from the last real token")
         if self.pooling == "max":
             raise ValueError("model.pooling='max' is for the RNNs (lstm, gru, rnn); arch 'bert' pools 'cls' or 'mean'")
         if self.arch != "bert" and self.norm_position == "pre":

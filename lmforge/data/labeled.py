@@ -100,6 +100,7 @@ def iter_labeled_texts(data_config) -> Iterator[str]:
     path = Path(data_config.train)
     _check_suffix(path)
     text_field, pair_field = data_config.text_field, data_config.text_pair_field
+    number = 0
     for number, row in enumerate(read_records(path, data_config.encoding_errors), 1):
         if text_field not in row or (pair_field and pair_field not in row):
             missing = text_field if text_field not in row else pair_field
@@ -108,6 +109,8 @@ def iter_labeled_texts(data_config) -> Iterator[str]:
         yield "" if row[text_field] is None else str(row[text_field])
         if pair_field:
             yield "" if row[pair_field] is None else str(row[pair_field])
+    if not number:
+        raise DataError(f"'{path}' holds no labeled rows: nothing to train or evaluate on")
 
 
 def read_texts_for_prediction(path: str | Path, text_field: str = "text", errors: str = "replace") -> list[str]:

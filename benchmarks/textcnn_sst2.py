@@ -1,17 +1,20 @@
-"""Quality bar of the TextCNN baseline: SST-2 (sentence level) test accuracy against Kim (2014)'s CNN-rand, 82.7%.
+"""SST-2 baselines on the treebank's phrase labels: TextCNN (word / WordPiece, with / without batch norm) and a
+biLSTM classifier, beside the fine-tuned MiniLM, in one table (test accuracy mean +- sd, parameters, time).
 
-Trains configs/textcnn.toml on the 6,920 training sentences (Kim also trained on the treebank's phrases, which
-../shared/data does not hold), stops early on the 872 dev sentences (best-on-dev weights) and scores the 1,821
-test sentences. One seed per call, so each call stays short; the results accumulate in --results and
---summary prints the mean per setting:
-    python benchmarks/textcnn_sst2.py --seed 1 --batch-norm on
-    python benchmarks/textcnn_sst2.py --seed 1 --batch-norm off
-    python benchmarks/textcnn_sst2.py --summary
+The protocol (Kim, 2014): train on GLUE's SST-2 train.tsv (67,349 phrases and sentences of the treebank's training
+split, ../shared/data/sst2-phrases), keep the weights with the best accuracy on stsa.binary.dev (872 sentences),
+score stsa.binary.test (1,821 sentences) once. Each run appends a JSON line to --results; a run already there is
+not repeated, so an interrupted sweep continues where it stopped:
+    python benchmarks/textcnn_sst2.py --all                    # 5 configurations x 3 seeds, one process
+    python benchmarks/textcnn_sst2.py --config bilstm --seed 2
+    python benchmarks/textcnn_sst2.py --summary                # the table, also into benchmarks/RESULTS.md
+The MiniLM row is read from benchmarks/RESULTS.md (benchmarks/minilm_sst2.py's section), not rerun here.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -20,66 +23,124 @@ from pathlib import Path
 
 import torch
 
-from encoder_quality import DATA, read_labeled_lines, write_csv
 from lmforge.app.training import train_from_config
 from lmforge.config import load_config
+from lmforge.models import count_parameters
 
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "textcnn.toml"
-KIM_CNN_RAND = 0.827
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import RESULTS, machine, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+PHRASES = SHARED / "sst2-phrases" / "train.tsv"
+SENTENCES = SHARED / "sst2-sentence"
+TEXTCNN, LSTM = ROOT / "configs" / "textcnn-sst2.toml", ROOT / "configs" / "lstm-classify.toml"
+CONFIGS = {  # name -> (recipe, overrides, what the table calls it)
+    "textcnn-wordpiece-bn": (TEXTCNN, ["model.batch_norm=true"], "TextCNN, WordPiece, batch norm"),
+    "textcnn-wordpiece": (TEXTCNN, ["model.batch_norm=false"], "TextCNN, WordPiece"),
+    "textcnn-word-bn": (TEXTCNN, ["model.batch_norm=true", 'tokenizer.kind="word"'], "TextCNN, words, batch norm"),
+    "textcnn-word": (TEXTCNN, ["model.batch_norm=false", 'tokenizer.kind="word"'], "TextCNN, words"),
+    "bilstm": (LSTM, [], "biLSTM, WordPiece, max pooling"),
+}
+SEEDS = (1, 2, 3)
+BAR = 0.84
 
 
-def run(seed: int, batch_norm: bool, overrides: list[str]) -> dict:
-    """Train one TextCNN on SST-2 train (early stopping on dev) and score it on test."""
-    with tempfile.TemporaryDirectory(prefix="lmforge-textcnn-") as scratch:
+def write_tsv(source: Path, target: Path) -> Path:
+    """An stsa.binary.* file ('<label> <sentence>' a line) as a sentence<TAB>label TSV with a header."""
+    with open(target, "w", encoding="utf-8") as out:
+        out.write("sentence\tlabel\n")
+        for line in source.read_text(encoding="utf-8").splitlines():
+            label, _, text = line.partition(" ")
+            if text:
+                out.write(f"{text}\t{label}\n")
+    return target
+
+
+def run(name: str, seed: int, extra: list[str]) -> dict:
+    """Train configuration `name` with `seed` on the phrases (best on dev) and score the test sentences once."""
+    recipe, overrides, _ = CONFIGS[name]
+    with tempfile.TemporaryDirectory(prefix="lmforge-sst2-") as scratch:
         scratch = Path(scratch)
-        files = {split: write_csv(read_labeled_lines(DATA / f"stsa.binary.{split}"), scratch / f"{split}.csv")
-                 for split in ("train", "dev", "test")}
-        config = load_config(RECIPE, [f'data.train="{files["train"]}"', f'data.test="{files["dev"]}"',
-                                      f"train.seed={seed}", f"model.batch_norm={str(batch_norm).lower()}",
-                                      f'run.dir="{scratch / "run"}"', *overrides])
+        dev, test = (write_tsv(SENTENCES / f"stsa.binary.{split}", scratch / f"{split}.tsv") for split in ("dev", "test"))
+        config = load_config(recipe, [f'data.train="{PHRASES}"', f'data.test="{dev}"', f"train.seed={seed}",
+                                      f'run.dir="{scratch / "run"}"', *overrides, *extra])
         began = time.perf_counter()
         lm, result = train_from_config(config, progress=False)
-        report = lm.evaluate(files["test"])
-        return {"seed": seed, "batch_norm": batch_norm, "overrides": overrides, "test_accuracy": report["accuracy"],
-                "dev_accuracy": result.best, "steps": result.step, "seconds": time.perf_counter() - began}
+        seconds = time.perf_counter() - began  # tokenizer, encoding, training and dev evaluations
+        report = lm.evaluate(test)
+        return {"config": name, "seed": seed, "extra": extra, "test_accuracy": report["accuracy"],
+                "dev_accuracy": result.best, "steps": result.step, "seconds": round(seconds, 1),
+                "parameters": count_parameters(lm.model)}
 
 
-def summary(path: Path) -> None:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    groups: dict[tuple, list] = {}
-    for row in rows:
-        groups.setdefault((row["batch_norm"], " ".join(row["overrides"])), []).append(row)
-    print(f"| batch norm | overrides | seeds | test accuracy (mean ± sd) | dev accuracy | vs Kim CNN-rand {KIM_CNN_RAND:.1%} |")
-    print("|---|---|---|---|---|---|")
-    for (bn, extra), group in sorted(groups.items()):
-        tests = [r["test_accuracy"] for r in group]
+def minilm_row() -> dict | None:
+    """The fine-tuned MiniLM's test accuracy, parameters and train time from RESULTS.md's minilm_sst2 section."""
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    section = re.search(r"<!-- begin minilm_sst2 sst2 full -->(.*?)<!-- end", text, re.S)
+    row = section and re.search(r"^\| ([0-9.]+) \| ([0-9,]+) of .*\| (\d+) s \|$", section.group(1), re.M)
+    if not row:
+        return None
+    return {"accuracy": float(row.group(1)), "parameters": int(row.group(2).replace(",", "")),
+            "seconds": int(row.group(3))}
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown table: one line per configuration (mean +- sd over its seeds) and the MiniLM line."""
+    lines = ["| model | seeds | test accuracy (mean ± sd) | dev accuracy | parameters | time per run | "
+             f"vs {BAR:.0%} |", "|---|---|---|---|---|---|---|"]
+    for name in CONFIGS:
+        group = [r for r in rows if r["config"] == name and not r["extra"]]
+        if not group:
+            continue
+        tests = [100 * r["test_accuracy"] for r in group]
         sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
         mean = statistics.mean(tests)
-        print(f"| {'on' if bn else 'off'} | {extra or '-'} | {', '.join(str(r['seed']) for r in group)} | "
-              f"{mean:.4f} ± {sd:.4f} | {statistics.mean(r['dev_accuracy'] for r in group):.4f} | "
-              f"{mean - KIM_CNN_RAND:+.4f} |")
+        lines.append(f"| {CONFIGS[name][2]} (`{name}`) | {', '.join(str(r['seed']) for r in group)} | **{mean:.2f} ± {sd:.2f}** "
+                     f"({', '.join(f'{t:.2f}' for t in tests)}) | {100 * statistics.mean(r['dev_accuracy'] for r in group):.2f} "
+                     f"| {group[0]['parameters']:,} | {statistics.mean(r['seconds'] for r in group):.0f} s "
+                     f"({statistics.mean(r['steps'] for r in group):.0f} steps) | {mean - 100 * BAR:+.2f} |")
+    minilm = minilm_row()
+    if minilm:
+        lines.append(f"| all-MiniLM-L6-v2 fine-tuned (benchmarks/minilm_sst2.py on the 6,920 training sentences, "
+                     f"not the phrases; reused from its RESULTS.md section) | 1 | {100 * minilm['accuracy']:.2f} | - | "
+                     f"{minilm['parameters']:,} | {minilm['seconds']} s training (650 steps) | "
+                     f"{100 * (minilm['accuracy'] - BAR):+.2f} |")
+    return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="textcnn-wordpiece")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--batch-norm", choices=["on", "off"], default="on")
-    parser.add_argument("--results", type=Path, default=Path("runs/textcnn-sst2.jsonl"))
-    parser.add_argument("--summary", action="store_true", help="print the table of the results so far and stop")
-    parser.add_argument("overrides", nargs="*", help="config overrides for the recipe, e.g. model.n_embd=300")
+    parser.add_argument("--all", action="store_true", help="every configuration with seeds 1, 2, 3 (skipping done ones)")
+    parser.add_argument("--results", type=Path, default=Path("runs/baselines-sst2.jsonl"))
+    parser.add_argument("--summary", action="store_true", help="print the table, write its RESULTS.md section, stop")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides (such runs stay out of the table)")
     args = parser.parse_args()
+    rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()] \
+        if args.results.is_file() else []
     if args.summary:
-        summary(args.results)
+        markdown = table(rows)
+        print(markdown)
+        write_section("baselines_sst2", f"## SST-2 baselines on phrase labels (benchmarks/textcnn_sst2.py)\n\n"
+                                        f"{machine()}; trained on the 67,349 phrases, best on stsa.binary.dev, "
+                                        f"scored once on stsa.binary.test (1,821)\n\n{markdown}")
         return 0
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} is absent (see ../shared/data/SOURCES.md)")
+    if not PHRASES.is_file() or not SENTENCES.is_dir():
+        print(f"skipped: {PHRASES} or {SENTENCES} is absent (see ../shared/data/SOURCES.md)")
         return 0
     torch.set_num_threads(2)
-    row = run(args.seed, args.batch_norm == "on", args.overrides)
-    print(json.dumps(row), flush=True)
+    todo = [(name, seed) for name in CONFIGS for seed in SEEDS] if args.all else [(args.config, args.seed)]
+    done = {(r["config"], r["seed"], tuple(r["extra"])) for r in rows}
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.results, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
+    for name, seed in todo:
+        if (name, seed, tuple(args.overrides)) in done:
+            continue
+        row = run(name, seed, args.overrides)
+        print(json.dumps(row), flush=True)
+        with open(args.results, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
     return 0
 
 

@@ -57,10 +57,11 @@ class ModelConfig(Section):
     norm_position: Literal["post", "pre"] = Field(
         "post", description="arch 'bert' only: 'post' = BERT's norm(x + sublayer(x)); 'pre' = x + sublayer(norm(x)) "
                             "with a final LayerNorm after the last block (trains more easily at small batch/compute)")
-    pooling: Literal["cls", "mean"] = Field(
-        "cls", description="arch 'bert' only: what the classifier reads, the [CLS] state through the pooler (BERT's "
-                           "way) or the mean of the real tokens' states (as sentence encoders do); a fine-tuning "
-                           "from model.init may choose either")
+    pooling: Literal["cls", "mean", "max"] = Field(
+        "cls", description="what the classifier reads. arch 'bert': the [CLS] state through the pooler (BERT's way) "
+                           "or 'mean' of the real tokens' states (as sentence encoders do); a fine-tuning from "
+                           "model.init may choose either. arch lstm/gru/rnn: 'cls' the final states (of both "
+                           "directions), 'mean' or 'max' over the real tokens' outputs")
     rope_theta: float = Field(10000.0, gt=0, description="rotary positions' base (qwen2 defaults to 1e6)")
     type_vocab_size: int = Field(2, ge=1, description="BERT token-type (segment) embeddings")
     vocab_size: int = Field(0, ge=0, le=MAX_VOCAB, description="set from the tokenizer; leave 0")
@@ -71,6 +72,9 @@ class ModelConfig(Section):
     bptt: int | None = Field(None, ge=1, description="arch lstm/gru/rnn only: truncate backpropagation through time "
                                                      "every bptt steps of a window (the state still flows on); "
                                                      "default: the whole window (block_size)")
+    bidirectional: bool | None = Field(None, description="arch lstm/gru/rnn only: a second recurrence reads each text "
+                                                         "backwards (a classifier only: it sees the future, so it "
+                                                         "cannot be a language model); default false")
     kernel_sizes: list[int] | None = Field(None, description="arch textcnn only: convolution widths (default [3, 4, 5])")
     n_filters: int | None = Field(None, ge=1, description="arch textcnn only: filters per width (default 100)")
     batch_norm: bool | None = Field(None, description="arch textcnn only: batch normalization after each "
@@ -82,7 +86,7 @@ class ModelConfig(Section):
         if not family.transformer:
             check_baseline_keys(self)
             return self
-        wrong = [key for key in ("bptt", "kernel_sizes", "n_filters", "batch_norm") if getattr(self, key) is not None]
+        wrong = [key for key in BASELINE_KEYS if getattr(self, key) is not None]
         if wrong:
             raise ValueError(f"model.{wrong[0]} is a key of the baseline archs (lstm, gru, rnn, textcnn); "
                              f"arch '{self.arch}' has no use for it: remove it")
@@ -108,7 +112,10 @@ class ModelConfig(Section):
             raise ValueError("rotary positions need an even head size (n_embd / n_head)")
         self._check_layer_sizes()
         if family.kind != ENCODER and self.pooling != "cls":
-            raise ValueError(f"pooling is an arch 'bert' switch; arch '{self.arch}' classifies from the last real token")
+            raise ValueError(f"pooling is an arch 'bert' switch (and the RNNs'); arch '{self.arch}' classifies "
+                             "from the last real token")
+        if self.pooling == "max":
+            raise ValueError("model.pooling='max' is for the RNNs (lstm, gru, rnn); arch 'bert' pools 'cls' or 'mean'")
         if family.kind != ENCODER and self.norm_position == "pre":
             raise ValueError(f"norm_position is an arch 'bert' switch; arch '{self.arch}' blocks are pre-norm already")
         return self
@@ -152,6 +159,7 @@ class ModelConfig(Section):
 
 
 BASELINE_ARCHS = tuple(arch for arch, family in ARCHS.items() if not family.transformer)
+BASELINE_KEYS = ("bptt", "bidirectional", "kernel_sizes", "n_filters", "batch_norm")  # None unless a baseline arch
 # keys only the Transformers read; on a baseline arch they must stay at their defaults
 TRANSFORMER_KEYS = ("n_head", "n_kv_head", "intermediate_size", "bias", "qkv_bias", "norm", "mlp", "position",
                     "rope_theta", "norm_eps", "norm_position", "pooling", "type_vocab_size", "layer_heads",
@@ -161,11 +169,11 @@ TRANSFORMER_KEYS = ("n_head", "n_kv_head", "intermediate_size", "bias", "qkv_bia
 def check_baseline_keys(cfg: ModelConfig) -> None:
     """Fill an RNN's or TextCNN's defaults and reject keys that belong to another arch."""
     fields = type(cfg).model_fields
-    foreign = [key for key in TRANSFORMER_KEYS if getattr(cfg, key) != fields[key].default]
-    rnn = ARCHS[cfg.arch].kind == DECODER  # the recurrent LMs; else TextCNN
-    own = ("bptt",) if rnn else ("kernel_sizes", "n_filters", "batch_norm")
-    foreign += [key for key in ("bptt", "kernel_sizes", "n_filters", "batch_norm") if key not in own
-                and getattr(cfg, key) is not None]
+    rnn = ARCHS[cfg.arch].kind == DECODER  # the recurrent LMs (and their classifiers); else TextCNN
+    foreign = [key for key in TRANSFORMER_KEYS if getattr(cfg, key) != fields[key].default
+               and not (rnn and key == "pooling")]  # an RNN classifier pools too
+    own = ("bptt", "bidirectional") if rnn else ("kernel_sizes", "n_filters", "batch_norm")
+    foreign += [key for key in BASELINE_KEYS if key not in own and getattr(cfg, key) is not None]
     if not rnn and cfg.n_layer != fields["n_layer"].default:
         foreign.append("n_layer")
     if foreign:
@@ -173,6 +181,8 @@ def check_baseline_keys(cfg: ModelConfig) -> None:
                          f"{'the Transformers or textcnn' if rnn else 'the Transformers or the RNNs'}): remove "
                          f"{'it' if len(foreign) == 1 else 'them'}")
     if rnn:
+        if cfg.bidirectional is None:
+            object.__setattr__(cfg, "bidirectional", False)
         if cfg.bptt is not None and cfg.bptt > cfg.block_size:
             raise ValueError(f"model.bptt={cfg.bptt} is longer than model.block_size={cfg.block_size}, the training "
                              "window it truncates; use at most block_size, or leave bptt unset")
@@ -289,6 +299,10 @@ class TrainConfig(Section):
     whole_word_mask: bool = False
     head_lr: float | None = Field(None, gt=0, description="classify: learning rate of the new head (default lr)")
     layer_lr_decay: float = Field(1.0, gt=0, le=1, description="classify: each lower layer's lr is multiplied by this")
+    bucket_by_length: bool = Field(False, description="classify, regress, multilabel: batches of texts of similar "
+                                                       "length (each shuffled epoch sorted by length within windows "
+                                                       "of 50 batches, the batches then shuffled): less padding, "
+                                                       "faster on short texts")
     class_weights: bool = Field(False, description="classify: weight the loss by inverse class frequency; multilabel: "
                                                     "weight each tag's positives by its negatives / positives")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="clm, mlm, classify (and multilabel): mix this share "
@@ -339,10 +353,15 @@ class Config(Section):
     def _fill_family_defaults(self):
         family = ARCHS[self.model.arch]
         bert, cnn = family.kind == ENCODER, family.kind == CLASSIFIER
+        both_ways = bool(self.model.bidirectional)
         if self.tokenizer.kind is None:
             object.__setattr__(self.tokenizer, "kind", family.tokenizer)
         if self.train.objective is None:
-            object.__setattr__(self.train, "objective", family.objective)
+            object.__setattr__(self.train, "objective", "classify" if both_ways else family.objective)
+        if both_ways and self.train.objective not in LABELED_OBJECTIVES:
+            raise ValueError(f"a bidirectional {self.model.arch} reads each text backwards too, so it cannot predict "
+                             f"the next token: use train.objective 'classify' (or regress, multilabel), not "
+                             f"'{self.train.objective}', or model.bidirectional=false")
         if cnn and self.train.objective != "classify":
             raise ValueError(f"arch 'textcnn' is a classifier: use train.objective 'classify', not "
                              f"'{self.train.objective}'")

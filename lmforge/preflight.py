@@ -22,7 +22,9 @@ def estimate_parameters(model, vocab_size: int) -> int:
     C = model.n_embd
     if family_of(model.arch).kind == CLASSIFIER:  # TextCNN
         return vocab_size * C + sum(model.kernel_sizes) * C * model.n_filters
-    if model.arch in RECURRENT_GATES:  # input and recurrent matrices per gate, per layer
+    if model.arch in RECURRENT_GATES:  # input and recurrent matrices per gate, per layer and direction
+        if model.bidirectional:  # layers above the first read both directions' outputs; no next-token head
+            return 2 * RECURRENT_GATES[model.arch] * C * C * (2 + 3 * (model.n_layer - 1)) + vocab_size * C
         return model.n_layer * RECURRENT_GATES[model.arch] * 2 * C * C + vocab_size * C * (1 if model.tie_embeddings else 2)
     head = model.head_dim
     attention = C * (model.n_head + 2 * model.n_kv_head) * head + model.n_head * head * C

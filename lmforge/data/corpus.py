@@ -1,6 +1,7 @@
 """Corpus readers: .txt/.md files, .jsonl and .csv/.tsv records, folders and globs, and the built-in corpus."""
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import io
@@ -155,21 +156,76 @@ def parse_json_record(path: Path, number: int, line: str) -> dict:
 
 
 def read_records(path: Path, errors: str = "replace") -> Iterator[dict]:
-    """Rows of a .jsonl, .csv or .tsv file as dicts, with clear errors naming file and line."""
-    text = read_text(path, errors)
+    """Rows of a .jsonl, .csv or .tsv file as dicts, with clear errors naming file and line. The file is streamed
+    line by line, so reading it holds only the rows a caller keeps, never a second copy of the whole file."""
+    lines = _checked_lines(path, errors)
     if path.suffix.lower() == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(lines, 1):
             if line.strip():
                 yield parse_json_record(path, number, line)
-    else:
-        allow_long_csv_fields()
-        reader = csv.DictReader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        return
+    allow_long_csv_fields()
+    reader = csv.DictReader(lines, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    try:
+        if reader.fieldnames is None:
+            raise DataError(f"'{path}' is empty: a header row naming the columns is needed")
+        yield from reader
+    except csv.Error as error:
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV ({error})") from None
+
+
+def _checked_lines(path: Path, errors: str) -> Iterator[str]:
+    """The lines of a text file (ends kept) decoded as read_text would, one at a time: a binary or mostly
+    undecodable file is a DataError (judged on its first 64 KiB, then on the whole), a few bad bytes a warning."""
+    check_file(path)
+    with open(path, "rb") as raw:
+        head = raw.read(1 << 16)
+        for magic, kind in MAGIC:
+            if head.startswith(magic):
+                raise DataError(f"file '{path}' is {kind}, not text; give text files (.txt, .jsonl, .csv)")
+        codec, skip = _encoding(head)
+        sample = codecs.getincrementaldecoder(codec)("replace").decode(head[skip:])
+        if _garbage_share(sample) > GARBAGE_SHARE:
+            raise _not_text(path, _garbage_share(sample), codec)
+        raw.seek(skip)
+        stream = io.TextIOWrapper(raw, encoding=codec, errors="strict" if errors == "strict" else "replace", newline="")
+        chars = garbage = replaced = 0
         try:
-            if reader.fieldnames is None:
-                raise DataError(f"'{path}' is empty: a header row naming the columns is needed")
-            yield from reader
-        except csv.Error as error:
-            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({error})") from None
+            for line in stream:
+                chars += len(line)
+                if "\ufffd" in line or "\x00" in line:
+                    garbage += round(_garbage_share(line) * len(line))
+                    replaced += line.count("\ufffd")
+                yield line
+        except UnicodeDecodeError:
+            raise DataError(f"file '{path}' is not valid {codec.upper()} (first bad byte at offset "
+                            f"{_first_bad_byte(path, codec, skip)}); convert it to UTF-8, or set "
+                            "data.encoding_errors='replace'") from None
+    if chars and garbage / chars > GARBAGE_SHARE:
+        raise _not_text(path, garbage / chars, codec)
+    if replaced:
+        warnings.warn(f"file '{path}': {replaced} invalid {codec.upper()} byte sequence(s) replaced with U+FFFD "
+                      "(set data.encoding_errors='strict' to reject such files)", stacklevel=3)
+
+
+def _first_bad_byte(path: Path, codec: str, skip: int) -> int:
+    """The file offset of the first byte that does not decode as `codec` (read again, in blocks, to find it)."""
+    decoder, offset = codecs.getincrementaldecoder(codec)("strict"), skip
+    with open(path, "rb") as raw:
+        raw.seek(skip)
+        while block := raw.read(1 << 20):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as error:
+                return offset + error.start
+            offset += len(block)
+    return offset
+
+
+def _not_text(path: Path, share: float, codec: str) -> DataError:
+    return DataError(f"file '{path}' does not look like text: {share:.0%} of it decodes to replacement characters, "
+                     f"NULs or control codes (read as {codec.upper()}); is it binary or in another encoding? "
+                     "Convert it to UTF-8 text")
 
 
 def iter_documents(paths: list[str] | str | None, text_field: str = "text", errors: str = "replace") -> Iterator[tuple[str, bool]]:

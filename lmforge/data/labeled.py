@@ -3,6 +3,7 @@ label column, map labels to ids, encode and right-pad batches for either model f
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,11 +95,22 @@ def label_ids(data: LabeledSet, labels: list[str]) -> np.ndarray:
 
 
 def iter_labeled_texts(data_config) -> Iterator[str]:
-    """The text (and pair) column of data.train, to train a tokenizer for a classifier from scratch."""
-    data = read_labeled(data_config.train, data_config.text_field, data_config.label_field,
-                        data_config.text_pair_field, data_config.encoding_errors, allow_empty_label=True)
-    yield from data.texts
-    yield from data.pairs or []
+    """The text (and pair) column of data.train, to train a tokenizer for a classifier from scratch; streamed, so
+    the file is never held whole (the checks are read_labeled's, which reads it again for training)."""
+    path = Path(data_config.train)
+    _check_suffix(path)
+    text_field, pair_field = data_config.text_field, data_config.text_pair_field
+    number = 0
+    for number, row in enumerate(read_records(path, data_config.encoding_errors), 1):
+        if text_field not in row or (pair_field and pair_field not in row):
+            missing = text_field if text_field not in row else pair_field
+            raise DataError(f"{path}: row {number} has no column '{missing}' (columns: {', '.join(map(str, row))}); "
+                            f"set {'data.text_field' if missing == text_field else 'data.text_pair_field'}")
+        yield "" if row[text_field] is None else str(row[text_field])
+        if pair_field:
+            yield "" if row[pair_field] is None else str(row[pair_field])
+    if not number:
+        raise DataError(f"'{path}' holds no labeled rows: nothing to train or evaluate on")
 
 
 def read_texts_for_prediction(path: str | Path, text_field: str = "text", errors: str = "replace") -> list[str]:
@@ -151,36 +163,55 @@ def encode_example(tokenizer: Tokenizer, text: str, pair: str | None, max_len: i
     return ids, [0] * len(ids)
 
 
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad encoded examples to the longest: ids, token_type_ids and pad_mask (True = real token)."""
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    types = torch.zeros((len(examples), width), dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.bool)
-    for row, (tokens, type_ids) in enumerate(examples):
-        ids[row, :len(tokens)] = torch.tensor(tokens)
-        types[row, :len(type_ids)] = torch.tensor(type_ids)
-        mask[row, :len(tokens)] = True
-    return {"ids": ids, "token_type_ids": types, "pad_mask": mask}
-
-
 class EncodedSet:
     """A LabeledSet encoded once for a model: examples and label ids (or given `targets`: scores, multi-hot rows),
-    batched by index lists."""
+    batched by index lists. The tokens are packed into one int32 array with row offsets (token types as int8, or
+    none when all are 0), about 4 bytes a token: a fraction of the text it came from, not another copy of it."""
 
     def __init__(self, data: LabeledSet, tokenizer: Tokenizer, labels: list[str] | None, max_len: int,
                  targets: np.ndarray | None = None):
         pairs = data.pairs or [None] * len(data)
-        self.examples = [encode_example(tokenizer, t, p, max_len) for t, p in zip(data.texts, pairs)]
+        ids, types, offsets = array("i"), array("b"), array("q", [0])
+        for text, pair in zip(data.texts, pairs):
+            tokens, type_ids = encode_example(tokenizer, text, pair, max_len)
+            ids.extend(tokens)
+            offsets.append(len(ids))
+            if pair is not None:
+                types.extend(type_ids)
+        # views of the arrays' buffers, not copies
+        self.ids, self.offsets = np.frombuffer(ids, dtype=np.int32), np.frombuffer(offsets, dtype=np.int64)
+        self.types = np.frombuffer(types, dtype=np.int8) if data.pairs else None  # pairs: types 0 / 1
         self.targets = targets if targets is not None else label_ids(data, labels) if labels is not None else None
         self.pad_id = tokenizer.pad_id
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens of each example (N,)."""
+        return np.diff(self.offsets)
+
+    def example(self, index: int) -> tuple[list[int], list[int]]:
+        """(token ids, token-type ids) of example `index`, as encode_example gave them."""
+        start, end = self.offsets[index], self.offsets[index + 1]
+        types = self.types[start:end].tolist() if self.types is not None else [0] * int(end - start)
+        return self.ids[start:end].tolist(), types
 
     def batch(self, indices) -> dict[str, torch.Tensor]:
         """Padded tensors of the examples at `indices` (with `labels` when the set has targets)."""
-        batch = collate([self.examples[i] for i in indices], self.pad_id)
+        indices = np.asarray(indices, dtype=np.int64)
+        width = int((self.offsets[indices + 1] - self.offsets[indices]).max())
+        ids = np.full((len(indices), width), self.pad_id, dtype=np.int64)
+        types = np.zeros((len(indices), width), dtype=np.int64)
+        mask = np.zeros((len(indices), width), dtype=bool)
+        for row, index in enumerate(indices):
+            start, end = self.offsets[index], self.offsets[index + 1]
+            ids[row, :end - start] = self.ids[start:end]
+            if self.types is not None:
+                types[row, :end - start] = self.types[start:end]
+            mask[row, :end - start] = True
+        batch = {"ids": torch.from_numpy(ids), "token_type_ids": torch.from_numpy(types), "pad_mask": torch.from_numpy(mask)}
         if self.targets is not None:
-            batch["labels"] = torch.from_numpy(self.targets[np.asarray(indices, dtype=np.int64)])
+            batch["labels"] = torch.from_numpy(self.targets[indices])
         return batch

@@ -20,7 +20,7 @@ def head_outputs(model, encoded: EncodedSet, batch_size: int = 32) -> np.ndarray
     model.eval()
     device = next(model.parameters()).device
     # sort by length so each batch pads little, then put the rows back in input order
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded.examples[i][0]))
+    order = np.argsort(encoded.lengths, kind="stable").tolist()
     out = None
     for first in range(0, len(order), batch_size):
         chunk = order[first:first + batch_size]

@@ -60,12 +60,11 @@ def _objective_task(lm, work_dir: Path, progress: bool = False):
         return MaskedLMTask(open_tokens(bin_path), lm.tokenizer, config.model.block_size, config.data.val_fraction,
                             config.train.seed, config.train.mask_prob, config.train.whole_word_mask,
                             config.train.label_smoothing)
-    if objective == "classify":
-        return make_classification_task(lm)
-    if objective == "regress":
-        return make_regression_task(lm)
-    if objective == "multilabel":
-        return make_multilabel_task(lm)
     if objective == "sft":
         return make_sft_task(lm)
-    raise ValueError(f"unknown train.objective '{objective}'")
+    makers = {"classify": make_classification_task, "regress": make_regression_task, "multilabel": make_multilabel_task}
+    if objective not in makers:
+        raise ValueError(f"unknown train.objective '{objective}'")
+    task = makers[objective](lm)
+    task.bucket_by_length = config.train.bucket_by_length
+    return task

@@ -15,21 +15,28 @@ class LabeledTask:
     [CLS], GPT reads the last real token), batches drawn from a per-epoch shuffle fixed by (seed, epoch), so step s
     always gives the same rows, and layer-wise learning rates for fine-tuning."""
 
+    bucket_by_length = False  # train.bucket_by_length: batches of texts of similar length
+
     def __init__(self, train, val, labels: list[str], seed: int, grad_accum: int = 1):
         self.train, self.val, self.labels, self.seed, self.grad_accum = train, val, labels, seed, grad_accum
         self.can_evaluate = val is not None and len(val) > 0
-        self._orders: dict[int, np.ndarray] = {}
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
 
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.train))}
-        return self._orders[epoch]
+    def _order(self, epoch: int, batch_size: int) -> np.ndarray:
+        key = (epoch, batch_size)
+        if key not in self._orders:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(len(self.train))
+            if self.bucket_by_length:
+                order = bucketed(order, self.train.lengths, batch_size, rng)
+            self._orders = {key: order}
+        return self._orders[key]
 
     def train_batch(self, step: int, micro: int, batch_size: int) -> dict:
         """Rows first..first+batch_size of the endless stream of per-epoch shuffles (deterministic)."""
         first = (step * self.grad_accum + micro) * batch_size
         n = len(self.train)
-        rows = [int(self._order(p // n)[p % n]) for p in range(first, first + batch_size)]
+        rows = [int(self._order(p // n, batch_size)[p % n]) for p in range(first, first + batch_size)]
         return self.train.batch(rows)
 
     @staticmethod
@@ -50,6 +57,21 @@ class LabeledTask:
     def parameter_groups(self, model, cfg):
         """(params, lr_scale): the head at head_lr/lr; layer i of n at layer_lr_decay**(n - i), embeddings lowest."""
         return layerwise_groups(model, cfg)
+
+
+BUCKET_BATCHES = 50  # a shuffled epoch is sorted by length within windows of this many batches
+
+
+def bucketed(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng) -> np.ndarray:
+    """`order` rearranged so that each run of batch_size rows holds texts of similar length: sorted by length
+    within windows of BUCKET_BATCHES batches, then the batches shuffled. Every row still comes once an epoch."""
+    window = batch_size * BUCKET_BATCHES
+    for start in range(0, len(order), window):
+        part = order[start:start + window]
+        order[start:start + window] = part[np.argsort(lengths[part], kind="stable")]
+    n_full = len(order) // batch_size
+    batches = order[:n_full * batch_size].reshape(n_full, batch_size)[rng.permutation(n_full)]
+    return np.concatenate([batches.reshape(-1), order[n_full * batch_size:]])
 
 
 class ClassificationTask(LabeledTask):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lmforge import LM
-from lmforge.api import train_from_config
+from lmforge.app.training import train_from_config
 from lmforge.cli import main
 from lmforge.config import ConfigError, ModelConfig, build_config, load_config
 from lmforge.models import build_model

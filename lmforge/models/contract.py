@@ -51,8 +51,9 @@ class Classifier(Protocol):
 
 
 def is_decoder(model: Any) -> bool:
-    """Whether `model` generates text: a Decoder (GPT, Llama, Qwen2 and the RNNs)."""
-    return isinstance(model, Decoder)
+    """Whether `model` generates text: a Decoder (GPT, Llama, Qwen2 and the one-way RNNs; a bidirectional RNN
+    has the methods but reads the future, so it is a classifier)."""
+    return isinstance(model, Decoder) and bool(getattr(model, "is_causal", True))
 
 
 def is_encoder(model: Any) -> bool:

@@ -19,7 +19,7 @@ from .infer.chat_encode import end_of_turn
 from .errors import ModelDirError, shape_mismatch
 from .files import DamagedFileError, atomic_directory, read_json, verify_manifest, write_manifest
 from .infer.chat_template import TEMPLATE_FILE
-from .models import build_model, count_parameters, family_of
+from .models import build_model, count_parameters, family_of, is_decoder
 from .tokenizer import Tokenizer
 
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
@@ -44,7 +44,7 @@ def save_model_dir(path: str | Path, bundle: Bundle) -> Path:
             (temp / TEMPLATE_FILE).write_text(template, encoding="utf-8")
         (temp / "config.json").write_text(json.dumps(meta, indent=2))
         (temp / "README.md").write_text(model_card(model, tokenizer, config, info))
-        for name, text in chat_files(tokenizer, info, getattr(model, "is_causal", False)).items():
+        for name, text in chat_files(tokenizer, info, is_decoder(model)).items():
             (temp / name).write_text(text)
         write_manifest(temp)  # sizes and checksums: a damaged file is named on load, never used silently
     return path
@@ -115,10 +115,7 @@ def load_model_dir(path: str | Path, device: str = "cpu", dtype: str | torch.dty
     except Exception as error:  # safetensors raises several types for bad or mismatched files
         names = None if meta.get("compression") else names_mismatch(weights, model)
         raise ModelDirError(names or f"'{weights}' does not fit its config.json: {error}") from None
-    tokenizer = Tokenizer.load(path / "tokenizer.json")
-    roles = meta.get("tokenizer") or {}
-    tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token = (roles.get(r) for r in ("eos_token", "bos_token",
-                                                                                            "pad_token"))
+    tokenizer = _saved_tokenizer(path, meta)
     if (path / TEMPLATE_FILE).is_file():
         try:
             meta["chat_template"] = (path / TEMPLATE_FILE).read_text(encoding="utf-8")
@@ -132,15 +129,22 @@ def load_model_dir(path: str | Path, device: str = "cpu", dtype: str | torch.dty
 
 def read_tokenizer(path: str | Path) -> Tokenizer:
     """The tokenizer of a model directory (with its end-of-text token) without building the model; a Hugging Face
-    checkpoint's is converted."""
-    from .interop import is_hf_dir
+    checkpoint's or a GGUF file's is converted."""
+    from .interop import is_gguf_file, is_hf_dir
 
     path = Path(path)
-    if is_hf_dir(path):
+    if is_hf_dir(path) or is_gguf_file(path):
         return load_model_dir(path).tokenizer
     _, meta = read_model_config(path)
+    return _saved_tokenizer(path, meta)
+
+
+def _saved_tokenizer(path: Path, meta: dict) -> Tokenizer:
+    """A model directory's tokenizer.json with the eos/bos/pad tokens config.json's tokenizer section names."""
     tokenizer = Tokenizer.load(path / "tokenizer.json")
-    tokenizer.eos_token = (meta.get("tokenizer") or {}).get("eos_token")
+    roles = meta.get("tokenizer") or {}
+    tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token = (roles.get(r) for r in ("eos_token", "bos_token",
+                                                                                            "pad_token"))
     return tokenizer
 
 
@@ -211,12 +215,12 @@ def generation_ids(tokenizer: Tokenizer, info: dict) -> dict[str, int | list[int
 
 
 def chat_files(tokenizer: Tokenizer, info: dict, causal: bool) -> dict[str, str]:
-    """chat_template.jinja and generation_config.json for a decoder that has a chat template (both directory
-    formats write them), else nothing."""
+    """generation_config.json (its eos ids end chat turns) for a decoder that has a chat template, else nothing.
+    Both directory formats write it; each writes chat_template.jinja itself (model directories here, Hugging
+    Face exports with the tokenizer files)."""
     if not causal or not info.get("chat_template"):
         return {}
-    return {"chat_template.jinja": info["chat_template"],
-            "generation_config.json": json.dumps(generation_ids(tokenizer, info), indent=2)}
+    return {"generation_config.json": json.dumps(generation_ids(tokenizer, info), indent=2)}
 
 
 CARD_FACTS = ("base_model", "datasets", "license")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..bundle import Bundle
 from ..tokenizer import Tokenizer
-from .chat_template import check_messages, end_of_turn_tokens, render_chat, template_of
+from .chat_template import check_messages, end_of_turn_tokens, render_chat, special_strings, template_of
 from .generate import Continuation, SamplingConfig, continue_prompts
 
 
@@ -31,9 +31,8 @@ class ChatFormat:
 def chat_format(tokenizer: Tokenizer, meta: dict | None, template: str | None = None) -> ChatFormat:
     """The ChatFormat of a tokenizer and its bundle's meta (`template` overrides the model's own)."""
     template = template or template_of(meta)
-    eos_id = tokenizer.eos_id
-    eos = tokenizer.eos_token or (tokenizer.id_to_token(eos_id) if eos_id is not None else None) or ""
-    bos = getattr(tokenizer, "bos_token", None) or ""
+    strings = special_strings(tokenizer)
+    bos, eos = strings["bos_token"], strings["eos_token"]
     bos_id = tokenizer.token_to_id(bos) if bos else None
     ends = end_of_turn_tokens(tokenizer, eos or None)
     end_ids = tuple(dict.fromkeys(i for i in map(tokenizer.token_to_id, ends) if i is not None))

@@ -13,15 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.chat import read_conversations
-from .chat_template import TemplateError, render_chat
+from .chat_template import DEFAULT_TEMPLATE as DEFAULT_CHAT_TEMPLATE  # noqa: F401  (re-exported)
+from .chat_template import TemplateError, render_chat, special_strings, template_of  # noqa: F401
 
-# The built-in template for models that ship none: ChatML (<|im_start|>role ... <|im_end|>), as SmolLM2, Qwen
-# and many others use. Its two markers must be tokens of the model's vocabulary (tokenizer.add_special_tokens).
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+# the built-in template's two markers, which must be tokens of the model's vocabulary (tokenizer.add_special_tokens)
 DEFAULT_MARKERS = ("<|im_start|>", "<|im_end|>")
 
 
@@ -37,18 +32,6 @@ class Encoded:
     def n_trained(self) -> int:
         """Tokens the loss covers: trained tokens that have a token before them to predict them from."""
         return int(self.trained[1:].sum())
-
-
-def template_of(meta: dict | None) -> str:
-    """The model's chat template (meta["chat_template"]), else the built-in ChatML one."""
-    return (meta or {}).get("chat_template") or DEFAULT_CHAT_TEMPLATE
-
-
-def special_strings(tokenizer) -> dict[str, str]:
-    """The bos_token / eos_token strings templates refer to ('' when the tokenizer has none)."""
-    eos = tokenizer.eos_id
-    return {"bos_token": getattr(tokenizer, "bos_token", None) or "",
-            "eos_token": (tokenizer.id_to_token(eos) if eos is not None else None) or ""}
 
 
 def render_spans(template: str, messages: list[dict], tokens: dict[str, str]) -> tuple[str, list[tuple[int, int]]]:

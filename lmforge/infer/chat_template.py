@@ -76,6 +76,13 @@ DEFAULT_TEMPLATE = (
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
 
+def special_strings(tokenizer) -> dict[str, str]:
+    """The bos_token / eos_token strings a template is given ('' when the tokenizer has none)."""
+    eos_id = tokenizer.eos_id
+    eos = tokenizer.eos_token or (tokenizer.id_to_token(eos_id) if eos_id is not None else None) or ""
+    return {"bos_token": getattr(tokenizer, "bos_token", None) or "", "eos_token": eos}
+
+
 def template_of(meta: dict | None, *, default: bool = True) -> str | None:
     """A bundle's chat template: `meta["chat_template"]` (from GGUF metadata, an HF directory or
     chat_template.jinja), else the built-in ChatML DEFAULT_TEMPLATE (None with default=False)."""

@@ -10,6 +10,6 @@ __all__ = ["LM", "__version__"]
 
 def __getattr__(name: str):
     if name == "LM":
-        from .api import LM
+        from .app.facade import LM
         return LM
     raise AttributeError(f"module 'lmforge' has no attribute {name!r}")

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Run `lmforge classify`; returns the exit status."""
-    from ...api import LM
+    from ..facade import LM
 
     lm = LM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     if args.file:

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Run `lmforge eval`; returns the exit status."""
-    from ...api import LM
+    from ..facade import LM
 
     lm = LM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     result = lm.evaluate(args.data, batch_size=args.batch_size, threshold=args.threshold)

@@ -144,7 +144,7 @@ def _neighbors(lm, args) -> None:
 
 def run_explain(args) -> int:
     """Handle `lmforge explain WHAT MODEL ...`."""
-    from ...api import LM
+    from ..facade import LM
 
     lm = LM.from_pretrained(args.model)
     {"attention": _attention, "attribution": _attribution, "lens": _lens, "neighbors": _neighbors}[

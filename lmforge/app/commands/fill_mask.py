@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Run `lmforge fill-mask`; returns the exit status."""
-    from ...api import LM
+    from ..facade import LM
 
     lm = LM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     predictions = lm.fill_mask(args.text, top_k=args.top_k)

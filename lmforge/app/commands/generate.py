@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Run `lmforge generate`; returns the exit status."""
-    from ...api import LM
+    from ..facade import LM
     from ...infer.generate import SamplingConfig
 
     SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty,

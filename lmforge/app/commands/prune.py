@@ -45,7 +45,7 @@ def add_arguments(p) -> None:
 
 def handler(args) -> int:
     """Load, prune, (fine-tune,) save; every argument is checked before the work starts."""
-    from ...api import LM
+    from ..facade import LM
     from ..workflows.prune import prune
 
     from ...files import check_destination

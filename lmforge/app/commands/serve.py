@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Run `lmforge serve`; returns the exit status."""
-    from ...serve import require_serve_packages, serve
+    from ...serve import require_serve_packages
 
     try:
         require_serve_packages()
@@ -47,6 +47,28 @@ def run(args) -> int:
           max_queue=args.max_queue, api_key=args.api_key, timeout=args.timeout, max_tokens=args.max_tokens,
           device=args.device)
     return 0
+
+
+def serve(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
+          max_batch: int = 8, max_queue: int = 64, api_key: str | None = None, timeout: float = 120.0,
+          max_tokens: int | None = None, device: str = "cpu", log_level: str = "info") -> None:
+    """Load a model directory and serve it until interrupted (Ctrl-C / SIGTERM finish in-flight requests)."""
+    from pathlib import Path
+
+    import uvicorn
+
+    from ...serve import create_app, require_serve_packages
+    from ...serve.app import ServerOptions
+    from ..facade import LM
+
+    require_serve_packages()
+    lm = LM.from_pretrained(model_dir, device=device)
+    path = Path(model_dir).resolve()
+    name = model_name or (path.parent.name if path.name in ("final", "best") else path.name)
+    options = ServerOptions(model_name=name, max_batch=max_batch, max_queue=max_queue, api_key=api_key,
+                            timeout=timeout, max_tokens=max_tokens)
+    app = create_app(lm, options)  # chat renders through the model's own template (or the built-in ChatML one)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(timeout) + 5)
 
 
 COMMAND = Command("serve", "Serve a model directory over HTTP with an OpenAI-compatible API.",

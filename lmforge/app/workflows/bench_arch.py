@@ -52,7 +52,7 @@ def _seconds_per_step(config) -> float:
     """Time a few training steps of a throwaway copy of the model (the first two are warm-up)."""
     import tempfile
 
-    from ...api import LM
+    from ..facade import LM
 
     marks = []
     calibration = config.model_copy(update={"train": config.train.model_copy(update={
@@ -109,7 +109,7 @@ class BudgetClock:
 
 def run_arch(config, minutes: float, progress: bool = True) -> dict:
     """Train one arch for `minutes` of training time; its curve (seconds, val loss), speed and best loss."""
-    from ...api import LM
+    from ..facade import LM
 
     per_step = _seconds_per_step(config)
     steps = max(10, int(minutes * 60 / per_step))

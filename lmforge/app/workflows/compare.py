@@ -78,7 +78,7 @@ def _timed(function) -> float:
 def compare_dirs(paths: list[str], data: str, batch_size: int = 16, rounds: int = 5, new_tokens: int = 64,
                  progress: bool = True) -> list[dict]:
     """Measure every model directory of `paths` on `data`; one dict of numbers per directory, in order."""
-    from ...api import LM
+    from ..facade import LM
     from ...infer.generate import SamplingConfig, generate
 
     if not paths:

@@ -102,7 +102,7 @@ def memorization_audit(config, *, canaries: int = 20, repetitions=(0, 1, 4, 16),
 
     With config.data.scrub the corpus (canaries included) is scrubbed first, as `lmforge train data.scrub=true`
     does. The run goes to config.run.path unless `work_dir` is given."""
-    from ...api import LM
+    from ..facade import LM
 
     if family_of(config.model.arch).kind != DECODER or config.train.objective != "clm":
         raise ValueError(f"the memorization audit trains a decoder (model.arch one of {', '.join(archs_of(DECODER))}; "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ...api import LM
+from ..facade import LM
 from ...compress import sparse
 from ...compress.prune import check_request, remove_units, sparse_model
 from ...config import LABELED_OBJECTIVES, build_config

@@ -145,7 +145,7 @@ def _lm_samples(run: Path | None, lm, val_fraction: float, count: int) -> tuple[
 
 def build_report(path: str | Path, out: str | Path, *, samples: int = 3, steps: int = 32) -> Path:
     """Write the HTML report of the run at `path` to `out` (one file, images inlined) and return its path."""
-    from ...api import LM
+    from ..facade import LM
     from ...config import ConfigError, load_config
     from ...files import atomic_write_text
 

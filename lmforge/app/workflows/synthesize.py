@@ -29,7 +29,7 @@ def synthesize(model, prompts: list[str], n: int, out, *, max_new_tokens: int = 
                progress: bool = False) -> dict:
     """Write `n` distinct generated samples as JSON lines {"prompt", "text"} to `out`; `model` is an LM or a model
     directory. Stops after max_tries * n generations if too few are distinct. Returns counts."""
-    from ...api import LM
+    from ..facade import LM
 
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")

@@ -39,7 +39,7 @@ def main() -> None:
     lm = LM.new("bert", n_layer=2, n_head=4, n_embd=128, block_size=32, dropout=0.1, tokenizer="wordpiece",
                 vocab_size=4000, lowercase=True, corpus=data)
     lm.config.data.paths = [data]
-    task = make_task(lm, scratch)
+    task, _ = make_task(lm.bundle, lm.config.train, lm.config.data, scratch)
     hf = BertForMaskedLM(BertConfig(vocab_size=lm.tokenizer.vocab_size, hidden_size=128, num_hidden_layers=2,
                                     num_attention_heads=4, intermediate_size=512, max_position_embeddings=32))
     cfg = TrainConfig(max_steps=args.steps, lr=args.lr, min_lr=args.lr / 10, warmup_steps=100)

@@ -175,7 +175,7 @@ def test_class_weights_balance_an_imbalanced_set(tmp_path):
     raw["data"]["train"] = str(train)
     raw["train"].update(objective="classify", class_weights=True)
     lm.config = build_config(raw)
-    task = make_task(lm, tmp_path)
+    task, _ = make_task(lm.bundle, lm.config.train, lm.config.data, tmp_path)
     weights = dict(zip(task.labels, task.weights.tolist()))
     assert weights["neg"] > 3 * weights["pos"]
 
@@ -251,7 +251,7 @@ def test_a_new_head_depends_on_the_seed_alone():
         lm = LM.new("bert", vocab_size=60, corpus=None, **SMALL)
         torch.rand(burn)  # whatever ran before moved the global random state
         state = torch.random.get_rng_state()
-        attach_head(lm, ["neg", "pos"], seed)
+        attach_head(lm.bundle, ["neg", "pos"], seed)
         assert torch.equal(torch.random.get_rng_state(), state)  # and attaching a head leaves it alone
         heads.append(lm.model.classifier.weight.detach().clone())
     assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])

@@ -60,7 +60,10 @@ def _distill_task(student: LM, teacher, data, objective: str, work, temperature=
                         distill_alpha=alpha)
     raw["data"]["train" if objective == "classify" else "paths"] = str(data) if objective == "classify" else [str(data)]
     student.config = build_config(raw)
-    return make_task(student, work, teacher=load_model_dir(teacher))  # a task is handed its teacher
+    task, trained = make_task(student.bundle, student.config.train, student.config.data, work,
+                             teacher=load_model_dir(teacher))  # a task is handed its teacher
+    student.adopt(trained)
+    return task
 
 
 CASES = [("clm", "gpt", "corpus"), ("mlm", "bert", "corpus"), ("classify", "classifier", "labeled")]

@@ -30,7 +30,7 @@ def _run(model_dir, work, run, out, resume=None, **options):
     """Train the model in `model_dir` on the token file prepared in `work`; rank 0 saves the final weights."""
     torch.set_num_threads(1)
     lm = LM.from_pretrained(model_dir)
-    task = make_task(lm, work)
+    task, _ = make_task(lm.bundle, lm.config.train, lm.config.data, work)
     cfg = lm.config.train.model_copy(update={**SETTINGS, **options})
     export = RunDir(run, lambda model, path: save_model_dir(path, Bundle(model, lm.tokenizer, lm.config.model)))
     result = train(lm.model, task, cfg, export, resume=resume or False, progress=False)
@@ -66,7 +66,7 @@ def setup(tmp_path_factory):
     lm = LM.new("gpt", corpus=corpus, **TINY)
     lm.config = lm.config.model_copy(update={"data": lm.config.data.model_copy(update={"paths": [str(corpus)]})})
     lm.save(root / "init")
-    make_task(lm, root / "work")  # the token file, built once (ranks only read it)
+    make_task(lm.bundle, lm.config.train, lm.config.data, root / "work")  # the token file, built once (ranks only read it)
     reference = root / "reference.safetensors"
     _run(root / "init", root / "work", root / "ref-run", reference, max_steps=12, grad_accum=4)
     return root, load_file(str(reference))

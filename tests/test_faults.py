@@ -104,7 +104,7 @@ class Poisoned:
 
 
 def _run_poisoned(lm, run, steps, max_steps, resume=False, **options):
-    task = Poisoned(make_task(lm, run), steps)
+    task = Poisoned(make_task(lm.bundle, lm.config.train, lm.config.data, run)[0], steps)
     export = RunDir(run, lambda model, path: save_model_dir(path, Bundle(model, lm.tokenizer, lm.config.model)))
     cfg = lm.config.train.model_copy(update=dict(max_steps=max_steps, save_every=5, keep_last=5, **FAST, **options))
     return train(lm.model, task, cfg, export, resume=resume, progress=False)

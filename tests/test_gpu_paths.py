@@ -58,7 +58,7 @@ def test_chunked_cross_entropy_under_bf16_autocast_matches_the_plain_one():
 def _train(corpus_file, tmp_path, steps=12, chunked=True, task_wrapper=None, dtype=torch.float32, **options):
     lm = LM.new("gpt", corpus=corpus_file, **TINY)
     lm.model.to(dtype)
-    task = make_task(lm, tmp_path, progress=False)
+    task, _ = make_task(lm.bundle, lm.config.train, lm.config.data, tmp_path, progress=False)
     task.chunked = chunked
     if task_wrapper is not None:
         task = task_wrapper(task)
@@ -77,7 +77,7 @@ def test_training_with_the_chunked_loss_gives_the_plain_losses_and_weights(tmp_p
     # (summed in another order) up to 1e-6
     plain, _, _ = _train(corpus_file, tmp_path / "c", chunked=False, dtype=torch.float64)
     ours, _, _ = _train(corpus_file, tmp_path / "d", chunked=True, dtype=torch.float64)
-    assert isinstance(make_task(ours, tmp_path / "e", progress=False), CausalLMTask)
+    assert isinstance(make_task(ours.bundle, ours.config.train, ours.config.data, tmp_path / "e")[0], CausalLMTask)
     reference = plain.model.state_dict()
     for name, value in ours.model.state_dict().items():
         assert torch.allclose(value, reference[name], atol=1e-6, rtol=0), name

@@ -254,9 +254,9 @@ def test_label_smoothing_does_not_change_what_evaluation_reports(corpus_file, tm
     from lmforge.tasks import make_task
 
     lm = LM.new("gpt", tokenizer="char", corpus=corpus_file, n_layer=1, n_head=2, n_embd=32, block_size=32)
-    plain = make_task(lm, tmp_path)
+    plain, _ = make_task(lm.bundle, lm.config.train, lm.config.data, tmp_path)
     lm.config.train.label_smoothing = 0.3
-    smoothed = make_task(lm, tmp_path / "s")
+    smoothed, _ = make_task(lm.bundle, lm.config.train, lm.config.data, tmp_path / "s")
     assert smoothed.label_smoothing == 0.3
     assert smoothed.evaluate(lm.model, 2, 4, "cpu") == plain.evaluate(lm.model, 2, 4, "cpu")
 

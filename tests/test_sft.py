@@ -58,6 +58,11 @@ def tiny_lm(tmp_path: Path, arch: str = "llama", **model) -> LM:
     return lm
 
 
+def sft_task(lm: LM):
+    """make_sft_task on the LM's parts: the task alone."""
+    return make_sft_task(lm.bundle, lm.config.train, lm.config.data)[0]
+
+
 def with_data(lm: LM, train: Path, **train_options) -> LM:
     raw = lm.config.model_dump()
     raw["data"].update(train=str(train), val_fraction=0.0)
@@ -84,7 +89,7 @@ def test_the_loss_covers_exactly_the_assistant_tokens(tmp_path, shape):
     path = write_jsonl(tmp_path / f"{shape}.jsonl", as_rows(shape))
     found, conversations = read_conversations(path)
     assert found == shape
-    task = make_sft_task(with_data(lm, path))
+    task = sft_task(with_data(lm, path))
     assert len(task.train) == len(conversations)
     for example, messages in zip(task.train, conversations):
         ids, trained = expected_chatml(lm.tokenizer, messages)
@@ -145,7 +150,7 @@ def test_grad_accum_gives_the_one_batch_loss_and_gradients(tmp_path):
     lm = tiny_lm(tmp_path)
     rows = [{"messages": [{"role": "user", "content": "q" * (1 + 7 * i % 23)},
                           {"role": "assistant", "content": "a" * (1 + 11 * i % 31)}]} for i in range(8)]
-    task = make_sft_task(with_data(lm, write_jsonl(tmp_path / "c.jsonl", rows)))
+    task = sft_task(with_data(lm, write_jsonl(tmp_path / "c.jsonl", rows)))
     lengths = {e.n_trained for e in task.train}
     assert len(lengths) > 4  # rows of different lengths
     model = lm.model.double().train()
@@ -172,7 +177,7 @@ def _logits_targets(model, batch):
 def test_packed_rows_give_each_conversation_its_own_logits(tmp_path, arch):
     lm = tiny_lm(tmp_path, arch)
     path = write_jsonl(tmp_path / "c.jsonl", as_rows("messages") * 2)
-    task = make_sft_task(with_data(lm, path))
+    task = sft_task(with_data(lm, path))
     batch = pack(task.train, 160, lm.tokenizer.pad_id)
     assert batch["ids"].size(0) < len(task.train)  # several conversations share a row
     with torch.no_grad():
@@ -302,7 +307,7 @@ def test_a_vocabulary_without_the_template_markers_is_refused(tmp_path):
 
 def test_batches_are_a_pure_function_of_the_step(tmp_path):
     lm = tiny_lm(tmp_path)
-    task = make_sft_task(with_data(lm, write_jsonl(tmp_path / "c.jsonl", as_rows("messages") * 3)))
+    task = sft_task(with_data(lm, write_jsonl(tmp_path / "c.jsonl", as_rows("messages") * 3)))
     task.grad_accum = 2
     first = [task.train_batch(s, m, 2) for s in range(3) for m in range(2)]
     again = [task.train_batch(s, m, 2) for s in reversed(range(3)) for m in reversed(range(2))][::-1]

@@ -93,7 +93,7 @@ def test_early_stopping_stops_and_keeps_the_best_weights(tmp_path, corpus_file):
     assert result.stopped_early and result.step < 400
     assert result.best == min(evals)
     from lmforge.tasks import make_task
-    task = make_task(lm, tmp_path / "run")
+    task, _ = make_task(lm.bundle, lm.config.train, lm.config.data, tmp_path / "run")
     assert task.evaluate(lm.model, 2, 8, "cpu")["val_loss"] == pytest.approx(result.best, rel=1e-5)
     saved = LM.from_pretrained(tmp_path / "run" / "final")
     ids = torch.tensor([lm.tokenizer.encode("the cat")])

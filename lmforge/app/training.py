@@ -2,7 +2,8 @@
 or the continuation of one from its newest good checkpoint, with the checks that keep a resume honest."""
 from __future__ import annotations
 
-from .facade import LM, model_diffs
+from .building import model_diffs
+from .facade import LM
 from ..config import Config, ConfigError, ModelConfig
 from ..preflight import check_resume_dir, check_run_dir
 from ..train.checkpoint import find_resumable, list_checkpoints

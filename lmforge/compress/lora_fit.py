@@ -1,9 +1,18 @@
-"""LoRA in LM.fit: adapters put on before the task prepares any data (a bad train.lora writes nothing), and
-everything but the adapters (and the classification head) frozen once the task has made its head."""
+"""LoRA in a fit (app/fitting.py): adapters put on before the task prepares any data (a bad train.lora writes
+nothing), and everything but the adapters (and the classification head) frozen once the task has made its head."""
 from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ..config import LABELED_OBJECTIVES
 from .lora import apply_lora, lora_modules, lora_step, mark_trainable, merge_lora
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..bundle import Bundle
+    from ..config import TrainConfig
 
 HEAD_PREFIXES = ("classifier.",)  # the labeled tasks' head (models/*.py, tasks/classify.py attach_head)
 
@@ -12,36 +21,35 @@ def _steps_without_lora(meta: dict) -> list:
     return [s for s in meta.get("compression") or [] if not (isinstance(s, dict) and s.get("kind") == "lora")]
 
 
-def prepare_lora(lm) -> None:
-    """Put train.lora's adapters on lm.model (kept when it already has the same ones) and record them in
-    lm.meta["compression"]; with train.lora unset, adapters a loaded model carries are merged into its weights
-    first, so that it fine-tunes as a plain model."""
-    spec = lm.config.train.lora
+def prepare_lora(bundle: Bundle, train: TrainConfig) -> Bundle:
+    """Put train.lora's adapters on the bundle's model (in place; kept when it already has the same ones) and
+    record them in meta["compression"]; with train.lora unset, adapters a loaded model carries are merged into its
+    weights first, so that it fine-tunes as a plain model. Returns the Bundle with the new meta."""
+    spec = train.lora
     if spec.rank is None:
-        drop_lora(lm)
-        return
-    modules = apply_lora(lm.model, spec.rank, spec.alpha, spec.dropout, spec.targets, seed=lm.config.train.seed)
-    lm.meta["compression"] = [*_steps_without_lora(lm.meta),
-                              lora_step(modules, spec.rank, spec.alpha, spec.dropout, spec.targets)]
+        return drop_lora(bundle)
+    modules = apply_lora(bundle.model, spec.rank, spec.alpha, spec.dropout, spec.targets, seed=train.seed)
+    steps = [*_steps_without_lora(bundle.meta), lora_step(modules, spec.rank, spec.alpha, spec.dropout, spec.targets)]
+    return replace(bundle, meta={**bundle.meta, "compression": steps})
 
 
-def drop_lora(lm) -> int:
-    """Merge lm.model's adapters into its weights and take the LoRA step out of lm.meta; returns how many layers."""
-    merged = merge_lora(lm.model)
-    if merged:
-        steps = _steps_without_lora(lm.meta)
-        if steps:
-            lm.meta["compression"] = steps
-        else:
-            lm.meta.pop("compression", None)
-    return merged
+def drop_lora(bundle: Bundle) -> Bundle:
+    """Merge the model's adapters into its weights (in place); returns the Bundle whose meta has no LoRA step."""
+    if not merge_lora(bundle.model):
+        return bundle
+    meta, steps = dict(bundle.meta), _steps_without_lora(bundle.meta)
+    if steps:
+        meta["compression"] = steps
+    else:
+        meta.pop("compression", None)
+    return replace(bundle, meta=meta)
 
 
-def freeze_for_lora(lm) -> dict:
+def freeze_for_lora(model: nn.Module, train: TrainConfig) -> dict:
     """Leave only the adapters (and a labeled task's head) trainable; what the model card reports of it."""
-    spec, objective = lm.config.train.lora, lm.config.train.objective
-    trainable, total = mark_trainable(lm.model, HEAD_PREFIXES if objective in LABELED_OBJECTIVES else ())
-    layers = len(lora_modules(lm.model))
+    spec = train.lora
+    trainable, total = mark_trainable(model, HEAD_PREFIXES if train.objective in LABELED_OBJECTIVES else ())
+    layers = len(lora_modules(model))
     return {"lora": f"rank {spec.rank}, alpha {spec.alpha:g}, dropout {spec.dropout:g}, on {layers} layers "
                     f"({', '.join(spec.targets)})",
             "trainable_parameters": f"{trainable:,} of {total:,} ({trainable / total:.2%})"}

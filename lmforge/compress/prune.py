@@ -8,11 +8,16 @@ model.layer_intermediate, which the model builds from directly).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from . import sparse, structured
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle
 
 METHODS = ("magnitude", "heads", "neurons")
 
@@ -47,7 +52,7 @@ def sparse_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def check_request(lm, method: str, sparsity=None, amount=None, data=None, finetune_steps: int = 0,
+def check_request(bundle: Bundle, method: str, sparsity=None, amount=None, data=None, finetune_steps: int = 0,
                   importance: str | None = None) -> None:
     """Every argument checked before any work (nothing is written when one is wrong)."""
     if method not in METHODS:
@@ -73,18 +78,20 @@ def check_request(lm, method: str, sparsity=None, amount=None, data=None, finetu
         raise ValueError(f"--finetune-steps must be a whole number >= 0, got {finetune_steps!r}")
     if finetune_steps and data is None:
         raise ValueError(f"--finetune-steps {finetune_steps} needs --data to fine-tune on")
-    steps = lm.meta.get("compression") or []
+    steps = bundle.meta.get("compression") or []
     other = [spec.get("kind") for spec in steps if isinstance(spec, dict) and spec.get("kind") != "prune"]
     if other:
         raise ValueError(f"this model is already compressed ({', '.join(map(str, other))}); prune the model "
                          "before quantizing it, and merge LoRA adapters first (`lmforge lora merge`)")
-    sparse.prunable_linears(lm.model)  # a baseline arch (lstm, textcnn ...) gets its clear error here
+    sparse.prunable_linears(bundle.model)  # a baseline arch (lstm, textcnn ...) gets its clear error here
 
 
-def remove_units(lm, method: str, amount, importance: str, task, batch_size: int, score_batches: int, log) -> dict:
-    """Score and remove heads or neurons; update the model config with each layer's new size."""
+def remove_units(bundle: Bundle, method: str, amount, importance: str, task, batch_size: int, score_batches: int,
+                 log) -> tuple[dict, Bundle]:
+    """Score and remove heads or neurons of the bundle's model (in place); the step's spec, and the Bundle whose
+    config has each layer's new size."""
     kind = structured.HEADS if method == "heads" else structured.NEURONS
-    model = lm.model
+    model = bundle.model
     group = structured.group_sizes(model, kind)
     if importance == "gradient":
         batches = (task.train_batch(step, 0, batch_size) for step in range(score_batches))
@@ -104,14 +111,13 @@ def remove_units(lm, method: str, amount, importance: str, task, batch_size: int
     if getattr(model, "_lmforge_sparse", False):  # magnitude-pruned before: its new, smaller Linears keep zeros too
         sparse_model(model)
     sizes = [len(keep) for keep in kept]
-    model_cfg = lm.config.model.model_copy(update={key: sizes})
+    model_cfg = bundle.config.model_copy(update={key: sizes})
     model_cfg = type(model_cfg).model_validate(model_cfg.model_dump())  # the checks of a config read from disk
     model.config = model_cfg
-    lm.config = lm.config.model_copy(update={"model": model_cfg})
     noun = "heads" if kind == structured.HEADS else "MLP neurons"
     log(f"removed {sum(before) - sum(sizes)} of {sum(before)} {noun} by {importance} importance; "
         f"per layer now {sizes}")
     spec = {"kind": "prune", "method": method, "amount": amount, "importance": importance, key: sizes}
     if kind == structured.HEADS:
         spec["removed_heads"] = removed
-    return spec
+    return spec, replace(bundle, config=model_cfg)

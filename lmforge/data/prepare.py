@@ -6,6 +6,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..files import atomic_write_text
 from .card import make_card, read_card
@@ -13,18 +14,21 @@ from .contamination import find_contamination
 from .corpus import DataError
 from .tokens import source_signature
 
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
 
 def _source_name(paths) -> str:
     return ", ".join(map(str, paths)) if paths else "built-in corpus (CPython documentation topics, pydoc_data)"
 
 
-def prepare_corpus(lm, paths: list[str], work_dir, progress: bool = False) -> list[str]:
-    """Run the passes the config asks for over `paths` into work_dir/data/prepared (reused while the sources
-    and options are unchanged); record the data card in lm.meta['data']. Returns the paths to train on."""
+def prepare_corpus(data: DataConfig, work_dir, progress: bool = False) -> tuple[list[str], dict]:
+    """Run the passes `data` asks for over data.paths into work_dir/data/prepared (reused while the sources and
+    options are unchanged). Returns the paths to train on and the data card (a model's meta['data'])."""
     from .dedup import dedup_corpus
     from .scrub import scrub_corpus
 
-    data = lm.config.data
+    paths = list(data.paths)
     options = {"scrub": data.scrub, "dedup": data.dedup, "near": data.dedup_near, "text_field": data.text_field}
     card = make_card([_source_name(paths)], "sources", {}, {})
     card["passes"] = []
@@ -53,15 +57,13 @@ def prepare_corpus(lm, paths: list[str], work_dir, progress: bool = False) -> li
         report = find_contamination(prepared, eval_path, text_field=data.text_field, progress=progress)
         card["passes"].append({"pass": "contamination", "eval": str(eval_path), "items": report["items"],
                                "contaminated": report["contaminated"], "parameters": report["parameters"]})
-    lm.meta["data"] = {"sources": [_source_name(paths)] if not (data.scrub or data.dedup) else card["sources"],
-                       "passes": card["passes"]}
-    return prepared
+    return prepared, {"sources": [_source_name(paths)] if not (data.scrub or data.dedup) else card["sources"],
+                      "passes": card["passes"]}
 
 
-def check_labeled_contamination(lm, train_path, eval_paths: list[str], progress: bool = False) -> None:
-    """Classification: record in lm.meta['data'] how many items of data.test and data.contamination share most
-    of their word 8-grams with training rows (the model card shows it)."""
-    data = lm.config.data
+def check_labeled_contamination(data: DataConfig, train_path, eval_paths: list[str], progress: bool = False) -> dict:
+    """Classification: the data card (a model's meta['data']) saying how many items of `eval_paths` and
+    data.contamination share most of their word 8-grams with training rows (the model card shows it)."""
     passes = []
     for eval_path in [*eval_paths, *data.contamination]:
         try:
@@ -71,4 +73,4 @@ def check_labeled_contamination(lm, train_path, eval_paths: list[str], progress:
             continue
         passes.append({"pass": "contamination", "eval": str(eval_path), "items": report["items"],
                        "contaminated": report["contaminated"], "parameters": report["parameters"]})
-    lm.meta["data"] = {"sources": [str(train_path)], "passes": passes}
+    return {"sources": [str(train_path)], "passes": passes}

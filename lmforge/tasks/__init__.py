@@ -12,7 +12,9 @@ picks one.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..data.prepare import prepare_corpus
 from ..data.tokens import TokenWindows, build_token_file, open_tokens
@@ -24,47 +26,50 @@ from .multilabel import MultiLabelTask, make_multilabel_task
 from .regress import RegressionTask, make_regression_task
 from .sft import SFTTask, make_sft_task
 
+if TYPE_CHECKING:
+    from ..bundle import Bundle
+    from ..config import DataConfig, TrainConfig
+
 __all__ = ["EMBEDDING_PREFIXES", "EVAL_SEED", "HEAD_PREFIXES", "CausalLMTask", "ClassificationTask", "MaskedLMTask",
            "MultiLabelTask", "RegressionTask", "SFTTask", "attach_head", "layerwise_groups", "make_classification_task",
            "make_multilabel_task", "make_regression_task", "make_sft_task", "make_task"]
 
 
-def make_task(lm, work_dir: Path, progress: bool = False, teacher=None):
-    """The task for lm.config.train.objective, with its data prepared under `work_dir`; with train.distill_teacher
-    set, that task inside a DistillationTask (distill.py) around the `teacher` Bundle the caller loaded."""
-    if lm.config.train.distill_teacher:
+def make_task(bundle: Bundle, train: TrainConfig, data: DataConfig, work_dir: Path, progress: bool = False,
+              teacher: Bundle | None = None) -> tuple[object, Bundle]:
+    """The task for train.objective with its data prepared under `work_dir`, and the Bundle it trains (`bundle`
+    with what the task adds: a labeled task's head and labels, the data card and other meta). With
+    train.distill_teacher set, that task inside a DistillationTask (distill.py) around the `teacher` Bundle the
+    caller loaded."""
+    if train.distill_teacher:
         from .distill import make_distillation_task
         if teacher is None:
             raise ValueError("train.distill_teacher is set: hand make_task the teacher's Bundle (load_model_dir)")
-        return make_distillation_task(lm, lambda: _objective_task(lm, work_dir, progress), teacher)
-    return _objective_task(lm, work_dir, progress)
+        return make_distillation_task(bundle, train, lambda: _objective_task(bundle, train, data, work_dir, progress),
+                                      teacher)
+    return _objective_task(bundle, train, data, work_dir, progress)
 
 
-def _objective_task(lm, work_dir: Path, progress: bool = False):
-    config = lm.config
-    objective = config.train.objective
-    if objective == "clm":
-        if not is_decoder(lm.model):
-            raise ValueError(f"objective 'clm' needs a decoder; this model is '{config.model.arch}'")
-        paths = prepare_corpus(lm, config.data.paths, work_dir, progress)  # data.scrub / dedup / contamination
-        bin_path = build_token_file(paths, lm.tokenizer, Path(work_dir) / "data",
-                                    config.data.text_field, config.data.encoding_errors, progress=progress)
-        windows = TokenWindows(open_tokens(bin_path), config.model.block_size, config.data.val_fraction)
-        return CausalLMTask(windows, config.train.seed, config.train.label_smoothing)
-    if objective == "mlm":
-        if not is_encoder(lm.model):
-            raise ValueError(f"objective 'mlm' needs an encoder (arch 'bert'); this model is '{config.model.arch}'")
-        paths = prepare_corpus(lm, config.data.paths, work_dir, progress)
-        bin_path = build_token_file(paths, lm.tokenizer, Path(work_dir) / "data",
-                                    config.data.text_field, config.data.encoding_errors, progress=progress)
-        return MaskedLMTask(open_tokens(bin_path), lm.tokenizer, config.model.block_size, config.data.val_fraction,
-                            config.train.seed, config.train.mask_prob, config.train.whole_word_mask,
-                            config.train.label_smoothing)
+def _objective_task(bundle: Bundle, train: TrainConfig, data: DataConfig, work_dir: Path, progress: bool = False):
+    objective, config = train.objective, bundle.config
+    if objective in ("clm", "mlm"):
+        needs, kind = (is_decoder, "a decoder") if objective == "clm" else (is_encoder, "an encoder (arch 'bert')")
+        if not needs(bundle.model):
+            raise ValueError(f"objective '{objective}' needs {kind}; this model is '{config.arch}'")
+        paths, card = prepare_corpus(data, work_dir, progress)  # data.scrub / dedup / contamination
+        bin_path = build_token_file(paths, bundle.tokenizer, Path(work_dir) / "data", data.text_field,
+                                    data.encoding_errors, progress=progress)
+        bundle = replace(bundle, meta={**bundle.meta, "data": card})
+        if objective == "clm":
+            windows = TokenWindows(open_tokens(bin_path), config.block_size, data.val_fraction)
+            return CausalLMTask(windows, train.seed, train.label_smoothing), bundle
+        return MaskedLMTask(open_tokens(bin_path), bundle.tokenizer, config.block_size, data.val_fraction,
+                            train.seed, train.mask_prob, train.whole_word_mask, train.label_smoothing), bundle
     if objective == "sft":
-        return make_sft_task(lm)
+        return make_sft_task(bundle, train, data)
     makers = {"classify": make_classification_task, "regress": make_regression_task, "multilabel": make_multilabel_task}
     if objective not in makers:
         raise ValueError(f"unknown train.objective '{objective}'")
-    task = makers[objective](lm)
-    task.bucket_by_length = config.train.bucket_by_length
-    return task
+    task, bundle = makers[objective](bundle, train, data)
+    task.bucket_by_length = train.bucket_by_length
+    return task, bundle

@@ -1,13 +1,19 @@
 """Text classification for both families, its head and its layer-wise learning rates."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..bundle import Bundle
 from ..models.contract import has_classifier, transformer_blocks
+
+if TYPE_CHECKING:
+    from ..config import DataConfig, TrainConfig
 
 
 class LabeledTask:
@@ -152,11 +158,11 @@ def layerwise_groups(model, cfg) -> list[tuple[list, float]]:
     return [(params, scale) for scale, params in groups.items()]
 
 
-def read_labeled_data(lm, objective: str, allow_empty_label: bool = False):
-    """(read, train): a reader for data.train's format and columns, and data.train itself (not yet split)."""
+def read_labeled_data(data: DataConfig, objective: str, allow_empty_label: bool = False):
+    """(read, train, card): a reader for data.train's format and columns, data.train itself (not yet split), and
+    the data card of its contamination check (a model's meta['data'])."""
     from ..data.labeled import read_labeled
 
-    data = lm.config.data
     if not data.train:
         raise ValueError(f"objective '{objective}' needs labeled data: set data.train (a .csv, .tsv or .jsonl file), "
                          f"or call fit('train.csv', objective='{objective}')")
@@ -170,70 +176,79 @@ def read_labeled_data(lm, objective: str, allow_empty_label: bool = False):
                          "labeled file first: lmforge data scrub train.csv clean/ (then data.train='clean/train.csv')")
     train = read(data.train)
     from ..data.prepare import check_labeled_contamination
-    check_labeled_contamination(lm, data.train, [data.test] if data.test else [])  # recorded for the model card
-    return read, train
+    card = check_labeled_contamination(data, data.train, [data.test] if data.test else [])  # for the model card
+    return read, train, card
 
 
-def split_validation(lm, read, train):
-    """(train, val): data.test read as validation when set, else a fixed data.val_fraction of train, else None."""
-    config, data = lm.config, lm.config.data
+def split_validation(data: DataConfig, seed: int, read, train):
+    """(train, val): data.test read as validation when set, else a fixed data.val_fraction of train (chosen by
+    `seed`, train.seed), else None."""
     if data.test:
         return train, read(data.test)
     if data.val_fraction > 0 and len(train) >= 2:
         # a fixed shuffle (seed only) decides which rows validate, so resume and reruns agree
-        order = np.random.default_rng([config.train.seed, 7]).permutation(len(train))
+        order = np.random.default_rng([seed, 7]).permutation(len(train))
         n_val = max(1, int(round(len(train) * data.val_fraction)))
         return train.subset(np.sort(order[n_val:])), train.subset(order[:n_val])
     return train, None
 
 
-def head_info(lm, kind: str, **extra) -> dict:
+def head_info(data: DataConfig, kind: str, **extra) -> dict:
     """What a saved model needs to read its head back: its kind, the data's columns, and `extra` (scaling...)."""
-    data = lm.config.data
     return {"kind": kind, "text_field": data.text_field, "label_field": data.label_field,
             "text_pair_field": data.text_pair_field, **extra}
 
 
-def make_classification_task(lm) -> ClassificationTask:
-    """Read data.train (and data.test, else a val_fraction split), and give the model a head for its labels."""
+def labeled_bundle(bundle: Bundle, data: DataConfig, labels: list[str], seed: int, kind: str, card: dict,
+                   **extra) -> Bundle:
+    """The Bundle a labeled task trains: `bundle` with a head for `labels` (attach_head), and meta recording the
+    head (head_info with `extra`) and the data card."""
+    bundle = attach_head(bundle, labels, seed, kind)
+    meta = {**bundle.meta, "data": card, "classification": head_info(data, kind, **extra)}
+    return replace(bundle, meta=meta)
+
+
+def make_classification_task(bundle: Bundle, train: TrainConfig, data: DataConfig
+                             ) -> tuple[ClassificationTask, Bundle]:
+    """Read data.train (and data.test, else a val_fraction split); the task, and the Bundle whose model has a head
+    for the data's labels."""
     from ..data.labeled import EncodedSet, label_names
 
-    config = lm.config
-    read, train = read_labeled_data(lm, "classify")
-    labels = label_names(train)
-    train, val = split_validation(lm, read, train)
-    attach_head(lm, labels, config.train.seed, "classify")
-    labels = lm.config.model.labels
-    block = config.model.block_size
-    lm.meta["classification"] = head_info(lm, "classify")
-    return ClassificationTask(EncodedSet(train, lm.tokenizer, labels, block),
-                              EncodedSet(val, lm.tokenizer, labels, block) if val is not None else None,
-                              labels, config.train.seed, config.train.grad_accum, config.train.class_weights,
-                              config.train.label_smoothing)
+    read, rows, card = read_labeled_data(data, "classify")
+    labels = label_names(rows)
+    rows, val = split_validation(data, train.seed, read, rows)
+    bundle = labeled_bundle(bundle, data, labels, train.seed, "classify", card)
+    labels, block, tokenizer = bundle.config.labels, bundle.config.block_size, bundle.tokenizer
+    task = ClassificationTask(EncodedSet(rows, tokenizer, labels, block),
+                              EncodedSet(val, tokenizer, labels, block) if val is not None else None,
+                              labels, train.seed, train.grad_accum, train.class_weights, train.label_smoothing)
+    return task, bundle
 
 
-def head_kind(lm) -> str:
-    """'classify', 'regress' or 'multilabel': what the model's head predicts (models saved before kinds: classify)."""
-    return (lm.meta.get("classification") or {}).get("kind", "classify")
+def head_kind(meta: dict) -> str:
+    """'classify', 'regress' or 'multilabel': what a model's head predicts, read from its `meta` (models saved
+    before kinds: classify)."""
+    return (meta.get("classification") or {}).get("kind", "classify")
 
 
-def attach_head(lm, labels: list[str], seed: int, kind: str = "classify") -> None:
+def attach_head(bundle: Bundle, labels: list[str], seed: int, kind: str = "classify") -> Bundle:
     """Keep the model's head when it has these labels, this kind and model.classifier_bias; else give it a fresh
     nn.Linear over `labels` (one output each; one for a regression), drawn from `seed` alone (not from the global
-    random state, which whatever ran before may have moved)."""
-    current, bias = lm.config.model.labels, lm.config.model.classifier_bias
-    if (current and set(current) == set(labels) and has_classifier(lm.model) and head_kind(lm) == kind
-            and (lm.model.classifier.bias is not None) == bias):
-        return
-    width = getattr(lm.model, "feature_size", lm.config.model.n_embd)  # what the model's classifier reads
+    random state, which whatever ran before may have moved). The model changes in place; returns the Bundle with
+    its config's labels."""
+    model, config = bundle.model, bundle.config
+    current, bias = config.labels, config.classifier_bias
+    if (current and set(current) == set(labels) and has_classifier(model) and head_kind(bundle.meta) == kind
+            and (model.classifier.bias is not None) == bias):
+        return bundle
+    width = getattr(model, "feature_size", config.n_embd)  # what the model's classifier reads
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = torch.nn.Linear(width, len(labels), bias=bias)
         torch.nn.init.normal_(head.weight, std=0.02)
         if bias:
             torch.nn.init.zeros_(head.bias)
-    device = next(lm.model.parameters()).device
-    lm.model.classifier = head.to(device)
-    model_cfg = lm.config.model.model_copy(update={"labels": list(labels)})
-    lm.config = lm.config.model_copy(update={"model": model_cfg})
-    lm.model.config = model_cfg
+    device = next(model.parameters()).device
+    model.classifier = head.to(device)
+    model.config = config.model_copy(update={"labels": list(labels)})
+    return replace(bundle, config=model.config)

@@ -9,12 +9,17 @@ Teacher and student share one tokenizer, so their logits index the same tokens.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..models.contract import is_decoder, is_encoder
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle
+    from ..config import TrainConfig
 
 OBJECTIVES = ("clm", "mlm", "classify")
 
@@ -166,12 +171,12 @@ def missing_teacher(path: Path) -> FileNotFoundError:
                              "(a run's final/ or checkpoints/step-N/)")
 
 
-def check_teacher(lm, teacher, path: Path) -> None:
-    """The teacher Bundle of train.distill_teacher must suit the student `lm`: family, tokenizer, labels."""
-    objective = lm.config.train.objective
+def check_teacher(student: Bundle, objective: str, teacher: Bundle, path: Path) -> None:
+    """The teacher Bundle of train.distill_teacher must suit the `student` for `objective`: family, tokenizer,
+    labels."""
     check_objective(objective)
-    _check_family(teacher.model, teacher.config.arch, objective, lm.model, path)
-    check_same_tokenizer(teacher.tokenizer, lm.tokenizer, path)
+    _check_family(teacher.model, teacher.config.arch, objective, student.model, path)
+    check_same_tokenizer(teacher.tokenizer, student.tokenizer, path)
     if objective == "classify":
         kind = (teacher.meta.get("classification") or {}).get("kind", "classify")
         if not teacher.config.labels or kind != "classify":
@@ -188,20 +193,21 @@ def label_columns(teacher_labels: list[str], student_labels: list[str], path: Pa
     return [teacher_labels.index(label) for label in student_labels]
 
 
-def make_distillation_task(lm, make_base, teacher) -> DistillationTask:
-    """The distillation task for `lm` (the student) with the frozen `teacher` Bundle it is handed: the teacher is
-    checked before make_base() prepares any data, so a bad teacher writes nothing."""
+def make_distillation_task(student: Bundle, train: TrainConfig, make_base, teacher: Bundle
+                           ) -> tuple[DistillationTask, Bundle]:
+    """The distillation task for the `student` with the frozen `teacher` Bundle it is handed, and the Bundle it
+    trains: the teacher is checked before make_base() (which returns the objective's (task, Bundle)) prepares any
+    data, so a bad teacher writes nothing."""
     from ..models import count_parameters
 
-    cfg = lm.config.train
-    path = Path(cfg.distill_teacher)
-    check_teacher(lm, teacher, path)
-    teacher, teacher_cfg = teacher.model, teacher.config
-    base = make_base()
+    path = Path(train.distill_teacher)
+    check_teacher(student, train.objective, teacher, path)
+    base, student = make_base()
     columns = None
-    if cfg.objective == "classify":
-        columns = label_columns(list(teacher_cfg.labels), list(lm.config.model.labels), path)
-    width = len(lm.config.model.labels) if cfg.objective == "classify" else lm.tokenizer.vocab_size
-    facts = {"distill_teacher": str(path), "distill_teacher_parameters": count_parameters(teacher),
-             "distill_temperature": cfg.distill_temperature, "distill_alpha": cfg.distill_alpha}
-    return DistillationTask(base, teacher, cfg.distill_temperature, cfg.distill_alpha, width, columns, facts)
+    if train.objective == "classify":
+        columns = label_columns(list(teacher.config.labels), list(student.config.labels), path)
+    width = len(student.config.labels) if train.objective == "classify" else student.tokenizer.vocab_size
+    facts = {"distill_teacher": str(path), "distill_teacher_parameters": count_parameters(teacher.model),
+             "distill_temperature": train.distill_temperature, "distill_alpha": train.distill_alpha}
+    task = DistillationTask(base, teacher.model, train.distill_temperature, train.distill_alpha, width, columns, facts)
+    return task, student

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .classify import LabeledTask, attach_head, head_info, read_labeled_data, split_validation
+from .classify import LabeledTask, labeled_bundle, read_labeled_data, split_validation
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle
+    from ..config import DataConfig, TrainConfig
 
 
 class MultiLabelTask(LabeledTask):
@@ -74,23 +79,22 @@ class MultiLabelTask(LabeledTask):
         return report
 
 
-def make_multilabel_task(lm) -> MultiLabelTask:
-    """Read tag lists from data.label_field (a row may have none), and give the model one output per tag."""
+def make_multilabel_task(bundle: Bundle, train: TrainConfig, data: DataConfig) -> tuple[MultiLabelTask, Bundle]:
+    """Read tag lists from data.label_field (a row may have none); the task, and the Bundle whose model has one
+    output per tag."""
     from ..data.labeled import EncodedSet
     from ..data.targets import multi_hot, read_tag_lists, tag_names
 
-    config, data = lm.config, lm.config.data
-    read, train = read_labeled_data(lm, "multilabel", allow_empty_label=True)
-    names = tag_names(read_tag_lists(train, data.label_field), data.train, data.label_field)
-    train, val = split_validation(lm, read, train)
-    attach_head(lm, names, config.train.seed, "multilabel")
-    names = lm.config.model.labels
-    lm.meta["classification"] = head_info(lm, "multilabel", threshold=0.5)
-    block = config.model.block_size
+    read, rows, card = read_labeled_data(data, "multilabel", allow_empty_label=True)
+    names = tag_names(read_tag_lists(rows, data.label_field), data.train, data.label_field)
+    rows, val = split_validation(data, train.seed, read, rows)
+    bundle = labeled_bundle(bundle, data, names, train.seed, "multilabel", card, threshold=0.5)
+    names, block = bundle.config.labels, bundle.config.block_size
 
     def encode(part):
         targets = multi_hot(read_tag_lists(part, data.label_field), names, part.path)
-        return EncodedSet(part, lm.tokenizer, None, block, targets=targets)
+        return EncodedSet(part, bundle.tokenizer, None, block, targets=targets)
 
-    return MultiLabelTask(encode(train), encode(val) if val is not None else None, names, config.train.seed,
-                          config.train.grad_accum, config.train.class_weights, config.train.label_smoothing)
+    task = MultiLabelTask(encode(rows), encode(val) if val is not None else None, names, train.seed,
+                          train.grad_accum, train.class_weights, train.label_smoothing)
+    return task, bundle

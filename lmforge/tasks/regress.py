@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .classify import LabeledTask, attach_head, head_info, read_labeled_data, split_validation
+from .classify import LabeledTask, labeled_bundle, read_labeled_data, split_validation
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle
+    from ..config import DataConfig, TrainConfig
 
 
 class RegressionTask(LabeledTask):
@@ -73,26 +78,25 @@ class RegressionTask(LabeledTask):
         return report
 
 
-def make_regression_task(lm) -> RegressionTask:
-    """Read numeric targets from data.label_field, standardize them by the training split, and give the model a
-    one-output head named after the column."""
+def make_regression_task(bundle: Bundle, train: TrainConfig, data: DataConfig) -> tuple[RegressionTask, Bundle]:
+    """Read numeric targets from data.label_field and standardize them by the training split; the task, and the
+    Bundle whose model has a one-output head named after the column."""
     from ..data.labeled import EncodedSet
     from ..data.targets import parse_scores, standardize
 
-    config, data = lm.config, lm.config.data
-    read, train = read_labeled_data(lm, "regress")
-    parse_scores(train, data.label_field)  # every row checked where its row number is still the file's
-    train, val = split_validation(lm, read, train)
-    scores = parse_scores(train, data.label_field)
+    read, rows, card = read_labeled_data(data, "regress")
+    parse_scores(rows, data.label_field)  # every row checked where its row number is still the file's
+    rows, val = split_validation(data, train.seed, read, rows)
+    scores = parse_scores(rows, data.label_field)
     mean, std = standardize(scores, data.train, data.label_field)
     val_scores = parse_scores(val, data.label_field) if val is not None else None
-    attach_head(lm, [data.label_field], config.train.seed, "regress")
-    lm.meta["classification"] = head_info(lm, "regress", target_mean=mean, target_std=std)
-    block = config.model.block_size
+    bundle = labeled_bundle(bundle, data, [data.label_field], train.seed, "regress", card, target_mean=mean,
+                            target_std=std)
+    block = bundle.config.block_size
 
     def encode(part, values):
-        return EncodedSet(part, lm.tokenizer, None, block, targets=((values - mean) / std).astype(np.float32))
+        return EncodedSet(part, bundle.tokenizer, None, block, targets=((values - mean) / std).astype(np.float32))
 
-    return RegressionTask(encode(train, scores), encode(val, val_scores) if val is not None else None,
-                          data.label_field, mean, std, val_scores, config.train.seed, config.train.grad_accum,
-                          config.train.regression_loss)
+    task = RegressionTask(encode(rows, scores), encode(val, val_scores) if val is not None else None,
+                          data.label_field, mean, std, val_scores, train.seed, train.grad_accum, train.regression_loss)
+    return task, bundle

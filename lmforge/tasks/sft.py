@@ -10,7 +10,9 @@ rows' lengths (the bug transformers fixed in its PR #34191). Batches stay a pure
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +22,10 @@ from ..data.chat import read_conversations
 from ..infer.chat_encode import Encoded, check_template_tokens, encode_conversation, special_strings, template_of
 from ..errors import ConfigError, DataError
 from ..infer.score import perplexity
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle
+    from ..config import DataConfig, TrainConfig
 
 IGNORE = -100
 
@@ -147,41 +153,43 @@ def supports_packing(model) -> bool:
     return getattr(model, "is_causal", False) and "segments" in inspect.signature(model.forward).parameters
 
 
-def make_sft_task(lm) -> SFTTask:
+def make_sft_task(bundle: Bundle, train: TrainConfig, data: DataConfig) -> tuple[SFTTask, Bundle]:
     """Read data.train (and data.test, else a data.val_fraction split) as conversations and encode them through
-    the model's chat template (the built-in ChatML one when it has none, recorded in lm.meta)."""
-    config, data = lm.config, lm.config.data
-    if not supports_packing(lm.model):
+    the model's chat template (the built-in ChatML one when it has none); the task, and the Bundle whose meta
+    records the template, the base model and the datasets."""
+    model, tokenizer, config, meta = bundle
+    if not supports_packing(model):
         raise ConfigError(f"objective 'sft' needs a Transformer decoder (arch gpt or llama); this model is "
-                          f"'{config.model.arch}'")
+                          f"'{config.arch}'")
     if not data.train:
         raise ConfigError("objective 'sft' needs conversations: set data.train to a .jsonl file (OpenAI messages, "
                           "ShareGPT conversations or alpaca instruction/output rows)")
-    template = template_of(lm.meta)
-    check_template_tokens(template, lm.tokenizer)
-    block = min(config.model.block_size, data.max_length or config.model.block_size)
+    template = template_of(meta)
+    check_template_tokens(template, tokenizer)
+    block = min(config.block_size, data.max_length or config.block_size)
     _, conversations = read_conversations(data.train)
     if data.test:
         val_conversations = read_conversations(data.test)[1]
     elif data.val_fraction > 0 and len(conversations) >= 2:
-        order = np.random.default_rng([config.train.seed, 7]).permutation(len(conversations))
+        order = np.random.default_rng([train.seed, 7]).permutation(len(conversations))
         n_val = max(1, int(round(len(conversations) * data.val_fraction)))
         val_conversations = [conversations[i] for i in sorted(order[:n_val])]
         conversations = [conversations[i] for i in sorted(order[n_val:])]
     else:
         val_conversations = []
-    train = encode_all(conversations, lm.tokenizer, template, block, data.train)
-    val = encode_all(val_conversations, lm.tokenizer, template, block, data.test or data.train) \
+    rows = encode_all(conversations, tokenizer, template, block, data.train)
+    val = encode_all(val_conversations, tokenizer, template, block, data.test or data.train) \
         if val_conversations else None
+    meta = dict(meta)
     # the model card's front matter (base_model, datasets; a license the base model's meta carries stays)
-    if config.model.init:
-        lm.meta["base_model"] = Path(config.model.init.rstrip("/")).name
-    lm.meta["datasets"] = [Path(data.train).name] + ([Path(data.test).name] if data.test else [])
-    task = SFTTask(train, val, block, lm.tokenizer.pad_id, config.train.seed, config.train.grad_accum)
-    # what the model card's training section lists (LM.fit adds a task's training_facts)
+    if config.init:
+        meta["base_model"] = Path(config.init.rstrip("/")).name
+    meta["datasets"] = [Path(data.train).name] + ([Path(data.test).name] if data.test else [])
+    task = SFTTask(rows, val, block, tokenizer.pad_id, train.seed, train.grad_accum)
+    # what the model card's training section lists (the fit adds a task's training_facts)
     task.training_facts = {
-        "conversations": f"{len(train)} ({sum(e.truncated for e in train)} cut to {block} tokens)",
-        "assistant_tokens": sum(e.n_trained for e in train),
-        "chat_template": "the model's own" if lm.meta.get("chat_template") else "built-in ChatML"}
-    lm.meta["chat_template"] = template  # the saved model renders chats the way it was trained
-    return task
+        "conversations": f"{len(rows)} ({sum(e.truncated for e in rows)} cut to {block} tokens)",
+        "assistant_tokens": sum(e.n_trained for e in rows),
+        "chat_template": "the model's own" if meta.get("chat_template") else "built-in ChatML"}
+    meta["chat_template"] = template  # the saved model renders chats the way it was trained
+    return task, replace(bundle, meta=meta)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..facade import LM
 from ...compress import sparse
 from ...compress.prune import check_request, remove_units, sparse_model
 from ...config import LABELED_OBJECTIVES, build_config
@@ -22,14 +21,16 @@ def _task(lm, data, work: Path):
     """The model's own objective (next token, masked LM, its classifier's labels) on `data`."""
 
     raw = lm.config.model_dump()
-    objective = head_kind(lm) if lm.config.model.labels else None
+    objective = head_kind(lm.meta) if lm.config.model.labels else None
     raw["train"]["objective"] = objective
     if objective in LABELED_OBJECTIVES:
         raw["data"]["train"] = str(data)
     else:
         raw["data"]["paths"] = [str(data)]
-    probe = LM(lm.model, lm.tokenizer, build_config(raw, "prune --data"), lm.meta)
-    return make_task(probe, work), objective
+    config = build_config(raw, "prune --data")
+    task, probed = make_task(lm.bundle, config.train, config.data, work)
+    lm.meta = probed.meta  # as before the split: the scored data's card (and a labeled head's columns) recorded
+    return task, objective
 
 
 def _evaluate(task, model, batch_size: int) -> dict:
@@ -43,7 +44,7 @@ def prune(lm, method: str = "magnitude", *, sparsity: float | None = None, amoun
           score_batches: int = 8, progress: bool = True, log=print):
     """Prune `lm` in place (its model, config and meta) and return (lm, report). `data` feeds the gradient
     importance, the fine-tune and the before/after validation metrics."""
-    check_request(lm, method, sparsity, amount, data, finetune_steps, importance)
+    check_request(lm.bundle, method, sparsity, amount, data, finetune_steps, importance)
     if importance is None and method != "magnitude":
         importance = "gradient" if data is not None else "weight"
     report: dict = {"method": method}
@@ -60,7 +61,8 @@ def prune(lm, method: str = "magnitude", *, sparsity: float | None = None, amoun
             log(f"pruned {counts['zeros']:,} of {counts['weights']:,} block weights "
                 f"({counts['sparsity']:.1%}) by global magnitude")
         else:
-            spec = remove_units(lm, method, amount, importance, task, batch_size, score_batches, log)
+            spec, pruned = remove_units(lm.bundle, method, amount, importance, task, batch_size, score_batches, log)
+            lm.adopt(pruned)
         spec["parameters_before"], spec["parameters_after"] = parameters, sum(p.numel() for p in lm.model.parameters())
         if task is not None:
             report["pruned"] = _evaluate(task, lm.model, batch_size)

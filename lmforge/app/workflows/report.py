@@ -95,8 +95,6 @@ def _metrics_section(run: Path | None, meta: dict, labels: list[str]) -> str:
 
 def _classifier_samples(config, count: int) -> tuple[list[tuple[str, str | None]], str]:
     """Validation texts (with their true labels) of a classifier run, and where they came from."""
-    from types import SimpleNamespace
-
     from ...data.labeled import read_labeled
     from ...tasks.classify import split_validation
 
@@ -104,7 +102,6 @@ def _classifier_samples(config, count: int) -> tuple[list[tuple[str, str | None]
     source = data.test or data.train
     if not source or not Path(source).is_file():
         return [], f"the run's labeled data ({source or 'none'}) is not found from here"
-    run = SimpleNamespace(config=config)  # what the task's own split needs
 
     def read(path):
         return read_labeled(path, data.text_field, data.label_field, data.text_pair_field, data.encoding_errors,
@@ -112,7 +109,7 @@ def _classifier_samples(config, count: int) -> tuple[list[tuple[str, str | None]
 
     labeled = read(data.train)
     train_rows = labeled
-    labeled, val = split_validation(run, read, labeled)
+    labeled, val = split_validation(data, config.train.seed, read, labeled)
     if labeled.pairs:
         return [], "attributions of text pairs are not drawn"
     if val is None:

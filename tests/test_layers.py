@@ -3,7 +3,8 @@
 Two layers: the library (models, data, tasks, train, infer, interop, compress, explain, the leaves) and the
 application on top (app/, api.py, cli.py, serve/). The library never imports the application or the package
 root, and no import cycle joins two modules or two packages. `python tests/test_layers.py` prints the counts
-(cycles, upward imports, function-level imports) that docs/ARCHITECTURE.md quotes.
+(cycles, upward imports, function-level imports, library functions taking `lm`) that docs/ARCHITECTURE.md
+quotes. No library function has a parameter named `lm`: the library takes a Bundle or its parts, never the facade.
 """
 from __future__ import annotations
 
@@ -163,6 +164,21 @@ def upward_imports(imports: list[Import]) -> list[Import]:
             and (unit(item.target) in FORBIDDEN_FROM_LIBRARY or item.target == "lmforge")]
 
 
+def lm_parameters() -> list[str]:
+    """Library functions with a parameter named `lm` (the LM facade): the library takes a Bundle or its parts."""
+    found = []
+    for name, path in all_modules().items():
+        if is_application(name):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                args = node.args
+                names = [a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg] if a]
+                if "lm" in names:
+                    found.append(f"  {name} (line {node.lineno}) {getattr(node, 'name', 'lambda')}")
+    return found
+
+
 def counts() -> dict[str, int]:
     """The numbers the closing note and docs/ARCHITECTURE.md quote."""
     imports = internal_imports()
@@ -174,7 +190,8 @@ def counts() -> dict[str, int]:
             "parts in the largest package cycle": max(map(len, package_cycles(imports)), default=0),
             "upward imports": len(upward_imports(imports)),
             "function-level imports": sum(item.in_function for item in imports),
-            "function-level imports in the library": sum(item.in_function for item in library)}
+            "function-level imports in the library": sum(item.in_function for item in library),
+            "library functions taking `lm`": len(lm_parameters())}
 
 
 def _describe(items: list[Import]) -> str:
@@ -215,6 +232,12 @@ def test_the_library_never_imports_the_application():
     upward = upward_imports(internal_imports())
     assert not upward, ("library modules import the application or the package root (take a Bundle or its parts; "
                         "import lmforge._version for the version):\n" + _describe(upward))
+
+
+def test_no_library_function_takes_the_lm_facade():
+    found = lm_parameters()
+    assert not found, ("library functions take the LM facade (`lm`); take a Bundle or its parts (model, tokenizer, "
+                       "config, meta) and return what changes:\n" + "\n".join(found))
 
 
 def private_imports() -> list[str]:

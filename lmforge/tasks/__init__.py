@@ -51,6 +51,7 @@ def make_task(bundle: Bundle, train: TrainConfig, data: DataConfig, work_dir: Pa
 
 
 def _objective_task(bundle: Bundle, train: TrainConfig, data: DataConfig, work_dir: Path, progress: bool = False):
+    """make_task for the objective itself (no teacher): its task and the Bundle it trains."""
     objective, config = train.objective, bundle.config
     if objective in ("clm", "mlm"):
         needs, kind = (is_decoder, "a decoder") if objective == "clm" else (is_encoder, "an encoder (arch 'bert')")

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..bundle import Bundle
 from ..models.contract import has_classifier, transformer_blocks
 
 if TYPE_CHECKING:
+    from ..bundle import Bundle
     from ..config import DataConfig, TrainConfig
 
 

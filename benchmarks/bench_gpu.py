@@ -14,7 +14,8 @@ beside it. Peak memory is torch.cuda.max_memory_allocated of each run.
 
 Generation: a GPT-2-124M-shaped lmforge model (random weights; a 50,257-symbol character tokenizer so every id
 decodes) exported with LM.save_hf and loaded by transformers (same weights), greedy, 256 new tokens, fp32 and
-bf16, batch 1 and 8: lmforge's default on CUDA (static cache, step captured as a CUDA graph) and its growing-cache
+bf16, batch 1 and 8: lmforge's default on CUDA (static cache, step captured as a CUDA graph), the same step handed
+to torch.compile before the capture (`compile=True`, a one-time compile of a few seconds) and the growing-cache
 path, against transformers' generate (sdpa); identical outputs counted.
 
     python benchmarks/bench_gpu.py --nanogpt .nanogpt            # on a GPU: about 5 minutes on an H200
@@ -297,6 +298,8 @@ def generation_case(shape: Shape, device: torch.device, dtype: torch.dtype, prom
     ways = {"lmforge": lambda: generate(lm.model, lm.tokenizer, prompts, sampling),  # static + CUDA graph on a GPU
             "lmforge, growing cache": lambda: generate(lm.model, lm.tokenizer, prompts, sampling, static=False),
             "lmforge, static cache": lambda: generate(lm.model, lm.tokenizer, prompts, sampling, static=True),
+            "lmforge, compiled step": lambda: generate(lm.model, lm.tokenizer, prompts, sampling, static=True,
+                                                       compile=True),
             "transformers": lambda: hf_generate(hf, lm.tokenizer, prompts, shape.new, device)}
     if device.type == "cuda":
         del ways["lmforge, static cache"]  # the default already is

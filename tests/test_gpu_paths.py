@@ -14,7 +14,7 @@ from lmforge.devices import check_device, check_dtype
 from lmforge.errors import ConfigError
 from lmforge.infer.generate import SamplingConfig, check_generation_fits, generate
 from lmforge.tasks import make_task
-from lmforge.tasks.chunked import chunked_cross_entropy, plain_cross_entropy
+from lmforge.tasks.chunked import chunked_cross_entropy, float32_cross_entropy, plain_cross_entropy
 from lmforge.tasks.lm import CausalLMTask
 from lmforge.train.trainer import train
 
@@ -139,6 +139,29 @@ def test_static_cache_decoding_gives_the_same_greedy_tokens(corpus_file, arch):
     sampled = SamplingConfig(max_new_tokens=20, temperature=0.8, top_k=5, seed=3, ignore_eos=True)
     assert generate(lm.model, lm.tokenizer, ["The "], sampled, static=True) == \
         generate(lm.model, lm.tokenizer, ["The "], sampled, static=False)
+
+
+def test_the_compiled_static_step_gives_the_plain_greedy_tokens(corpus_file):
+    lm = _tiny_lm(corpus_file)  # torch.compile of the fixed-shape step (inductor's C++ backend on CPU)
+    sampling = SamplingConfig(max_new_tokens=40, temperature=0, ignore_eos=True)
+    for prompts in (["The "], ["The ", "a longer prompt here"]):
+        plain = generate(lm.model, lm.tokenizer, prompts, sampling, static=False)
+        assert generate(lm.model, lm.tokenizer, prompts, sampling, static=True, compile=True) == plain
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_float32_loss_without_a_copy_equals_cross_entropy_of_the_float32_logits(dtype):
+    torch.manual_seed(0)
+    logits = torch.randn(64, 97, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, 97, (64,))
+    targets[5] = -100
+    ours = float32_cross_entropy(logits, targets)
+    (ours_grad,) = torch.autograd.grad(ours, logits)
+    reference = torch.nn.functional.cross_entropy(logits.float(), targets)
+    (reference_grad,) = torch.autograd.grad(reference, logits)
+    assert ours.dtype == torch.float32 and torch.equal(ours, reference) and torch.equal(ours_grad, reference_grad)
+    smoothed = float32_cross_entropy(logits, targets, 0.1)
+    assert torch.equal(smoothed, torch.nn.functional.cross_entropy(logits.float(), targets, label_smoothing=0.1))
 
 
 @pytest.mark.parametrize("name,message", [

@@ -99,7 +99,8 @@ class Continuation:
 
 
 def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfig, *, use_cache: bool = True,
-             on_text: Callable[[int, str], None] | None = None, static: bool | None = None) -> list[str]:
+             on_text: Callable[[int, str], None] | None = None, static: bool | None = None,
+             compile: bool = False) -> list[str]:
     """Continue each prompt; returns the generated continuations (prompt not included).
 
     `on_text(row, piece)` is called with each new piece of decoded text as it is produced (streaming).
@@ -107,14 +108,16 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
     makes its own cache (`model.make_cache`: KV caches for a Transformer, the state for an RNN) and says how far
     it sees (`model.context_length`; None for a recurrent model, which carries its state on without limit).
     static: decode through a fixed-shape cache (infer/static.py; captured as a CUDA graph on a GPU); None: on CUDA.
+    compile: hand that fixed-shape step to torch.compile first (a one-time compile; fewer kernels per token).
     """
     return [c.text for c in continue_prompts(model, tokenizer, prompts, cfg, use_cache=use_cache, on_text=on_text,
-                                             static=static)]
+                                             static=static, compile=compile)]
 
 
 def continue_prompts(model, tokenizer: Tokenizer, prompts: list[str | list[int]], cfg: SamplingConfig, *,
                      use_cache: bool = True, on_text: Callable[[int, str], None] | None = None,
-                     end_ids: tuple[int, ...] | None = None, static: bool | None = None) -> list[Continuation]:
+                     end_ids: tuple[int, ...] | None = None, static: bool | None = None,
+                     compile: bool = False) -> list[Continuation]:
     """`generate`, for prompts given as text or token ids, returning each Continuation's tokens and finish
     reason; a row ends at any of `end_ids` (default: the tokenizer's end-of-text; none with cfg.ignore_eos)."""
     cfg.check()
@@ -142,7 +145,8 @@ def continue_prompts(model, tokenizer: Tokenizer, prompts: list[str | list[int]]
     # text is decoded as it comes only when someone reads it (streaming) or it can end the row (stop strings)
     watcher = _TextWatcher(tokenizer, B, ends, cfg.stop, on_text) if on_text is not None or cfg.stop else None
     static = use_cache and static_supported(model) and (device.type == "cuda" if static is None else static)
-    feeder = _Feeder(model, tokens, mask, context, use_cache, padded=not bool(mask[:, :width].all()), static=static)
+    feeder = _Feeder(model, tokens, mask, context, use_cache, padded=not bool(mask[:, :width].all()), static=static,
+                     compile=compile)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     end = width
     with torch.inference_mode(), packed_linears(model, B, enabled=use_cache):
@@ -211,10 +215,11 @@ class _Feeder:
     only the newest column (after one prefill of the whole left-padded batch), without it the whole window."""
 
     def __init__(self, model, tokens: torch.Tensor, mask: torch.Tensor, context: int | None, use_cache: bool,
-                 padded: bool, static: bool = False):
+                 padded: bool, static: bool = False, compile: bool = False):
         self.model, self.tokens, self.mask, self.context = model, tokens, mask, context
         self.use_cache, self.padded = use_cache, padded
-        self.static = static_decoder(model, tokens.size(0), min(context, tokens.size(1))) if static else None
+        self.static = (static_decoder(model, tokens.size(0), min(context, tokens.size(1)), compile=compile)
+                       if static else None)
         self.cache, self.start, self.fed = None, 0, 0  # the cache holds columns start..fed-1 of `tokens`
         self.positions = None  # (B, 1): position of the next column of each row, advanced in place
 

@@ -7,6 +7,11 @@ every step attends over all cache columns (the unfilled ones masked): the same s
 On CUDA that step is recorded once as a CUDA graph and then replayed, one launch per token; elsewhere it runs
 eagerly (the plain twin the tests compare with today's growing-cache decoder: the same greedy tokens).
 A captured decoder is kept per model and shape, so repeated calls (a benchmark, a server) capture once.
+
+Two details keep each layer's attention at one kernel: the mask is additive (0 or -inf, in the cache's dtype), so
+SDPA does not turn a boolean mask into one per layer per step, and the capacity is rounded up to a multiple of
+ALIGN columns, so the memory-efficient kernel does not pad the mask per call. With `compile` the step is also
+handed to torch.compile (fused norms, residual adds and activations: fewer, larger kernels) before the capture.
 """
 from __future__ import annotations
 
@@ -17,6 +22,12 @@ import torch
 # captured decoders per model: (batch, capacity, dtype, device, weight addresses) -> StaticDecoder
 _CAPTURED: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
 KEEP_PER_MODEL = 4
+ALIGN = 64  # cache columns: a multiple of this (SDPA's memory-efficient kernel wants aligned mask rows)
+
+
+def aligned(columns: int) -> int:
+    """`columns` rounded up to a multiple of ALIGN."""
+    return -(-columns // ALIGN) * ALIGN
 
 
 def static_supported(model) -> bool:
@@ -30,11 +41,15 @@ class StaticDecoder:
     """prefill(ids, positions, pad_mask) fills the cache from column 0 and returns the last logits (B, vocab);
     step(tokens) feeds one token per row and returns the next logits (a buffer the next step overwrites)."""
 
-    def __init__(self, model, batch: int, capacity: int, dtype: torch.dtype, device: torch.device, capture: bool):
+    def __init__(self, model, batch: int, capacity: int, dtype: torch.dtype, device: torch.device, capture: bool,
+                 compile: bool = False):
+        capacity = aligned(capacity)
         self.model, self.capacity, self.capture = model, capacity, capture
         self.cache = model.make_cache(batch, capacity, dtype=dtype, device=device)
         self.column = torch.zeros(1, dtype=torch.long, device=device)  # where the next token's keys go
-        self.mask = torch.zeros(batch, 1, 1, capacity, dtype=torch.bool, device=device)  # columns a query may see
+        # what a query adds to its scores per column: 0 where it may look, -inf elsewhere (unfilled, padding)
+        self.mask = torch.full((batch, 1, 1, capacity), float("-inf"), dtype=dtype, device=device)
+        self.run = torch.compile(self._step, dynamic=False) if compile else self._step
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.positions = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.graph, self.logits, self.filled = None, None, 0
@@ -50,15 +65,18 @@ class StaticDecoder:
         for layer in self.cache:
             layer.static = (self.column, self.mask)
         self.column.fill_(T)
-        self.mask.zero_()
-        self.mask[:, 0, 0, :T] = pad_mask if pad_mask is not None else True
+        self.mask.fill_(float("-inf"))
+        if pad_mask is None:
+            self.mask[:, 0, 0, :T] = 0.0
+        else:
+            self.mask[:, 0, 0, :T].masked_fill_(pad_mask.bool(), 0.0)
         last = positions[:, -1:] if positions.dim() == 2 else positions[-1:].expand(ids.size(0), 1)
         self.positions.copy_(last + 1)
         self.filled = T
         return logits
 
     def _step(self) -> torch.Tensor:
-        self.mask.index_fill_(3, self.column, True)  # the new token sees itself
+        self.mask.index_fill_(3, self.column, 0.0)  # the new token sees itself
         logits = self.model(self.token, positions=self.positions, cache=self.cache)[:, -1]
         self.column.add_(1)
         self.positions.add_(1)
@@ -71,7 +89,7 @@ class StaticDecoder:
         self.token.copy_(tokens.view(-1, 1))
         self.filled += 1
         if not self.capture:
-            return self._step()
+            return self.run()
         if self.graph is None:
             self._record()
         self.graph.replay()
@@ -84,28 +102,29 @@ class StaticDecoder:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._step()
+            for _ in range(2):  # with compile, the first call compiles
+                self.run()
         torch.cuda.current_stream().wait_stream(stream)
         for tensor, value in zip((self.column, self.positions, self.mask), saved):
             tensor.copy_(value)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = self._step()
+            self.logits = self.run()
         for tensor, value in zip((self.column, self.positions, self.mask), saved):
             tensor.copy_(value)
 
 
-def static_decoder(model, batch: int, capacity: int) -> StaticDecoder:
-    """A StaticDecoder for `model` at this batch and cache size: captured (and kept for reuse) on CUDA."""
+def static_decoder(model, batch: int, capacity: int, compile: bool = False) -> StaticDecoder:
+    """A StaticDecoder for `model` at this batch and cache size: captured (and kept for reuse) on CUDA; with
+    `compile` its step goes through torch.compile first."""
     param = next(model.parameters())
     capture = param.device.type == "cuda"
     if not capture:
-        return StaticDecoder(model, batch, capacity, param.dtype, param.device, capture=False)
-    key = (batch, capacity, param.dtype, param.device, tuple(p.data_ptr() for p in model.parameters()))
+        return StaticDecoder(model, batch, capacity, param.dtype, param.device, capture=False, compile=compile)
+    key = (batch, aligned(capacity), compile, param.dtype, param.device, tuple(p.data_ptr() for p in model.parameters()))
     kept = _CAPTURED.setdefault(model, {})
     if key not in kept:
         while len(kept) >= KEEP_PER_MODEL:
             kept.pop(next(iter(kept)))
-        kept[key] = StaticDecoder(model, batch, capacity, param.dtype, param.device, capture=True)
+        kept[key] = StaticDecoder(model, batch, capacity, param.dtype, param.device, capture=True, compile=compile)
     return kept[key]

@@ -27,7 +27,8 @@ def use_explicit(q: torch.Tensor, k: torch.Tensor, dropout_p: float) -> bool:
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
            is_causal: bool = False, dropout_p: float = 0.0) -> torch.Tensor:
-    """F.scaled_dot_product_attention(q, k, v, attn_mask=mask (bool, True = may attend), is_causal, dropout_p)."""
+    """F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal, dropout_p); `mask` is boolean (True =
+    may attend) or additive (added to the scores, as the static decoder's)."""
     if not use_explicit(q, k, dropout_p):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
     scores = torch.matmul(q * (1.0 / math.sqrt(q.size(-1))), k.transpose(-2, -1))
@@ -35,6 +36,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         scores = scores.masked_fill(
             torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).triu(1), float("-inf"))
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
     return torch.matmul(weights, v)

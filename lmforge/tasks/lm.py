@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.tokens import TokenWindows
 from ..infer.score import perplexity
-from .chunked import chunked_cross_entropy
+from .chunked import chunked_cross_entropy, float32_cross_entropy
 
 EVAL_SEED = 2**31 - 1
 
@@ -49,8 +48,7 @@ class CausalLMTask:
             return chunked_cross_entropy(hidden.reshape(-1, hidden.size(-1)), model.lm_head.weight,
                                          batch["targets"].reshape(-1), label_smoothing=smoothing), {}
         logits = model(batch["ids"])
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch["targets"].reshape(-1),
-                               label_smoothing=smoothing)
+        loss = float32_cross_entropy(logits.reshape(-1, logits.size(-1)), batch["targets"].reshape(-1), smoothing)
         return loss, {}
 
     @torch.no_grad()

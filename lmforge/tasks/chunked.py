@@ -62,6 +62,8 @@ def _blocks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, s
     total = torch.zeros((), dtype=wide, device=hidden.device)
     grad_hidden = torch.empty(hidden.shape, dtype=wide, device=hidden.device) if want_grads else None
     grad_weight = torch.zeros(weight.shape, dtype=wide, device=weight.device) if want_grads else None
+    # the softmax part of the weight gradient, summed unscaled over blocks (one fused add a block) and divided once
+    summed = torch.zeros(weight.shape, dtype=wide, device=weight.device) if want_grads else None
     uniform = weight.to(wide).sum(0) * (smoothing / vocab) if want_grads and smoothing else None
     step = _block_rows(vocab, block_elements)
     for start in range(0, rows, step):
@@ -76,7 +78,7 @@ def _blocks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, s
         probs = torch.exp(log_probs, out=torch.empty(log_probs.shape, dtype=hidden.dtype, device=hidden.device))
         del log_probs
         kept = h * (share > 0)[:, None].to(h.dtype)  # ignored rows out (exact; no host read to skip it)
-        grad_weight += matmul_nt(probs.t(), kept.t()).to(wide).div_(count)
+        summed += matmul_nt(probs.t(), kept.t())
         rows_grad = matmul_nt(probs, weight.t()).to(wide)
         rows_grad -= (1 - smoothing) * weight.index_select(0, t).to(wide)
         if uniform is not None:
@@ -86,6 +88,8 @@ def _blocks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, s
         grad_weight.index_add_(0, t, h_share, alpha=-(1 - smoothing))
         if smoothing:
             grad_weight -= (smoothing / vocab) * h_share.sum(0)
+    if want_grads:
+        grad_weight += summed.div_(count)
     return total, grad_hidden, grad_weight
 
 

@@ -112,17 +112,24 @@ class Attention(nn.Module):
         self.proj = nn.Linear(self.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
 
+    def _split_heads(self, qkv: torch.Tensor, B: int, T: int):
+        """q, k, v as (B, heads, T, head_dim) views of the projection (the same strided views either way).
+
+        On a GPU the last dimension is split first: in backward the three gradients then join along it in one
+        cat (2 ms of a 44 ms GPT-2 step less on an H200 than splitting after the transpose, which adds a strided
+        cat and a copy). On a CPU splitting after the transpose trains ~4% faster (6 x 384, fp32 and bf16)."""
+        sizes = (self.n_head, self.n_kv_head, self.n_kv_head)
+        if qkv.device.type == "cpu":
+            return qkv.view(B, T, sum(sizes), self.head_dim).transpose(1, 2).split(list(sizes), dim=1)
+        parts = qkv.split([heads * self.head_dim for heads in sizes], dim=-1)
+        return tuple(part.view(B, T, heads, self.head_dim).transpose(1, 2) for part, heads in zip(parts, sizes))
+
     def forward(self, x, *, causal: bool, pad_mask=None, cache: KVCache | None = None, rope=None,
                 return_weights: bool = False, mask=None):
         """`mask`: a ready (B, 1, T, T) boolean mask (True = may attend), e.g. packed documents' block-diagonal one;
         it replaces the one `causal` and `pad_mask` would make."""
         B, T, _ = x.shape
-        # split the last dimension first, then one (B, T, heads, d) view and transpose each: in backward the three
-        # gradients join along that last dimension of a (B, T, 3C) tensor in one cat, without the extra copy
-        # (and the slower strided cat) of splitting after the transpose (2 ms of a 44 ms GPT-2 step on an H200)
-        q, k, v = (part.view(B, T, heads, self.head_dim).transpose(1, 2) for part, heads in zip(
-            self.qkv(x).split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
-                               self.n_kv_head * self.head_dim], dim=-1), (self.n_head, self.n_kv_head, self.n_kv_head)))
+        q, k, v = self._split_heads(self.qkv(x), B, T)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:

@@ -205,6 +205,20 @@ def test_commands_take_device_and_dtype_and_refuse_bad_ones(tmp_path, corpus_fil
     assert LM.from_pretrained(path, device="cpu", dtype="bfloat16").model.lm_head.weight.dtype == torch.bfloat16
 
 
+def test_explain_and_chat_take_device_and_dtype(tmp_path, corpus_file, capsys):
+    path = _tiny_lm(corpus_file).save(tmp_path / "model")
+    capsys.readouterr()
+    for kind, *rest in (["attention", "--text", "The cat", "--json"], ["lens", "--text", "The cat", "--json"],
+                        ["attribution", "--text", "The cat", "--target", "s", "--steps", "8", "--json"]):
+        assert main(["explain", kind, str(path), *rest, "--device", "cpu", "--dtype", "bfloat16"]) == 0, kind
+        numbers = json.dumps(json.loads(capsys.readouterr().out.splitlines()[-1]))
+        assert "NaN" not in numbers and "Infinity" not in numbers
+    assert main(["explain", "lens", str(path), "--text", "x", "--device", "meta"]) == 2
+    assert "holds shapes without data" in capsys.readouterr().err
+    assert main(["chat", str(path), "--device", "gpu7"]) == 2
+    assert "not a device name" in capsys.readouterr().err
+
+
 def test_a_huge_max_new_tokens_is_one_error_naming_the_limit(tmp_path, corpus_file, capsys):
     lm = _tiny_lm(corpus_file)
     path = lm.save(tmp_path / "model")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import Command
+from . import Command, add_device_arguments
 
 EXAMPLES = """examples:
   lmforge chat SmolLM2-135M-Instruct.Q4_1.gguf                   # a GGUF file, its own template
@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this probability")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help=">1 discourages repeating tokens")
     p.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
+    add_device_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                               args.repetition_penalty, seed=args.seed)
     sampling.check()  # before loading: a refused option costs nothing
     template = _read_template(args.template) if args.template else None
-    bundle = load_model_dir(args.model)
+    bundle = load_model_dir(args.model, args.device, args.dtype)
     if not bundle.is_causal:
         raise ModelDirError(f"'{args.model}' is a {bundle.config.arch} encoder or classifier: lmforge chat needs a "
                             "decoder (gpt, llama); use fill-mask or classify for this model")

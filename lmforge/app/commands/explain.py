@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import Command
+from . import Command, add_device_arguments
 
 EXAMPLES = {
     "attention": """examples:
@@ -39,6 +39,7 @@ def _explain_arguments(explain: argparse.ArgumentParser) -> None:
     def sub(name: str, help_text: str) -> argparse.ArgumentParser:
         parser = kinds.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name], formatter_class=raw)
         parser.add_argument("model", help="model directory (a run's final/ or checkpoints/step-N/)")
+        add_device_arguments(parser)
         return parser
 
     p = sub("attention", "Attention weights of every layer and head on a text, as heatmaps with token labels.")
@@ -146,7 +147,7 @@ def run_explain(args) -> int:
     """Handle `lmforge explain WHAT MODEL ...`."""
     from ..facade import LM
 
-    lm = LM.from_pretrained(args.model)
+    lm = LM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     {"attention": _attention, "attribution": _attribution, "lens": _lens, "neighbors": _neighbors}[
         args.explain_command](lm, args)
     return 0

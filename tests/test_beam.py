@@ -113,3 +113,21 @@ def test_beam_search_equals_transformers_on_an_imported_model(tmp_path, kind):
                                  output_scores=True, return_dict_in_generate=True)
         assert [h.tokens for h in ours] == [row[len(prompt):].tolist() for row in theirs.sequences]
         assert [h.score for h in ours] == pytest.approx(theirs.sequences_scores.tolist(), abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_beam_search_on_fixed_cache_rows_equals_the_growing_cache(arch):
+    # the static path (the default on CUDA): num_beams fixed rows, the reorder inside the step
+    model = tiny_model(arch, vocab_size=40, block_size=48)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    for beams, penalty, new in ((1, 1.0, 12), (4, 1.0, 20), (5, 0.0, 30), (3, 2.0, 9)):
+        for prompt in ([1, 2, 3], [7]):
+            plain = beam_search(model, prompt, num_beams=beams, max_new_tokens=new, length_penalty=penalty,
+                                eos_id=EOS, num_return=beams, static=False)
+            fixed = beam_search(model, prompt, num_beams=beams, max_new_tokens=new, length_penalty=penalty,
+                                eos_id=EOS, num_return=beams, static=True)
+            assert [(h.tokens, h.finished) for h in fixed] == [(h.tokens, h.finished) for h in plain]
+            assert [h.score for h in fixed] == pytest.approx([h.score for h in plain], rel=1e-6)

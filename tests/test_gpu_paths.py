@@ -249,3 +249,16 @@ def test_on_cuda_training_prefetches_pinned_batches_defers_the_guard_and_enables
     reference = step_lm.model.state_dict()
     for name, value in lm.model.state_dict().items():
         assert torch.allclose(value, reference[name], atol=1e-5), name
+
+
+@CUDA
+def test_on_cuda_the_captured_beam_step_gives_the_growing_cache_beams(corpus_file):
+    from lmforge.infer.beam import beam_search
+
+    lm = _tiny_lm(corpus_file)
+    lm.model.cuda()
+    prompt = lm.tokenizer.encode("The ")
+    for beams in (1, 4):
+        plain = beam_search(lm.model, prompt, num_beams=beams, max_new_tokens=20, num_return=beams, static=False)
+        captured = beam_search(lm.model, prompt, num_beams=beams, max_new_tokens=20, num_return=beams)
+        assert [h.tokens for h in captured] == [h.tokens for h in plain]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.layers import make_cache
+from .static import static_decoder
 
 
 @dataclass
@@ -39,9 +40,11 @@ def _reorder(cache, rows: torch.Tensor) -> None:
 @torch.no_grad()
 def beam_search(model, prompt: list[int], *, num_beams: int = 4, max_new_tokens: int = 50,
                 length_penalty: float = 1.0, eos_id: int | Collection[int] | None = None,
-                num_return: int = 1) -> list[Hypothesis]:
+                num_return: int = 1, static: bool | None = None) -> list[Hypothesis]:
     """The `num_return` best continuations of the token ids `prompt`, best first (KV cache, one prompt);
-    `eos_id` may be several end tokens (a chat template's end of turn and the end of text)."""
+    `eos_id` may be several end tokens (a chat template's end of turn and the end of text).
+    static: num_beams fixed cache rows, reordered and stepped inside one captured step (infer/static.py; the
+    default on CUDA); otherwise the cache holds the live beams and is reordered between steps."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if not 1 <= num_return <= num_beams:
@@ -60,11 +63,12 @@ def beam_search(model, prompt: list[int], *, num_beams: int = 4, max_new_tokens:
     ends = {eos_id} if isinstance(eos_id, int) else set(eos_id or ())
     model.eval()
     param = next(model.parameters())
-    cache = make_cache(model.config, 1, context, dtype=param.dtype, device=param.device)
-    logits = model(torch.tensor([prompt], device=param.device), cache=cache)[:, -1]
+    step = _Stepper(model, prompt, num_beams, max_new_tokens,
+                    param.device.type == "cuda" if static is None else static)
+    logits = step.first
     beams: list[tuple[list[int], float]] = [([], 0.0)]  # live beams: tokens, summed log-probability
     finished: list[Hypothesis] = []
-    for step in range(max_new_tokens):
+    for index in range(max_new_tokens):
         logprobs = logits.float().log_softmax(-1)  # (live beams, vocab)
         totals = torch.tensor([lp for _, lp in beams], device=logprobs.device)[:, None] + logprobs
         vocab = totals.size(1)
@@ -85,7 +89,7 @@ def beam_search(model, prompt: list[int], *, num_beams: int = 4, max_new_tokens:
                 break
         finished = sorted(finished, key=lambda h: -h.score)[:num_beams]
         beams = survivors
-        length = step + 1
+        length = index + 1
         if length == max_new_tokens or not beams:
             break
         if len(finished) == num_beams:
@@ -93,12 +97,38 @@ def beam_search(model, prompt: list[int], *, num_beams: int = 4, max_new_tokens:
             if all(_best_reachable(lp, length, max_new_tokens, length_penalty) <= worst for _, lp in beams):
                 beams = []
                 break
-        _reorder(cache, torch.tensor(parents, device=param.device))
-        last = torch.tensor([[tokens[-1]] for tokens, _ in beams], device=param.device)
-        logits = model(last, cache=cache)[:, -1]
+        logits = step(parents, [tokens[-1] for tokens, _ in beams])
     # beams cut by max_new_tokens compete with the ended ones
     finished += [Hypothesis(tokens, lp, _score(lp, len(tokens), length_penalty), False) for tokens, lp in beams]
     return sorted(finished, key=lambda h: -h.score)[:num_return]
+
+
+class _Stepper:
+    """The next logits of the live beams: `first` after the prompt, then step(parents, tokens) per step."""
+
+    def __init__(self, model, prompt: list[int], num_beams: int, max_new_tokens: int, static: bool):
+        self.model, self.beams = model, num_beams
+        param = next(model.parameters())
+        self.device = param.device
+        ids = torch.tensor([prompt], device=self.device)
+        if static:  # every row holds the prompt; dead rows are stepped too and never read
+            self.decoder = static_decoder(model, num_beams, len(prompt) + max_new_tokens, reorder=True)
+            self.first = self.decoder.prefill(ids.expand(num_beams, -1), torch.arange(len(prompt), device=self.device),
+                                              None)[:1]
+        else:
+            self.decoder = None
+            self.cache = make_cache(model.config, 1, model.config.block_size, dtype=param.dtype, device=self.device)
+            self.first = model(ids, cache=self.cache)[:, -1]
+
+    def __call__(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
+        live = len(parents)
+        if self.decoder is None:
+            _reorder(self.cache, torch.tensor(parents, device=self.device))
+            return self.model(torch.tensor([[t] for t in tokens], device=self.device), cache=self.cache)[:, -1]
+        padding = self.beams - live
+        rows = torch.tensor(parents + parents[-1:] * padding, device=self.device)
+        fed = torch.tensor(tokens + tokens[-1:] * padding, device=self.device)
+        return self.decoder.step(fed, rows)[:live]
 
 
 def beam_generate(model, tokenizer, prompts: list[str], *, num_beams: int = 4, max_new_tokens: int = 50,

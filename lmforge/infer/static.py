@@ -42,7 +42,7 @@ class StaticDecoder:
     step(tokens) feeds one token per row and returns the next logits (a buffer the next step overwrites)."""
 
     def __init__(self, model, batch: int, capacity: int, dtype: torch.dtype, device: torch.device, capture: bool,
-                 compile: bool = False):
+                 compile: bool = False, reorder: bool = False):
         capacity = aligned(capacity)
         self.model, self.capacity, self.capture = model, capacity, capture
         self.cache = model.make_cache(batch, capacity, dtype=dtype, device=device)
@@ -53,6 +53,8 @@ class StaticDecoder:
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.positions = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.graph, self.logits, self.filled = None, None, 0
+        # beam search: before each step row i of the cache becomes a copy of row parents[i] (inside the graph)
+        self.parents = torch.arange(batch, device=device) if reorder else None
 
     def prefill(self, ids: torch.Tensor, positions: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
         """Run the prompt columns (B, T) through the growing-cache path into the static buffers."""
@@ -76,16 +78,25 @@ class StaticDecoder:
         return logits
 
     def _step(self) -> torch.Tensor:
+        if self.parents is not None:
+            for layer in self.cache:
+                layer.k.copy_(layer.k.index_select(0, self.parents))
+                layer.v.copy_(layer.v.index_select(0, self.parents))
         self.mask.index_fill_(3, self.column, 0.0)  # the new token sees itself
         logits = self.model(self.token, positions=self.positions, cache=self.cache)[:, -1]
         self.column.add_(1)
         self.positions.add_(1)
         return logits
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits (B, vocab) after feeding `tokens` (B,) at the next column."""
+    def step(self, tokens: torch.Tensor, parents: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, vocab) after feeding `tokens` (B,) at the next column; with `parents` (B,) (a decoder made
+        with reorder=True) each row first takes over the cache of the row it names."""
         if self.filled >= self.capacity:
             raise ValueError(f"the static cache of {self.capacity} columns is full; prefill again")
+        if parents is not None:
+            self.parents.copy_(parents)
+        elif self.parents is not None:
+            self.parents.copy_(torch.arange(self.parents.numel(), device=self.parents.device))
         self.token.copy_(tokens.view(-1, 1))
         self.filled += 1
         if not self.capture:
@@ -97,8 +108,12 @@ class StaticDecoder:
 
     def _record(self) -> None:
         # warm-up steps on a side stream (as CUDA graphs require), then the recording; the state they advanced
-        # (column, positions, mask) is put back, the cache columns they wrote are rewritten before being read
+        # (column, positions, mask) is put back, the cache columns they wrote are rewritten before being read;
+        # beam parents are the identity meanwhile, so the warm-up steps move no cache rows
         saved = [t.clone() for t in (self.column, self.positions, self.mask)]
+        parents = self.parents.clone() if self.parents is not None else None
+        if parents is not None:
+            self.parents.copy_(torch.arange(parents.numel(), device=parents.device))
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -112,19 +127,23 @@ class StaticDecoder:
             self.logits = self.run()
         for tensor, value in zip((self.column, self.positions, self.mask), saved):
             tensor.copy_(value)
+        if parents is not None:
+            self.parents.copy_(parents)
 
 
-def static_decoder(model, batch: int, capacity: int, compile: bool = False) -> StaticDecoder:
+def static_decoder(model, batch: int, capacity: int, compile: bool = False, reorder: bool = False) -> StaticDecoder:
     """A StaticDecoder for `model` at this batch and cache size: captured (and kept for reuse) on CUDA; with
-    `compile` its step goes through torch.compile first."""
+    `compile` its step goes through torch.compile first; with `reorder` its steps take beam parents."""
     param = next(model.parameters())
     capture = param.device.type == "cuda"
+    options = dict(compile=compile, reorder=reorder)
     if not capture:
-        return StaticDecoder(model, batch, capacity, param.dtype, param.device, capture=False, compile=compile)
-    key = (batch, aligned(capacity), compile, param.dtype, param.device, tuple(p.data_ptr() for p in model.parameters()))
+        return StaticDecoder(model, batch, capacity, param.dtype, param.device, capture=False, **options)
+    key = (batch, aligned(capacity), compile, reorder, param.dtype, param.device,
+           tuple(p.data_ptr() for p in model.parameters()))
     kept = _CAPTURED.setdefault(model, {})
     if key not in kept:
         while len(kept) >= KEEP_PER_MODEL:
             kept.pop(next(iter(kept)))
-        kept[key] = StaticDecoder(model, batch, capacity, param.dtype, param.device, capture=True, compile=compile)
+        kept[key] = StaticDecoder(model, batch, capacity, param.dtype, param.device, capture=True, **options)
     return kept[key]

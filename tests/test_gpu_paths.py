@@ -262,3 +262,56 @@ def test_on_cuda_the_captured_beam_step_gives_the_growing_cache_beams(corpus_fil
         plain = beam_search(lm.model, prompt, num_beams=beams, max_new_tokens=20, num_return=beams, static=False)
         captured = beam_search(lm.model, prompt, num_beams=beams, max_new_tokens=20, num_return=beams)
         assert [h.tokens for h in captured] == [h.tokens for h in plain]
+
+
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_fixed_slots_give_the_growing_shared_cache_logits(arch):
+    from conftest import tiny_model
+    from lmforge.infer.batching import BatchDecoder
+    from lmforge.infer.slots import SlotDecoder
+
+    model = tiny_model(arch, vocab_size=40, block_size=24)
+    grow, slots = BatchDecoder(model), SlotDecoder(model, slots=3, capture=False)
+    rows = {}
+
+    def add(name, prompt):
+        a, b = grow.add(prompt), slots.add(prompt)
+        assert torch.allclose(a[1], b[1], atol=1e-5)
+        rows[name] = (a[0], b[0])
+
+    def step(tokens):
+        a = grow.step({rows[n][0]: t for n, t in tokens.items()})
+        b = slots.step({rows[n][1]: t for n, t in tokens.items()})
+        for name in tokens:
+            assert torch.allclose(a[rows[name][0]], b[rows[name][1]], atol=1e-5), name
+
+    add("a", [1, 2, 3])
+    step({"a": 4})
+    add("b", [5, 6, 7, 8, 9, 10])  # longer than a's history: the shared cache shifts, the slots do not care
+    for t in range(3):
+        step({"a": 11 + t, "b": 20 + t})
+    grow.remove(rows["a"][0])
+    slots.remove(rows["a"][1])
+    del rows["a"]
+    add("c", [7])
+    add("d", [3, 3])
+    for t in range(14):  # b reaches 6 + 3 + 14 = 23 tokens, one short of the context
+        step({"b": t % 40, "c": (3 * t) % 40, "d": (5 * t + 1) % 40})
+    with pytest.raises(ValueError, match="all 3 slots are taken"):
+        slots.add([1])
+    step({"b": 1, "c": 2, "d": 3})
+    with pytest.raises(ValueError, match="fills the context"):
+        slots.step({rows[n][1]: 1 for n in ("b", "c", "d")})
+
+
+@CUDA
+def test_on_cuda_the_captured_slot_step_gives_the_eager_one():
+    from conftest import tiny_model
+    from lmforge.infer.slots import SlotDecoder
+
+    model = tiny_model("gpt", vocab_size=40, block_size=24).cuda()
+    eager, captured = SlotDecoder(model, 2, capture=False), SlotDecoder(model, 2, capture=True)
+    a, b = eager.add([1, 2, 3])[0], captured.add([1, 2, 3])[0]
+    for t in range(6):
+        x, y = eager.step({a: t}), captured.step({b: t})
+        assert torch.allclose(x[a], y[b], atol=1e-4)

@@ -17,9 +17,10 @@ if TYPE_CHECKING:  # annotations only: config.py reads the family registry in mo
 class KVCache:
     """Keys and values of past positions for one layer, preallocated to `max_len`.
 
-    With `static` set to (column (1,) long, mask (B, 1, 1, max_len) bool) a one-token step writes at the device-side
-    column and attends over all `max_len` columns under the mask: fixed shapes, no host value read, so the step
-    can be captured once as a CUDA graph (infer/static.py). Otherwise the filled prefix grows by `length`."""
+    With `static` set to (column (1,) or (B,) long, mask (B, 1, 1, max_len) additive) a one-token step writes at the
+    device-side column (one for all rows, or one per row) and attends over all `max_len` columns under the mask:
+    fixed shapes, no host value read, so the step can be captured once as a CUDA graph (infer/static.py,
+    infer/slots.py). Otherwise the filled prefix grows by `length`."""
 
     def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, dtype, device):
         self.k = torch.zeros(batch, n_kv_head, max_len, head_dim, dtype=dtype, device=device)
@@ -29,8 +30,14 @@ class KVCache:
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.static is not None and k.size(2) == 1:
-            self.k.index_copy_(2, self.static[0], k)
-            self.v.index_copy_(2, self.static[0], v)
+            column = self.static[0]
+            if column.numel() == 1:  # every row's new token at the same column
+                self.k.index_copy_(2, column, k)
+                self.v.index_copy_(2, column, v)
+            else:  # a column per row (the server's slots, infer/slots.py)
+                index = column.view(-1, 1, 1, 1).expand(k.size(0), k.size(1), 1, k.size(3))
+                self.k.scatter_(2, index, k)
+                self.v.scatter_(2, index, v)
             return self.k, self.v
         end = self.length + k.size(2)
         if end > self.k.size(2):

@@ -14,6 +14,7 @@ import torch
 
 from ..infer.batching import BatchDecoder
 from ..infer.generate import SamplingConfig, next_token
+from ..infer.slots import SlotDecoder
 from ..models.contract import is_decoder
 from .metrics import Metrics
 
@@ -86,7 +87,10 @@ class Engine:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.lm, self.max_batch, self.max_queue = lm, max_batch, max_queue
         self.metrics = metrics or Metrics()
-        self.decoder = BatchDecoder(lm.model) if is_decoder(lm.model) else None
+        self.decoder = None
+        if is_decoder(lm.model):  # on a GPU fixed slots, one captured step; elsewhere the growing shared cache
+            on_gpu = next(lm.model.parameters()).device.type == "cuda" and lm.model.config.is_transformer
+            self.decoder = SlotDecoder(lm.model, max_batch) if on_gpu else BatchDecoder(lm.model)
         self.pending: collections.deque = collections.deque()
         self.active: list[Generation] = []
         self.lock = threading.Condition()

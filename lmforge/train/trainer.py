@@ -108,40 +108,13 @@ def train(model: nn.Module, task, cfg: TrainConfig, run: RunDir | None = None, *
 
 
 def _train(model, task, cfg: TrainConfig, run: RunDir | None, resume, progress: bool, hooks, parallel: Parallel):
-    device, main = parallel.device, parallel.main
-    if device.type == "cuda":  # float32 matrix products on tensor cores (TF32, 10-bit mantissa), as nanoGPT does
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(cfg.seed + parallel.rank)  # each rank its own dropout stream; rank 0 as one process
-    model.to(device)
-    monitor, mode = getattr(task, "monitor", ("val_loss", "min"))
-    state = {"best": None, "bad_evals": 0, "tokens": 0, "skipped_steps": 0}
-    bar = Progress(cfg.max_steps, 0, enabled=progress and main)
-    source = None
-    if resume:
-        if run is None:
-            raise ValueError("resume needs a run directory")
-        source = Path(resume) if isinstance(resume, (str, Path)) else find_resumable(run.checkpoints)
-        if source is None:
-            bar.note(f"no complete checkpoint in '{run.checkpoints}' yet: starting from step 0")
-    start, tensors, best_weights = 0, None, None
-    if source is not None:
-        tensors, saved = read_checkpoint(source)  # verified: sizes and checksums
-        load_model(model, str(source / "model.safetensors"), strict=True)
-        start, optimizer_meta = saved.pop("step"), saved.pop("optimizer")
-        state.update(saved)
-        best_file = run.path / "best" / "model.safetensors"
-        if cfg.patience and best_file.is_file():
-            current = _clone_weights(model.state_dict())
-            load_model(model, str(best_file))
-            best_weights = _clone_weights(model.state_dict())
-            model.load_state_dict(current)
-    if hasattr(task, "grad_accum"):  # a task that numbers its rows by micro-step counts them over all ranks
-        task.grad_accum = cfg.grad_accum * parallel.world
-    # after the task made its head, so a new classifier is covered too (see penalty.py for which parameters)
-    penalized = [p for _, p in l1_parameters(model)] if cfg.l1 else []
-    if penalized and cfg.parallel == "fsdp":
-        raise ValueError("train.l1 is not available with train.parallel=fsdp (the penalty needs whole weights); "
-                         "use train.parallel=ddp or train.l1=0")
+    loop = _Loop(model, task, cfg, run, progress, hooks, parallel)
+    loop.build(*loop.restore(resume))
+    return loop.run_steps()
+
+
+def _objective(task, cfg: TrainConfig, penalized: list):
+    """The micro-step's (loss, metrics): the task's loss, plus train.l1's penalty over `penalized` when set."""
 
     def objective(module, batch):
         loss, extra = task.loss(module, batch)
@@ -151,227 +124,326 @@ def _train(model, task, cfg: TrainConfig, run: RunDir | None, resume, progress: 
         penalty = cfg.l1 * l1_penalty(penalized)
         return loss + penalty, {**extra, "l1_penalty": penalty, "_loss": loss}
 
-    parallel.wrap(model, objective)
-    scaled = task.parameter_groups(model, cfg) if hasattr(task, "parameter_groups") else None
-    optimizer = make_optimizer(model, cfg, scaled, fused=cfg.parallel != "fsdp")
-    if source is not None:
-        parallel.load_optimizer_state(optimizer, optimizer_from_tensors(tensors, optimizer_meta))
-        parallel.load_rng_state(tensors)
-    last_good = source
-    autocast = (torch.autocast(device.type, dtype=DTYPES[cfg.dtype]) if cfg.dtype in DTYPES
-                else contextlib.nullcontext())
-    scaler = torch.amp.GradScaler(device.type) if cfg.dtype == "float16" else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    frozen = sum(p.numel() for p in {id(p): p for p in model.parameters() if not p.requires_grad}.values())
-    if frozen and main:  # LoRA and other partial fine-tuning: say how much of the model learns
-        trainable = sum(p.numel() for p in {id(p): p for p in params}.values())
-        bar.note(f"training {trainable:,} of {trainable + frozen:,} parameters ({trainable / (trainable + frozen):.2%}); "
-                 "the rest are frozen")
-    bar.start = start
-    result = TrainResult(step=start, train_loss=None, best=state["best"], rank=parallel.rank)
-    metrics = MetricsLog(run.path, start, cfg.tensorboard) if run is not None and main else None
-    forward = _make_forward(task, parallel, cfg, bar)
-    began, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
-    # sums over the good steps since the last log line (kept on the device: no sync per step beyond the guard)
-    window_loss, window_extra, window_steps = torch.zeros((), device=device), {}, 0
-    bad_in_a_row = 0
-    guard = DeferredGuard() if deferred_guard_usable(cfg, device, optimizer, scaler) else None
-    batches = Prefetcher(task, cfg, parallel.world, parallel.rank, device)
+    return objective
 
-    def write(record: dict) -> None:  # metrics.jsonl and TensorBoard only: hooks see training and eval records
-        if metrics is not None:
-            metrics.log(record)
 
-    def log(record: dict) -> None:
-        write(record)
-        for hook in hooks:
+class _Loop:
+    """One run's state and its parts: set-up and restore, one optimizer step, logging, evaluation with early
+    stopping, checkpoints and the end. The hot path keeps its sums on the device and reads them back only at
+    log steps (and once a step for the per-step NaN guard)."""
+
+    def __init__(self, model, task, cfg: TrainConfig, run: RunDir | None, progress: bool, hooks, parallel: Parallel):
+        self.model, self.task, self.cfg, self.run, self.hooks, self.parallel = model, task, cfg, run, hooks, parallel
+        self.device, self.main = parallel.device, parallel.main
+        if self.device.type == "cuda":  # float32 matrix products on tensor cores (TF32, 10-bit mantissa), as nanoGPT
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.seed + parallel.rank)  # each rank its own dropout stream; rank 0 as one process
+        model.to(self.device)
+        self.monitor, self.mode = getattr(task, "monitor", ("val_loss", "min"))
+        self.state = {"best": None, "bad_evals": 0, "tokens": 0, "skipped_steps": 0}
+        self.bar = Progress(cfg.max_steps, 0, enabled=progress and self.main)
+        self.start, self.best_weights, self.last_good, self.bad_in_a_row = 0, None, None, 0
+
+    def restore(self, resume) -> tuple[dict | None, dict | None]:
+        """With `resume`, load the newest good checkpoint (or the one named): weights, step, counters, best weights.
+        Returns the checkpoint's tensors and optimizer description for build (None, None when starting afresh)."""
+        run, source = self.run, None
+        if resume:
+            if run is None:
+                raise ValueError("resume needs a run directory")
+            source = Path(resume) if isinstance(resume, (str, Path)) else find_resumable(run.checkpoints)
+            if source is None:
+                self.bar.note(f"no complete checkpoint in '{run.checkpoints}' yet: starting from step 0")
+        self.last_good = source
+        if source is None:
+            return None, None
+        tensors, saved = read_checkpoint(source)  # verified: sizes and checksums
+        load_model(self.model, str(source / "model.safetensors"), strict=True)
+        self.start, optimizer_meta = saved.pop("step"), saved.pop("optimizer")
+        self.state.update(saved)
+        best_file = run.path / "best" / "model.safetensors"
+        if self.cfg.patience and best_file.is_file():
+            current = _clone_weights(self.model.state_dict())
+            load_model(self.model, str(best_file))
+            self.best_weights = _clone_weights(self.model.state_dict())
+            self.model.load_state_dict(current)
+        return tensors, optimizer_meta
+
+    def build(self, tensors: dict | None, optimizer_meta: dict | None) -> None:
+        """Wrap the model for the parallel mode, make the optimizer (restored from `tensors` when resuming), the
+        autocast and scaler, the metrics log, the forward (compiled or not), the NaN guard and the batch source."""
+        model, task, cfg, parallel, device = self.model, self.task, self.cfg, self.parallel, self.device
+        if hasattr(task, "grad_accum"):  # a task that numbers its rows by micro-step counts them over all ranks
+            task.grad_accum = cfg.grad_accum * parallel.world
+        # after the task made its head, so a new classifier is covered too (see penalty.py for which parameters)
+        penalized = [p for _, p in l1_parameters(model)] if cfg.l1 else []
+        if penalized and cfg.parallel == "fsdp":
+            raise ValueError("train.l1 is not available with train.parallel=fsdp (the penalty needs whole weights); "
+                             "use train.parallel=ddp or train.l1=0")
+        parallel.wrap(model, _objective(task, cfg, penalized))
+        scaled = task.parameter_groups(model, cfg) if hasattr(task, "parameter_groups") else None
+        self.optimizer = make_optimizer(model, cfg, scaled, fused=cfg.parallel != "fsdp")
+        if tensors is not None:
+            parallel.load_optimizer_state(self.optimizer, optimizer_from_tensors(tensors, optimizer_meta))
+            parallel.load_rng_state(tensors)
+        self.autocast = (torch.autocast(device.type, dtype=DTYPES[cfg.dtype]) if cfg.dtype in DTYPES
+                         else contextlib.nullcontext())
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.dtype == "float16" else None
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self._note_frozen()
+        self.bar.start = self.start
+        self.result = TrainResult(step=self.start, train_loss=None, best=self.state["best"], rank=parallel.rank)
+        self.metrics = MetricsLog(self.run.path, self.start, cfg.tensorboard) if self.run is not None and self.main \
+            else None
+        self.forward = _make_forward(task, parallel, cfg, self.bar)
+        self.began, self.window_tokens, self.window_start = time.perf_counter(), 0, time.perf_counter()
+        # sums over the good steps since the last log line (kept on the device: no sync per step beyond the guard)
+        self.window_loss, self.window_extra, self.window_steps = torch.zeros((), device=device), {}, 0
+        self.guard = DeferredGuard() if deferred_guard_usable(cfg, device, self.optimizer, self.scaler) else None
+        self.batches = Prefetcher(task, cfg, parallel.world, parallel.rank, device)
+
+    def _note_frozen(self) -> None:
+        """LoRA and other partial fine-tuning: say how much of the model learns."""
+        frozen = sum(p.numel() for p in {id(p): p for p in self.model.parameters() if not p.requires_grad}.values())
+        if frozen and self.main:
+            trainable = sum(p.numel() for p in {id(p): p for p in self.params}.values())
+            self.bar.note(f"training {trainable:,} of {trainable + frozen:,} parameters "
+                          f"({trainable / (trainable + frozen):.2%}); the rest are frozen")
+
+    def write(self, record: dict) -> None:
+        """metrics.jsonl and TensorBoard only: hooks see training and eval records."""
+        if self.metrics is not None:
+            self.metrics.log(record)
+
+    def log(self, record: dict) -> None:
+        self.write(record)
+        for hook in self.hooks:
             hook(record["step"], record)
 
-    def diverged(reason: str, step: int) -> TrainingDiverged:
-        where = (f"the last good checkpoint is '{last_good}'; after changing the config continue with "
-                 f"--resume {run.path}") if last_good is not None else "no checkpoint was written before it"
+    def diverged(self, reason: str, step: int) -> TrainingDiverged:
+        where = (f"the last good checkpoint is '{self.last_good}'; after changing the config continue with "
+                 f"--resume {self.run.path}") if self.last_good is not None else "no checkpoint was written before it"
         return TrainingDiverged(f"training diverged: {reason} at step {step}; lower train.lr, raise "
                                 f"train.warmup_steps or keep train.grad_clip on. {where}")
 
-    def export(path: Path) -> None:
-        module = parallel.export_module()  # collective under FSDP
-        if main:
-            run.export(module, path)
+    def export(self, path: Path) -> None:
+        module = self.parallel.export_module()  # collective under FSDP
+        if self.main:
+            self.run.export(module, path)
 
-    def checkpoint(step: int) -> None:
-        nonlocal last_good
-        if not _weights_finite(model, parallel):  # a diverged model must never become "the last good checkpoint"
-            raise diverged("the weights became NaN/Inf", step)
+    def checkpoint(self, step: int) -> None:
+        parallel, run = self.parallel, self.run
+        if not _weights_finite(self.model, parallel):  # a diverged model must never become "the last good checkpoint"
+            raise self.diverged("the weights became NaN/Inf", step)
         if run is None:
             return
         module = parallel.export_module()
-        optimizer_state = parallel.optimizer_state(optimizer)
+        optimizer_state = parallel.optimizer_state(self.optimizer)
         rng = parallel.rng_state()
-        if main:
+        if self.main:
             save_checkpoint(run.checkpoints, step, lambda temp: run.export(module, temp), optimizer_state, rng,
-                            {k: v for k, v in state.items()}, cfg.keep_last)
-        last_good = run.checkpoints / f"step-{step}"
+                            {k: v for k, v in self.state.items()}, self.cfg.keep_last)
+        self.last_good = run.checkpoints / f"step-{step}"
         parallel.barrier()
 
-    def skipped(at: int, loss_ok: bool) -> None:  # a NaN/Inf step whose update was skipped: count, say, maybe stop
-        nonlocal bad_in_a_row
-        bad_in_a_row += 1
-        state["skipped_steps"] += 1
+    def skipped(self, at: int, loss_ok: bool) -> None:
+        """A NaN/Inf step whose update was skipped: count it, say so, stop after train.max_bad_steps in a row."""
+        self.bad_in_a_row += 1
+        self.state["skipped_steps"] += 1
         what = "loss" if not loss_ok else "gradient norm"
-        write({"step": at, "skipped_step": 1, "skipped_steps": state["skipped_steps"]})
-        bar.note(f"warning: step {at}: NaN/Inf {what}; update skipped "
-                 f"({bad_in_a_row} in a row, {state['skipped_steps']} in all)")
-        if bad_in_a_row >= cfg.max_bad_steps:
-            raise diverged(f"{bad_in_a_row} steps in a row had NaN/Inf loss or gradients", at)
+        self.write({"step": at, "skipped_step": 1, "skipped_steps": self.state["skipped_steps"]})
+        self.bar.note(f"warning: step {at}: NaN/Inf {what}; update skipped "
+                      f"({self.bad_in_a_row} in a row, {self.state['skipped_steps']} in all)")
+        if self.bad_in_a_row >= self.cfg.max_bad_steps:
+            raise self.diverged(f"{self.bad_in_a_row} steps in a row had NaN/Inf loss or gradients", at)
 
-    def settle(steps: int, tokens: int) -> tuple[int, int]:  # the deferred guard's verdicts, in step order
-        nonlocal bad_in_a_row
-        for verdict in guard.resolve():
+    def settle(self) -> None:
+        """The deferred guard's verdicts, in step order: good steps join the window, bad ones are skipped()."""
+        for verdict in self.guard.resolve():
             if verdict.ok:
-                bad_in_a_row, steps, tokens = 0, steps + 1, tokens + verdict.tokens
+                self.bad_in_a_row, self.window_steps = 0, self.window_steps + 1
+                self.window_tokens += verdict.tokens
             else:
-                skipped(verdict.step, verdict.loss_ok)
-        return steps, tokens
+                self.skipped(verdict.step, verdict.loss_ok)
 
-    step = start
-    try:
-        model.train()
-        while step < cfg.max_steps:
-            lr = learning_rate(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            step_loss, step_extra, step_tokens = torch.zeros((), device=device), {}, 0
-            for k in range(cfg.grad_accum):
-                batch = batches.get(step, k)
-                with parallel.sync(final=k == cfg.grad_accum - 1):
-                    with autocast:
-                        total, extra = forward(batch)
-                    loss = extra.pop("_loss", total)
-                    part = total / cfg.grad_accum
-                    (scaler.scale(part) if scaler is not None else part).backward()
-                step_loss += loss.detach().float() / cfg.grad_accum
-                for key, value in extra.items():
-                    step_extra[key] = step_extra.get(key, 0) + value.detach().float() / cfg.grad_accum
-                step_tokens += task.count_tokens(batch)
+    def run_steps(self) -> TrainResult:
+        """Optimizer steps up to train.max_steps (or an early stop), then the last checkpoint and final/."""
+        cfg, step = self.cfg, self.start
+        try:
+            self.model.train()
+            while step < cfg.max_steps:
+                lr, grad_norm = self.step(step)
+                step += 1
+                if self.after_step(step, lr, grad_norm):
+                    break
+            if self.guard is not None:
+                self.settle()
+            if self.bad_in_a_row and not self.result.stopped_early:
+                raise self.diverged(f"the last {self.bad_in_a_row} step(s) had NaN/Inf loss or gradients", step)
+            if step > self.start:
+                self.checkpoint(step)
+        except KeyboardInterrupt:
+            self.bar.close()
+            self.checkpoint(step)
+            self.result.interrupted = True
+            if self.run is not None:
+                self.bar.note(f"interrupted at step {step}; checkpoint saved; continue with --resume {self.run.path}")
+        finally:
+            self.bar.close()
+            if self.metrics is not None:
+                self.metrics.close()
+        return self.finish(step)
+
+    def step(self, step: int) -> tuple[float, torch.Tensor]:
+        """One optimizer step (0-based `step`): its micro-steps, gradient clipping, the NaN guard, the update."""
+        cfg, optimizer = self.cfg, self.optimizer
+        lr = learning_rate(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        step_loss, step_extra, step_tokens = self.micro_steps(step)
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        if cfg.grad_norms_every and (step + 1) % cfg.grad_norms_every == 0:
+            norms = layer_grad_norms(self.model, self.parallel)
+            self.write({"step": step + 1, **{f"grad_norm/{name}": value for name, value in norms.items()}})
+            for warning in gradient_warnings(norms, cfg.grad_clip, step + 1):
+                self.bar.note("warning: " + warning)
+        grad_clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = _local(torch.nn.utils.clip_grad_norm_(self.params, grad_clip))
+        self.update(step, step_loss, step_extra, step_tokens, grad_norm)
+        optimizer.zero_grad(set_to_none=True)
+        return lr, grad_norm
+
+    def micro_steps(self, step: int) -> tuple[torch.Tensor, dict, int]:
+        """train.grad_accum forward/backward passes; their mean loss and metrics (on the device) and token count."""
+        cfg, parallel, scaler = self.cfg, self.parallel, self.scaler
+        step_loss, step_extra, step_tokens = torch.zeros((), device=self.device), {}, 0
+        for k in range(cfg.grad_accum):
+            batch = self.batches.get(step, k)
+            with parallel.sync(final=k == cfg.grad_accum - 1):
+                with self.autocast:
+                    total, extra = self.forward(batch)
+                loss = extra.pop("_loss", total)
+                part = total / cfg.grad_accum
+                (scaler.scale(part) if scaler is not None else part).backward()
+            step_loss += loss.detach().float() / cfg.grad_accum
+            for key, value in extra.items():
+                step_extra[key] = step_extra.get(key, 0) + value.detach().float() / cfg.grad_accum
+            step_tokens += self.task.count_tokens(batch)
+        return step_loss, step_extra, step_tokens
+
+    def update(self, step: int, step_loss: torch.Tensor, step_extra: dict, step_tokens: int,
+               grad_norm: torch.Tensor) -> None:
+        """Apply the step unless its loss or gradients are NaN/Inf; a good step's sums join the log window."""
+        guard, scaler, window_extra = self.guard, self.scaler, self.window_extra
+        if guard is not None:  # decided on the device; warnings and the abort at the next boundary (guard.py)
+            ok = guard.step(self.optimizer, step_loss, grad_norm, step + 1, step_tokens)
+            self.window_loss += torch.where(ok, step_loss, 0.0)
+            for key, value in step_extra.items():
+                window_extra[key] = window_extra.get(key, 0) + torch.where(ok, value, 0.0)
+            return
+        # the guard: one sync per step, agreed by all ranks, so a bad batch never reaches the weights
+        loss_ok, grad_ok = torch.stack([step_loss, grad_norm.float().to(self.device)]).isfinite().tolist()
+        bad = self.parallel.any(not (loss_ok and grad_ok))
+        overflow = bad and scaler is not None and not self.parallel.any(not loss_ok)
+        if not bad:
+            self.bad_in_a_row = 0
             if scaler is not None:
-                scaler.unscale_(optimizer)
-            if cfg.grad_norms_every and (step + 1) % cfg.grad_norms_every == 0:
-                norms = layer_grad_norms(model, parallel)
-                write({"step": step + 1, **{f"grad_norm/{name}": value for name, value in norms.items()}})
-                for warning in gradient_warnings(norms, cfg.grad_clip, step + 1):
-                    bar.note("warning: " + warning)
-            grad_norm = _local(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
-            if guard is not None:  # decided on the device; warnings and the abort at the next boundary (guard.py)
-                ok = guard.step(optimizer, step_loss, grad_norm, step + 1, step_tokens)
-                window_loss += torch.where(ok, step_loss, 0.0)
-                for key, value in step_extra.items():
-                    window_extra[key] = window_extra.get(key, 0) + torch.where(ok, value, 0.0)
-                loss_ok = grad_ok = True
-            else:
-                # the guard: one sync per step, agreed by all ranks, so a bad batch never reaches the weights
-                loss_ok, grad_ok = torch.stack([step_loss, grad_norm.float().to(device)]).isfinite().tolist()
-            bad = parallel.any(not (loss_ok and grad_ok))
-            overflow = bad and scaler is not None and not parallel.any(not loss_ok)
-            if guard is not None:
-                pass
-            elif not bad:
-                bad_in_a_row = 0
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                window_loss += step_loss
-                for key, value in step_extra.items():
-                    window_extra[key] = window_extra.get(key, 0) + value
-                window_steps += 1
-                window_tokens += step_tokens
-            elif overflow:  # float16 gradients overflowed: the scaler lowers its scale and skips, as designed
+                scaler.step(self.optimizer)
                 scaler.update()
             else:
-                skipped(step + 1, loss_ok)
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            last = step == cfg.max_steps
-            if guard is not None and (last or step == start + 1 or any(
-                    every and step % every == 0 for every in (cfg.log_every, cfg.eval_every, cfg.save_every))):
-                window_steps, window_tokens = settle(window_steps, window_tokens)
-            if (step % cfg.log_every == 0 or last or step == start + 1) and window_steps:
-                keys = list(window_extra)
-                totals = parallel.sum(torch.stack([window_loss, *[window_extra[k] for k in keys],
-                                                   torch.tensor(float(window_tokens), device=device)]))
-                totals = totals.tolist()
-                now = time.perf_counter()  # after the read-back: the window's queued GPU work is done
-                loss_value = totals[0] / window_steps / parallel.world
-                extra = {k: v / window_steps / parallel.world for k, v in zip(keys, totals[1:-1])}
-                tokens = int(totals[-1])
-                speed = tokens / max(now - window_start, 1e-9)
-                state["tokens"] += tokens
-                window_tokens, window_start, window_steps, window_extra = 0, now, 0, {}
-                window_loss = torch.zeros((), device=device)
-                record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
-                          "tokens_per_s": speed, "elapsed": now - began, **extra}
-                log(record)
-                result.train_loss, result.tokens_per_s = loss_value, speed
-                bar.total = cfg.max_steps  # a hook may re-fit max_steps mid-run (bench-arch's budget clock)
-                bar.update(step, loss=loss_value, lr=lr, tokens_per_s=speed)
-            paused = time.perf_counter()  # evaluation and saving do not count against tokens/s
-            if cfg.eval_every and (step % cfg.eval_every == 0 or last) and task.can_evaluate:
-                evaluation = parallel.evaluate(lambda m: task.evaluate(m, cfg.eval_steps, cfg.batch_size, device))
-                model.train()
-                result.eval = evaluation
-                log({"step": step, **evaluation})
-                value = evaluation[monitor]
-                if _better(value, state["best"], mode):
-                    state["best"], state["bad_evals"] = value, 0
-                    if cfg.patience:
-                        best_weights = _clone_weights(parallel.model_state())
-                        if run is not None:
-                            export(run.path / "best")
-                else:
-                    state["bad_evals"] += 1
-                bar.note("  eval @ step {}: {}".format(step, ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items())))
-                stop = bool(cfg.patience and state["bad_evals"] >= cfg.patience and not last)
-                if parallel.any(stop):  # every rank stops at the same step
-                    bar.note(f"  early stop: {monitor} has not improved for {cfg.patience} evaluations "
-                             f"(best {state['best']:.4g})")
-                    result.stopped_early = True
-                    break
-            if cfg.save_every and step % cfg.save_every == 0 and not last:
-                if bad_in_a_row:  # weights that just gave NaN/Inf are no checkpoint to come back to
-                    bar.note(f"warning: no checkpoint at step {step}: its step was skipped as NaN/Inf")
-                else:
-                    checkpoint(step)
-            window_start += time.perf_counter() - paused
-        if guard is not None:
-            window_steps, window_tokens = settle(window_steps, window_tokens)
-        if bad_in_a_row and not result.stopped_early:
-            raise diverged(f"the last {bad_in_a_row} step(s) had NaN/Inf loss or gradients", step)
-        if step > start:
-            checkpoint(step)
-    except KeyboardInterrupt:
-        bar.close()
-        checkpoint(step)
-        result.interrupted = True
-        if run is not None:
-            bar.note(f"interrupted at step {step}; checkpoint saved; continue with --resume {run.path}")
-    finally:
-        bar.close()
-        if metrics is not None:
-            metrics.close()
-    if best_weights is not None and cfg.patience and not result.interrupted:
-        parallel.load_model_state(best_weights)
-    result.step, result.best, result.skipped_steps = step, state["best"], state["skipped_steps"]
-    result.seconds = time.perf_counter() - began
-    result.model = parallel.export_module() if cfg.parallel == "fsdp" else model
-    if run is not None and not result.interrupted:
-        if main:
-            run.export(result.model, run.path / "final")
-            plot_metrics(run.metrics)
-        result.final_dir = run.path / "final"
-    if not main and cfg.parallel == "fsdp":
-        result.model = None
-    return result
+                self.optimizer.step()
+            self.window_loss += step_loss
+            for key, value in step_extra.items():
+                window_extra[key] = window_extra.get(key, 0) + value
+            self.window_steps += 1
+            self.window_tokens += step_tokens
+        elif overflow:  # float16 gradients overflowed: the scaler lowers its scale and skips, as designed
+            scaler.update()
+        else:
+            self.skipped(step + 1, loss_ok)
+
+    def after_step(self, step: int, lr: float, grad_norm: torch.Tensor) -> bool:
+        """Log, evaluate and checkpoint after optimizer step `step` (1-based) as due; True to stop early."""
+        cfg, last = self.cfg, step == self.cfg.max_steps
+        if self.guard is not None and (last or step == self.start + 1 or any(
+                every and step % every == 0 for every in (cfg.log_every, cfg.eval_every, cfg.save_every))):
+            self.settle()
+        if (step % cfg.log_every == 0 or last or step == self.start + 1) and self.window_steps:
+            self.log_window(step, lr, grad_norm)
+        paused = time.perf_counter()  # evaluation and saving do not count against tokens/s
+        if cfg.eval_every and (step % cfg.eval_every == 0 or last) and self.task.can_evaluate:
+            if self.evaluate(step, last):
+                return True
+        if cfg.save_every and step % cfg.save_every == 0 and not last:
+            if self.bad_in_a_row:  # weights that just gave NaN/Inf are no checkpoint to come back to
+                self.bar.note(f"warning: no checkpoint at step {step}: its step was skipped as NaN/Inf")
+            else:
+                self.checkpoint(step)
+        self.window_start += time.perf_counter() - paused
+        return False
+
+    def log_window(self, step: int, lr: float, grad_norm: torch.Tensor) -> None:
+        """Read the window's sums back (summed over ranks), log one training record and start a new window."""
+        parallel, keys = self.parallel, list(self.window_extra)
+        totals = parallel.sum(torch.stack([self.window_loss, *[self.window_extra[k] for k in keys],
+                                           torch.tensor(float(self.window_tokens), device=self.device)]))
+        totals = totals.tolist()
+        now = time.perf_counter()  # after the read-back: the window's queued GPU work is done
+        loss_value = totals[0] / self.window_steps / parallel.world
+        extra = {k: v / self.window_steps / parallel.world for k, v in zip(keys, totals[1:-1])}
+        tokens = int(totals[-1])
+        speed = tokens / max(now - self.window_start, 1e-9)
+        self.state["tokens"] += tokens
+        self.window_tokens, self.window_start, self.window_steps, self.window_extra = 0, now, 0, {}
+        self.window_loss = torch.zeros((), device=self.device)
+        self.log({"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
+                  "tokens_per_s": speed, "elapsed": now - self.began, **extra})
+        self.result.train_loss, self.result.tokens_per_s = loss_value, speed
+        self.bar.total = self.cfg.max_steps  # a hook may re-fit max_steps mid-run (bench-arch's budget clock)
+        self.bar.update(step, loss=loss_value, lr=lr, tokens_per_s=speed)
+
+    def evaluate(self, step: int, last: bool) -> bool:
+        """Evaluate, keep the best weights (train.patience) and say whether to stop early (all ranks agree)."""
+        cfg, state, parallel, task = self.cfg, self.state, self.parallel, self.task
+        evaluation = parallel.evaluate(lambda m: task.evaluate(m, cfg.eval_steps, cfg.batch_size, self.device))
+        self.model.train()
+        self.result.eval = evaluation
+        self.log({"step": step, **evaluation})
+        value = evaluation[self.monitor]
+        if _better(value, state["best"], self.mode):
+            state["best"], state["bad_evals"] = value, 0
+            if cfg.patience:
+                self.best_weights = _clone_weights(parallel.model_state())
+                if self.run is not None:
+                    self.export(self.run.path / "best")
+        else:
+            state["bad_evals"] += 1
+        self.bar.note("  eval @ step {}: {}".format(step, ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items())))
+        stop = bool(cfg.patience and state["bad_evals"] >= cfg.patience and not last)
+        if parallel.any(stop):  # every rank stops at the same step
+            self.bar.note(f"  early stop: {self.monitor} has not improved for {cfg.patience} evaluations "
+                          f"(best {state['best']:.4g})")
+            self.result.stopped_early = True
+            return True
+        return False
+
+    def finish(self, step: int) -> TrainResult:
+        """Back to the best weights (with train.patience), fill in the result, write final/ and the loss plot."""
+        cfg, parallel, result, run, state = self.cfg, self.parallel, self.result, self.run, self.state
+        if self.best_weights is not None and cfg.patience and not result.interrupted:
+            parallel.load_model_state(self.best_weights)
+        result.step, result.best, result.skipped_steps = step, state["best"], state["skipped_steps"]
+        result.seconds = time.perf_counter() - self.began
+        result.model = parallel.export_module() if cfg.parallel == "fsdp" else self.model
+        if run is not None and not result.interrupted:
+            if self.main:
+                run.export(result.model, run.path / "final")
+                plot_metrics(run.metrics)
+            result.final_dir = run.path / "final"
+        if not self.main and cfg.parallel == "fsdp":
+            result.model = None
+        return result
 
 
 def _make_forward(task, parallel: Parallel, cfg: TrainConfig, bar: Progress):

@@ -372,9 +372,9 @@ class _Loop:
         if (step % cfg.log_every == 0 or last or step == self.start + 1) and self.window_steps:
             self.log_window(step, lr, grad_norm)
         paused = time.perf_counter()  # evaluation and saving do not count against tokens/s
-        if cfg.eval_every and (step % cfg.eval_every == 0 or last) and self.task.can_evaluate:
-            if self.evaluate(step, last):
-                return True
+        evaluate = cfg.eval_every and (step % cfg.eval_every == 0 or last) and self.task.can_evaluate
+        if evaluate and self.evaluate(step, last):
+            return True
         if cfg.save_every and step % cfg.save_every == 0 and not last:
             if self.bad_in_a_row:  # weights that just gave NaN/Inf are no checkpoint to come back to
                 self.bar.note(f"warning: no checkpoint at step {step}: its step was skipped as NaN/Inf")

@@ -13,7 +13,7 @@ from .errors import APIError
 from .generation import (beam_choices, chat_logprobs, check_sampling, collect, completion_logprobs, plan,
                          start_generation, stops_of, stream)
 from .schemas import ChatRequest, CompletionRequest
-from .state import Server, check_key, current_server, listed
+from .state import Server, ServerDep, check_key, listed
 
 router = APIRouter(dependencies=[Depends(check_key)])
 
@@ -23,7 +23,7 @@ def _usage(prompt_tokens: int, completion: int) -> dict:
 
 
 @router.post("/v1/completions")
-async def completions(body: CompletionRequest, request: Request, server: Server = Depends(current_server)):
+async def completions(body: CompletionRequest, request: Request, server: ServerDep):
     """OpenAI's text completions, streamed as server-sent events when `stream` is true."""
     server.check_model(body.model)
     server.need_decoder("/v1/completions")
@@ -73,7 +73,7 @@ def _chat_prompt(server: Server, body: ChatRequest):
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatRequest, request: Request, server: Server = Depends(current_server)):
+async def chat_completions(body: ChatRequest, request: Request, server: ServerDep):
     """OpenAI's chat completions: the messages go through the model's chat template."""
     server.check_model(body.model)
     server.need_decoder("/v1/chat/completions")

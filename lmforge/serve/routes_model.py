@@ -11,13 +11,13 @@ from ..infer.embed import embed_ids, encode_for_embedding
 from ..infer.fill_mask import fill_mask as predict
 from .errors import APIError
 from .schemas import ClassifyRequest, EmbeddingRequest, FillMaskRequest
-from .state import MAX_INPUTS, Server, check_key, current_server, listed
+from .state import MAX_INPUTS, ServerDep, check_key, listed
 
 router = APIRouter(dependencies=[Depends(check_key)])
 
 
 @router.post("/v1/embeddings")
-async def embeddings(body: EmbeddingRequest, server: Server = Depends(current_server)):
+async def embeddings(body: EmbeddingRequest, server: ServerDep):
     """Mean-pooled final hidden states, unit length, in OpenAI's shape (float or base64 float32)."""
     server.check_model(body.model)
     model = server.model
@@ -44,7 +44,7 @@ async def embeddings(body: EmbeddingRequest, server: Server = Depends(current_se
 
 
 @router.post("/v1/fill-mask")
-async def fill_mask(body: FillMaskRequest, server: Server = Depends(current_server)):
+async def fill_mask(body: FillMaskRequest, server: ServerDep):
     """The top_k tokens for each [MASK] of the text (encoders with a masked-LM head)."""
     server.check_model(body.model)
     found = await server.run_call(lambda: predict(server.model, server.tokenizer, body.text, body.top_k))
@@ -54,7 +54,7 @@ async def fill_mask(body: FillMaskRequest, server: Server = Depends(current_serv
 
 
 @router.post("/v1/classify")
-async def classify(body: ClassifyRequest, server: Server = Depends(current_server)):
+async def classify(body: ClassifyRequest, server: ServerDep):
     """A label and the probability of every label for each text (models fine-tuned to classify)."""
     server.check_model(body.model)
     texts = [body.texts] if isinstance(body.texts, str) else body.texts

@@ -5,20 +5,20 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 
 from .errors import APIError
-from .state import Server, check_key, current_server
+from .state import ServerDep, check_key
 
 router = APIRouter()
 
 
 @router.get("/v1/models", dependencies=[Depends(check_key)])
-async def models(server: Server = Depends(current_server)):
+async def models(server: ServerDep):
     """The one model this server serves."""
     return {"object": "list", "data": [{"id": server.options.model_name, "object": "model", "created": server.created,
                                         "owned_by": "lmforge"}]}
 
 
 @router.get("/health")
-async def health(server: Server = Depends(current_server)):
+async def health(server: ServerDep):
     """Liveness: 200 while the engine thread runs."""
     engine = server.engine
     if not engine.thread.is_alive() and not engine.stopping:
@@ -28,6 +28,6 @@ async def health(server: Server = Depends(current_server)):
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def prometheus(server: Server = Depends(current_server)):
+async def prometheus(server: ServerDep):
     """Prometheus text exposition: requests, tokens, latency histogram, queue depth."""
     return PlainTextResponse(server.metrics.render(), media_type="text/plain; version=0.0.4")

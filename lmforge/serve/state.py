@@ -5,8 +5,9 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from ..models.contract import is_decoder
 from .engine import Call, Engine, QueueFull
@@ -94,6 +95,9 @@ class Server:
 def current_server(request: Request) -> Server:
     """The route dependency that hands a handler its app's Server."""
     return request.app.state.server
+
+
+ServerDep = Annotated[Server, Depends(current_server)]  # a handler's parameter `server: ServerDep`
 
 
 def check_key(request: Request) -> None:

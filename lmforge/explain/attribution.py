@@ -182,6 +182,61 @@ def _kind(model, kind: str) -> str:
     return kind
 
 
+def _class_target(model, tokenizer, text: str, target: str | None, device):
+    """A classifier's ids, free positions, score (log-probability of class `target`), target and prediction."""
+    labels = list(model.config.labels)
+    if target is not None and target not in labels:
+        raise ValueError(f"target class {target!r} is not one of the model's labels: {', '.join(labels)}")
+    ids = encode_text(model, tokenizer, text, keep="start", specials=True)
+    tensor = torch.tensor([ids], device=device)
+    with torch.no_grad(), evaluation_mode(model):
+        log_probs = model.classify(tensor).float().log_softmax(-1)[0]
+    predicted = labels[int(log_probs.argmax())]
+    target = predicted if target is None else target
+    index = labels.index(target)
+
+    def score(batch: torch.Tensor) -> torch.Tensor:
+        return model.classify(batch).float().log_softmax(-1)[:, index]
+
+    return ids, len(ids), score, target, predicted
+
+
+def _next_token_target(model, tokenizer, text: str, target: str | None, device):
+    """A decoder's ids (text then the target teacher-forced), free positions, score (log-probability of the
+    target text following the text), target and predicted next token."""
+    ids = encode_text(model, tokenizer, text, keep="end")
+    with torch.no_grad(), evaluation_mode(model):
+        next_log_probs = model(torch.tensor([ids], device=device))[0, -1].float().log_softmax(-1)
+    predicted_id = int(next_log_probs.argmax())
+    predicted = token_labels(tokenizer, [predicted_id])[0]
+    if target is None:
+        target_ids = [predicted_id]
+        target = tokenizer.decode([predicted_id], skip_special_tokens=False)
+    else:
+        if not target:
+            raise ValueError("the target text is empty; give the text that should follow, e.g. ' Paris'")
+        target_ids = tokenizer.encode(target)
+        if not target_ids:
+            raise ValueError(f"the target {target!r} gives no tokens with this tokenizer")
+    room = model.config.block_size - (len(target_ids) - 1)
+    if room < 1:
+        raise ValueError(f"the target is {len(target_ids)} tokens, too long for block_size {model.config.block_size}")
+    if len(ids) > room:
+        warnings.warn(f"text and target together exceed block_size {model.config.block_size}: "
+                      f"explaining only the last {room} tokens of the text", stacklevel=3)
+        ids = ids[-room:]
+    free = len(ids)
+    ids = ids + target_ids[:-1]  # teacher forcing: target token j is read after target tokens < j
+    positions = torch.arange(free - 1, free - 1 + len(target_ids), device=device)
+    wanted = torch.tensor(target_ids, device=device)
+
+    def score(batch: torch.Tensor) -> torch.Tensor:
+        log_probs = model(batch)[:, positions].float().log_softmax(-1)
+        return log_probs.gather(-1, wanted.expand(batch.size(0), -1)[..., None])[..., 0].sum(-1)
+
+    return ids, free, score, target, predicted
+
+
 def attribute(model, tokenizer, text: str, target: str | None = None, *, kind: str = "auto",
               method: str = "integrated_gradients", steps: int = 50, baseline: str = "pad",
               max_steps: int = 800, batch_size: int = 16) -> Attribution:
@@ -195,53 +250,8 @@ def attribute(model, tokenizer, text: str, target: str | None = None, *, kind: s
     if method not in METHODS:
         raise ValueError(f"unknown attribution method '{method}'; choose one of {', '.join(METHODS)}")
     device = device_of(model)
-    if kind == "class":
-        labels = list(model.config.labels)
-        if target is not None and target not in labels:
-            raise ValueError(f"target class {target!r} is not one of the model's labels: {', '.join(labels)}")
-        ids = encode_text(model, tokenizer, text, keep="start", specials=True)
-        tensor = torch.tensor([ids], device=device)
-        with torch.no_grad(), evaluation_mode(model):
-            log_probs = model.classify(tensor).float().log_softmax(-1)[0]
-        predicted = labels[int(log_probs.argmax())]
-        target = predicted if target is None else target
-        index = labels.index(target)
-
-        def score(batch: torch.Tensor) -> torch.Tensor:
-            return model.classify(batch).float().log_softmax(-1)[:, index]
-
-        free = len(ids)
-    else:
-        ids = encode_text(model, tokenizer, text, keep="end")
-        with torch.no_grad(), evaluation_mode(model):
-            next_log_probs = model(torch.tensor([ids], device=device))[0, -1].float().log_softmax(-1)
-        predicted_id = int(next_log_probs.argmax())
-        predicted = token_labels(tokenizer, [predicted_id])[0]
-        if target is None:
-            target_ids = [predicted_id]
-            target = tokenizer.decode([predicted_id], skip_special_tokens=False)
-        else:
-            if not target:
-                raise ValueError("the target text is empty; give the text that should follow, e.g. ' Paris'")
-            target_ids = tokenizer.encode(target)
-            if not target_ids:
-                raise ValueError(f"the target {target!r} gives no tokens with this tokenizer")
-        room = model.config.block_size - (len(target_ids) - 1)
-        if room < 1:
-            raise ValueError(f"the target is {len(target_ids)} tokens, too long for block_size {model.config.block_size}")
-        if len(ids) > room:
-            warnings.warn(f"text and target together exceed block_size {model.config.block_size}: "
-                          f"explaining only the last {room} tokens of the text", stacklevel=2)
-            ids = ids[-room:]
-        free = len(ids)
-        ids = ids + target_ids[:-1]  # teacher forcing: target token j is read after target tokens < j
-        positions = torch.arange(free - 1, free - 1 + len(target_ids), device=device)
-        wanted = torch.tensor(target_ids, device=device)
-
-        def score(batch: torch.Tensor) -> torch.Tensor:
-            log_probs = model(batch)[:, positions].float().log_softmax(-1)
-            return log_probs.gather(-1, wanted.expand(batch.size(0), -1)[..., None])[..., 0].sum(-1)
-
+    make = _class_target if kind == "class" else _next_token_target
+    ids, free, score, target, predicted = make(model, tokenizer, text, target, device)
     base, vary = _baseline(model, tokenizer, ids, baseline)
     vary[free:] = False
     tensor = torch.tensor([ids], device=device)

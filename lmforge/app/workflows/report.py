@@ -140,6 +140,45 @@ def _lm_samples(run: Path | None, lm, val_fraction: float, count: int) -> tuple[
     return samples, where
 
 
+def _attention_section(lm, texts: list[tuple[str, str]], where: str) -> str:
+    """The report's attention heatmaps for the first sample text (every head, or the last layer's on big models)."""
+    if not texts or transformer_blocks(lm.model) is None:
+        return _section("Attention sample", _note(f"No sample: {where}." if not texts else
+                                                  "This model has no attention layers."))
+    _progress("attention sample")
+    attention = capture_attention(lm.model, lm.tokenizer, texts[0][0])
+    n_layer, n_head = attention.weights.shape[:2]
+    layer = None if n_layer * n_head <= 24 else n_layer - 1
+    png = attention_figure(attention, None, layer=layer)
+    caption = "every layer and head" if layer is None else f"the heads of the last layer ({layer})"
+    return _section("Attention sample", f"<p>Text from {escape(where)}: {escape(texts[0][0])}</p>"
+                    f"{html.image(png, 'attention heatmaps')}" + _note(f"Showing {caption}."))
+
+
+def _attributions_section(lm, meta: dict, labels: list[str], texts: list[tuple[str, str]], where: str,
+                          steps: int) -> str:
+    """Integrated-gradients attributions of each sample: the true class for a classifier, the next token for a
+    decoder; a note for any other model."""
+    single_label = (meta.get("classification") or {}).get("kind", "classify") == "classify"
+    can_attribute = (bool(labels) and single_label) or (not labels and is_decoder(lm.model))
+    if not (texts and can_attribute):
+        reason = f"no sample: {where}" if not texts else \
+            "attributions explain a single-label classifier's class or a decoder's next token; this model is neither"
+        return _section("Attributions", _note(reason[0].upper() + reason[1:] + "."))
+    parts = [_note(f"Integrated gradients (pad baseline) on {len(texts)} texts from {where}.")]
+    for number, (text, extra) in enumerate(texts, 1):
+        _progress(f"attributions {number}/{len(texts)}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the page itself reports completeness and truncation
+            if labels:
+                result = attribute(lm.model, lm.tokenizer, text, steps=steps)
+                result.true_label = extra
+            else:
+                result = attribute(lm.model, lm.tokenizer, text, extra, steps=steps)
+        parts.append(html.attribution_tokens(result) + html.attribution_summary(result))
+    return _section("Attributions", html.LEGEND + "\n".join(parts))
+
+
 def build_report(path: str | Path, out: str | Path, *, samples: int = 3, steps: int = 32) -> Path:
     """Write the HTML report of the run at `path` to `out` (one file, images inlined) and return its path."""
     from ..facade import LM
@@ -187,39 +226,8 @@ def build_report(path: str | Path, out: str | Path, *, samples: int = 3, steps: 
         val_fraction = config.data.val_fraction if config is not None else 0.1
         texts, where = _lm_samples(run, lm, val_fraction, samples)
 
-    has_attention = transformer_blocks(lm.model) is not None
-    if texts and has_attention:
-        _progress("attention sample")
-        attention = capture_attention(lm.model, lm.tokenizer, texts[0][0])
-        n_layer, n_head = attention.weights.shape[:2]
-        layer = None if n_layer * n_head <= 24 else n_layer - 1
-        png = attention_figure(attention, None, layer=layer)
-        caption = "every layer and head" if layer is None else f"the heads of the last layer ({layer})"
-        body.append(_section("Attention sample", f"<p>Text from {escape(where)}: {escape(texts[0][0])}</p>"
-                             f"{html.image(png, 'attention heatmaps')}" + _note(f"Showing {caption}.")))
-    else:
-        body.append(_section("Attention sample", _note(f"No sample: {where}." if not texts else
-                                                       "This model has no attention layers.")))
-
-    single_label = (meta.get("classification") or {}).get("kind", "classify") == "classify"
-    can_attribute = (bool(labels) and single_label) or (not labels and is_decoder(lm.model))
-    if texts and can_attribute:
-        parts = [_note(f"Integrated gradients (pad baseline) on {len(texts)} texts from {where}.")]
-        for number, (text, extra) in enumerate(texts, 1):
-            _progress(f"attributions {number}/{len(texts)}")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the page itself reports completeness and truncation
-                if labels:
-                    result = attribute(lm.model, lm.tokenizer, text, steps=steps)
-                    result.true_label = extra
-                else:
-                    result = attribute(lm.model, lm.tokenizer, text, extra, steps=steps)
-            parts.append(html.attribution_tokens(result) + html.attribution_summary(result))
-        body.append(_section("Attributions", html.LEGEND + "\n".join(parts)))
-    else:
-        reason = f"no sample: {where}" if not texts else \
-            "attributions explain a single-label classifier's class or a decoder's next token; this model is neither"
-        body.append(_section("Attributions", _note(reason[0].upper() + reason[1:] + ".")))
+    body.append(_attention_section(lm, texts, where))
+    body.append(_attributions_section(lm, meta, labels, texts, where, steps))
 
     card = model_dir / "README.md"
     config_text = (run / "config.toml").read_text(encoding="utf-8") if config is not None else \

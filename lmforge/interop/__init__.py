@@ -1,6 +1,6 @@
 """Hugging Face checkpoints (gpt2, bert, llama, qwen2) and GGUF files (llama, gpt2) in and out: the file
-formats' readers and writers live here, the per-family name tables in models/<family>/ (gpt2, bert and llama
-still in families.py). The `gguf` package is imported only when a GGUF file is read or written."""
+formats' readers and writers live here, the per-family name tables in models/<family>/hf.py (found through the
+family registry). The `gguf` package is imported only when a GGUF file is read or written."""
 from .export import save_hf_dir
 from .gguf_export import GGUF_TYPES, save_gguf
 from .gguf_file import is_gguf_file

@@ -7,6 +7,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..errors import ModelDirError
 
 if TYPE_CHECKING:
@@ -84,3 +86,16 @@ def refuse(cfg: ModelConfig, checks: dict[str, object], target: str) -> None:
         if value != wanted:
             raise ValueError(f"cannot export: Hugging Face {target} has no way to express model.{field}={value!r} "
                              f"(it needs {wanted!r}); this model can only be used within lmforge")
+
+
+def gguf_number(meta: dict, arch: str, key: str, where: str, default=None):
+    """The number a GGUF file's metadata holds at `arch.key` (or `default`); a ModelDirError naming `where` when it
+    is missing or not a non-negative number. A float32 comes back as the shortest decimal of it (1e-05)."""
+    value = meta.get(f"{arch}.{key}", default)
+    if value is None:
+        raise ModelDirError(f"{where}: the metadata has no '{arch}.{key}', which a GGUF {arch} model needs")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ModelDirError(f"{where}: '{arch}.{key}'={value!r} is not a usable number")
+    if isinstance(value, float):  # stored as float32: the shortest decimal that is that float32 (1e-05, not 9.99e-06)
+        value = float(str(np.float32(value)))
+    return value

@@ -279,9 +279,51 @@ def test_lmforge_help_does_not_import_torch():
     assert _fresh_python(code) == "False", "`lmforge --help` imported torch: import it inside the command's run()"
 
 
+MAX_FUNCTION_LINES, MAX_MODULE_LINES = 80, 500  # the house rule: no function past ~80 lines, no file past ~500
+
+
+def oversized(sources: dict[str, str]) -> list[str]:
+    """Each function longer than MAX_FUNCTION_LINES (def line to last line, nested ones too) and each module
+    longer than MAX_MODULE_LINES in `sources` (name -> text), with its length, longest first."""
+    found = []
+    for name, text in sources.items():
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES:
+            found.append((lines, f"{name}: module of {lines} lines (at most {MAX_MODULE_LINES})"))
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append((length, f"{name}:{node.lineno} {node.name}: function of {length} lines "
+                                          f"(at most {MAX_FUNCTION_LINES})"))
+    return [line for _, line in sorted(found, reverse=True)]
+
+
+def package_sources() -> dict[str, str]:
+    return {str(path.relative_to(PACKAGE.parent)): path.read_text(encoding="utf-8")
+            for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_the_size_check_finds_long_functions_and_long_modules():
+    body = "".join(f"    x{i} = {i}\n" for i in range(79))
+    short, long = f"def short():\n{body}", f"async def long():\n{body}    return 1\n"  # 80 and 81 lines
+    assert oversized({"a.py": short}) == []
+    assert oversized({"b.py": long}) == ["b.py:1 long: function of 81 lines (at most 80)"]
+    padding = "\n" * (MAX_MODULE_LINES + 1 - len(long.splitlines()))
+    assert oversized({"c.py": long + padding})[1] == "c.py:1 long: function of 81 lines (at most 80)"
+    assert oversized({"c.py": long + padding})[0] == "c.py: module of 501 lines (at most 500)"
+
+
+def test_no_function_past_80_lines_and_no_module_past_500():
+    found = oversized(package_sources())
+    assert not found, "split these along their seams:\n" + "\n".join(found)
+
+
 if __name__ == "__main__":
     for key, value in counts().items():
         print(f"{key}: {value}")
+    for line in oversized(package_sources()):
+        print(line)
     if "-v" in sys.argv:
         found = internal_imports()
         for cycle in package_cycles(found):

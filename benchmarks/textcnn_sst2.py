@@ -57,8 +57,19 @@ def write_tsv(source: Path, target: Path) -> Path:
     return target
 
 
-def run(name: str, seed: int, extra: list[str]) -> dict:
-    """Train configuration `name` with `seed` on the phrases (best on dev) and score the test sentences once."""
+def best_step(run_dir: Path) -> int | None:
+    """The step of the best dev accuracy in a run's metrics.jsonl (the weights the run keeps)."""
+    path, best = run_dir / "metrics.jsonl", None
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        record = json.loads(line)
+        if "val_accuracy" in record and (best is None or record["val_accuracy"] > best[0]):
+            best = (record["val_accuracy"], record.get("step"))
+    return best and best[1]
+
+
+def run(name: str, seed: int, extra: list[str], score_test: bool = True) -> dict:
+    """Train configuration `name` with `seed` on the phrases (best on dev) and score the test sentences once
+    (not at all with score_test=False: exploring a recipe chooses on dev alone)."""
     recipe, overrides, _ = CONFIGS[name]
     with tempfile.TemporaryDirectory(prefix="lmforge-sst2-") as scratch:
         scratch = Path(scratch)
@@ -68,9 +79,10 @@ def run(name: str, seed: int, extra: list[str]) -> dict:
         began = time.perf_counter()
         lm, result = train_from_config(config, progress=False)
         seconds = time.perf_counter() - began  # tokenizer, encoding, training and dev evaluations
-        report = lm.evaluate(test)
+        report = lm.evaluate(test) if score_test else {"accuracy": None}
         return {"config": name, "seed": seed, "extra": extra, "test_accuracy": report["accuracy"],
-                "dev_accuracy": result.best, "steps": result.step, "seconds": round(seconds, 1),
+                "dev_accuracy": result.best, "steps": result.step, "best_step": best_step(scratch / "run"),
+                "seconds": round(seconds, 1),
                 "parameters": count_parameters(lm.model)}
 
 
@@ -116,6 +128,9 @@ def main() -> int:
     parser.add_argument("--all", action="store_true", help="every configuration with seeds 1, 2, 3 (skipping done ones)")
     parser.add_argument("--results", type=Path, default=Path("runs/baselines-sst2.jsonl"))
     parser.add_argument("--summary", action="store_true", help="print the table, write its RESULTS.md section, stop")
+    parser.add_argument("--data", type=Path, default=SHARED, help="the shared data folder (default ../shared/data "
+                                                                  "beside the checkout)")
+    parser.add_argument("--dev-only", action="store_true", help="explore: train and choose on dev, never score test")
     parser.add_argument("overrides", nargs="*", help="extra config overrides (such runs stay out of the table)")
     args = parser.parse_args()
     rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()] \
@@ -127,6 +142,8 @@ def main() -> int:
                                         f"{machine()}; trained on the 67,349 phrases, best on stsa.binary.dev, "
                                         f"scored once on stsa.binary.test (1,821)\n\n{markdown}")
         return 0
+    global PHRASES, SENTENCES
+    PHRASES, SENTENCES = args.data / "sst2-phrases" / "train.tsv", args.data / "sst2-sentence"
     if not PHRASES.is_file() or not SENTENCES.is_dir():
         print(f"skipped: {PHRASES} or {SENTENCES} is absent (see ../shared/data/SOURCES.md)")
         return 0
@@ -137,7 +154,7 @@ def main() -> int:
     for name, seed in todo:
         if (name, seed, tuple(args.overrides)) in done:
             continue
-        row = run(name, seed, args.overrides)
+        row = run(name, seed, args.overrides, score_test=not args.dev_only)
         print(json.dumps(row), flush=True)
         with open(args.results, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")

@@ -8,6 +8,8 @@ not repeated, so an interrupted sweep continues where it stopped:
     python benchmarks/textcnn_sst2.py --all                    # 5 configurations x 3 seeds, one process
     python benchmarks/textcnn_sst2.py --config bilstm --seed 2
     python benchmarks/textcnn_sst2.py --summary                # the table, also into benchmarks/RESULTS.md
+    python benchmarks/textcnn_sst2.py --dev-only --results explore.jsonl --config textcnn-wordpiece model.n_filters=200
+                                                               # a lever tried on dev alone (test never scored)
 The MiniLM row is read from benchmarks/RESULTS.md (benchmarks/minilm_sst2.py's section), not rerun here.
 """
 from __future__ import annotations
@@ -102,7 +104,7 @@ def table(rows: list[dict]) -> str:
     lines = ["| model | seeds | test accuracy (mean ± sd) | dev accuracy | parameters | time per run | "
              f"vs {BAR:.0%} |", "|---|---|---|---|---|---|---|"]
     for name in CONFIGS:
-        group = [r for r in rows if r["config"] == name and not r["extra"]]
+        group = [r for r in rows if r["config"] == name and not r["extra"] and r["test_accuracy"] is not None]
         if not group:
             continue
         tests = [100 * r["test_accuracy"] for r in group]

@@ -161,7 +161,8 @@ class ModelConfig(Section):
 
 
 BASELINE_ARCHS = tuple(arch for arch, family in ARCHS.items() if not family.transformer)
-BASELINE_KEYS = ("bptt", "bidirectional", "kernel_sizes", "n_filters", "batch_norm", "embd_dropout")  # None unless a baseline arch
+# None unless a baseline arch
+BASELINE_KEYS = ("bptt", "bidirectional", "kernel_sizes", "n_filters", "batch_norm", "embd_dropout")
 # keys only the Transformers read; on a baseline arch they must stay at their defaults
 TRANSFORMER_KEYS = ("n_head", "n_kv_head", "intermediate_size", "bias", "qkv_bias", "norm", "mlp", "position",
                     "rope_theta", "norm_eps", "norm_position", "pooling", "type_vocab_size", "layer_heads",
@@ -174,7 +175,7 @@ def check_baseline_keys(cfg: ModelConfig) -> None:
     rnn = ARCHS[cfg.arch].kind == DECODER  # the recurrent LMs (and their classifiers); else TextCNN
     foreign = [key for key in TRANSFORMER_KEYS if getattr(cfg, key) != fields[key].default
                and not (rnn and key == "pooling")]  # an RNN classifier pools too
-    own = ("bptt", "bidirectional", "embd_dropout") if rnn else ("kernel_sizes", "n_filters", "batch_norm", "embd_dropout")
+    own = (("bptt", "bidirectional") if rnn else ("kernel_sizes", "n_filters", "batch_norm")) + ("embd_dropout",)
     foreign += [key for key in BASELINE_KEYS if key not in own and getattr(cfg, key) is not None]
     if not rnn and cfg.n_layer != fields["n_layer"].default:
         foreign.append("n_layer")

@@ -8,6 +8,8 @@ not repeated, so an interrupted sweep continues where it stopped:
     python benchmarks/textcnn_sst2.py --all                    # 5 configurations x 3 seeds, one process
     python benchmarks/textcnn_sst2.py --config bilstm --seed 2
     python benchmarks/textcnn_sst2.py --summary                # the table, also into benchmarks/RESULTS.md
+    python benchmarks/textcnn_sst2.py --dev-only --results explore.jsonl --config textcnn-wordpiece model.n_filters=200
+                                                               # a lever tried on dev alone (test never scored)
 The MiniLM row is read from benchmarks/RESULTS.md (benchmarks/minilm_sst2.py's section), not rerun here.
 """
 from __future__ import annotations
@@ -31,9 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import RESULTS, machine, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-PHRASES = SHARED / "sst2-phrases" / "train.tsv"
-SENTENCES = SHARED / "sst2-sentence"
+SHARED = ROOT.parent / "shared" / "data"  # --data: where sst2-phrases/train.tsv and sst2-sentence/ are
 TEXTCNN, LSTM = ROOT / "configs" / "textcnn-sst2.toml", ROOT / "configs" / "lstm-classify.toml"
 CONFIGS = {  # name -> (recipe, overrides, what the table calls it)
     "textcnn-wordpiece-bn": (TEXTCNN, ["model.batch_norm=true"], "TextCNN, WordPiece, batch norm"),
@@ -57,20 +57,34 @@ def write_tsv(source: Path, target: Path) -> Path:
     return target
 
 
-def run(name: str, seed: int, extra: list[str]) -> dict:
-    """Train configuration `name` with `seed` on the phrases (best on dev) and score the test sentences once."""
+def best_step(run_dir: Path) -> int | None:
+    """The step of the best dev accuracy in a run's metrics.jsonl (the weights the run keeps)."""
+    path, best = run_dir / "metrics.jsonl", None
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        record = json.loads(line)
+        if "val_accuracy" in record and (best is None or record["val_accuracy"] > best[0]):
+            best = (record["val_accuracy"], record.get("step"))
+    return best and best[1]
+
+
+def run(name: str, seed: int, extra: list[str], data: Path = SHARED, score_test: bool = True) -> dict:
+    """Train configuration `name` with `seed` on the phrases (best on dev) and score the test sentences once
+    (not at all with score_test=False: exploring a recipe chooses on dev alone)."""
     recipe, overrides, _ = CONFIGS[name]
     with tempfile.TemporaryDirectory(prefix="lmforge-sst2-") as scratch:
         scratch = Path(scratch)
-        dev, test = (write_tsv(SENTENCES / f"stsa.binary.{split}", scratch / f"{split}.tsv") for split in ("dev", "test"))
-        config = load_config(recipe, [f'data.train="{PHRASES}"', f'data.test="{dev}"', f"train.seed={seed}",
+        dev, test = (write_tsv(data / "sst2-sentence" / f"stsa.binary.{split}", scratch / f"{split}.tsv")
+                     for split in ("dev", "test"))
+        train = data / "sst2-phrases" / "train.tsv"
+        config = load_config(recipe, [f'data.train="{train}"', f'data.test="{dev}"', f"train.seed={seed}",
                                       f'run.dir="{scratch / "run"}"', *overrides, *extra])
         began = time.perf_counter()
         lm, result = train_from_config(config, progress=False)
         seconds = time.perf_counter() - began  # tokenizer, encoding, training and dev evaluations
-        report = lm.evaluate(test)
+        report = lm.evaluate(test) if score_test else {"accuracy": None}
         return {"config": name, "seed": seed, "extra": extra, "test_accuracy": report["accuracy"],
-                "dev_accuracy": result.best, "steps": result.step, "seconds": round(seconds, 1),
+                "dev_accuracy": result.best, "steps": result.step, "best_step": best_step(scratch / "run"),
+                "seconds": round(seconds, 1),
                 "parameters": count_parameters(lm.model)}
 
 
@@ -90,7 +104,7 @@ def table(rows: list[dict]) -> str:
     lines = ["| model | seeds | test accuracy (mean ± sd) | dev accuracy | parameters | time per run | "
              f"vs {BAR:.0%} |", "|---|---|---|---|---|---|---|"]
     for name in CONFIGS:
-        group = [r for r in rows if r["config"] == name and not r["extra"]]
+        group = [r for r in rows if r["config"] == name and not r["extra"] and r["test_accuracy"] is not None]
         if not group:
             continue
         tests = [100 * r["test_accuracy"] for r in group]
@@ -116,6 +130,9 @@ def main() -> int:
     parser.add_argument("--all", action="store_true", help="every configuration with seeds 1, 2, 3 (skipping done ones)")
     parser.add_argument("--results", type=Path, default=Path("runs/baselines-sst2.jsonl"))
     parser.add_argument("--summary", action="store_true", help="print the table, write its RESULTS.md section, stop")
+    parser.add_argument("--data", type=Path, default=SHARED, help="the shared data folder (default ../shared/data "
+                                                                  "beside the checkout)")
+    parser.add_argument("--dev-only", action="store_true", help="explore: train and choose on dev, never score test")
     parser.add_argument("overrides", nargs="*", help="extra config overrides (such runs stay out of the table)")
     args = parser.parse_args()
     rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()] \
@@ -127,8 +144,9 @@ def main() -> int:
                                         f"{machine()}; trained on the 67,349 phrases, best on stsa.binary.dev, "
                                         f"scored once on stsa.binary.test (1,821)\n\n{markdown}")
         return 0
-    if not PHRASES.is_file() or not SENTENCES.is_dir():
-        print(f"skipped: {PHRASES} or {SENTENCES} is absent (see ../shared/data/SOURCES.md)")
+    phrases, sentences = args.data / "sst2-phrases" / "train.tsv", args.data / "sst2-sentence"
+    if not phrases.is_file() or not sentences.is_dir():
+        print(f"skipped: {phrases} or {sentences} is absent (see ../shared/data/SOURCES.md)")
         return 0
     torch.set_num_threads(2)
     todo = [(name, seed) for name in CONFIGS for seed in SEEDS] if args.all else [(args.config, args.seed)]
@@ -137,7 +155,7 @@ def main() -> int:
     for name, seed in todo:
         if (name, seed, tuple(args.overrides)) in done:
             continue
-        row = run(name, seed, args.overrides)
+        row = run(name, seed, args.overrides, args.data, score_test=not args.dev_only)
         print(json.dumps(row), flush=True)
         with open(args.results, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")

@@ -68,6 +68,8 @@ class ModelConfig(Section):
     n_filters: int | None = Field(None, ge=1, description="arch textcnn only: filters per width (default 100)")
     batch_norm: bool | None = Field(None, description="arch textcnn only: batch normalization after each "
                                                       "convolution (default true)")
+    embd_dropout: float | None = Field(None, ge=0.0, lt=1.0, description="arch textcnn, lstm, gru, rnn only: dropout "
+                                       "on the token embeddings (default: 0 for textcnn, model.dropout for the RNNs)")
 
     @model_validator(mode="after")
     def _fill_arch_defaults(self):
@@ -148,7 +150,8 @@ class ModelConfig(Section):
 
 
 BASELINE_ARCHS = tuple(arch for arch, family in ARCHS.items() if not family.transformer)
-BASELINE_KEYS = ("bptt", "bidirectional", "kernel_sizes", "n_filters", "batch_norm")  # None unless a baseline arch
+# None unless a baseline arch
+BASELINE_KEYS = ("bptt", "bidirectional", "kernel_sizes", "n_filters", "batch_norm", "embd_dropout")
 # keys only the Transformers read; on a baseline arch they must stay at their defaults
 TRANSFORMER_KEYS = ("n_head", "n_kv_head", "intermediate_size", "bias", "qkv_bias", "norm", "mlp", "position",
                     "rope_theta", "norm_eps", "norm_position", "pooling", "type_vocab_size", "layer_heads",
@@ -161,7 +164,7 @@ def check_baseline_keys(cfg: ModelConfig) -> None:
     rnn = ARCHS[cfg.arch].kind == DECODER  # the recurrent LMs (and their classifiers); else TextCNN
     foreign = [key for key in TRANSFORMER_KEYS if getattr(cfg, key) != fields[key].default
                and not (rnn and key == "pooling")]  # an RNN classifier pools too
-    own = ("bptt", "bidirectional") if rnn else ("kernel_sizes", "n_filters", "batch_norm")
+    own = (("bptt", "bidirectional") if rnn else ("kernel_sizes", "n_filters", "batch_norm")) + ("embd_dropout",)
     foreign += [key for key in BASELINE_KEYS if key not in own and getattr(cfg, key) is not None]
     if not rnn and cfg.n_layer != fields["n_layer"].default:
         foreign.append("n_layer")
@@ -169,6 +172,8 @@ def check_baseline_keys(cfg: ModelConfig) -> None:
         raise ValueError(f"arch '{cfg.arch}' does not use model.{', model.'.join(foreign)} (keys of "
                          f"{'the Transformers or textcnn' if rnn else 'the Transformers or the RNNs'}): remove "
                          f"{'it' if len(foreign) == 1 else 'them'}")
+    if cfg.embd_dropout is None:  # the RNNs always dropped out their embeddings at model.dropout
+        object.__setattr__(cfg, "embd_dropout", cfg.dropout if rnn else 0.0)
     if rnn:
         if cfg.bidirectional is None:
             object.__setattr__(cfg, "bidirectional", False)

@@ -149,6 +149,24 @@ def test_textcnn_without_batch_norm_has_none_and_is_the_same_in_train_and_eval()
     torch.testing.assert_close(model.train().classify(ids), model.eval().classify(ids))
 
 
+def test_textcnn_embedding_dropout_changes_the_output_in_train_mode_only():
+    plain, dropped = cnn_model(batch_norm=False), cnn_model(batch_norm=False, embd_dropout=0.5)
+    assert plain.config.embd_dropout == 0.0  # off unless asked for
+    dropped.load_state_dict(plain.state_dict())  # dropout has no weights: the same model otherwise
+    ids = torch.randint(1, 50, (6, 9))
+    torch.testing.assert_close(dropped.eval().classify(ids), plain.eval().classify(ids))
+    torch.testing.assert_close(plain.train().classify(ids), plain.eval().classify(ids))
+    seen = []
+    dropped.embd_drop.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
+    first, second = dropped.train().classify(ids), dropped.classify(ids)
+    assert not torch.allclose(first, plain.classify(ids)) and not torch.allclose(first, second)
+    embedded, out = seen[0]
+    torch.testing.assert_close(embedded, plain.wte(ids))  # it drops the token embeddings themselves
+    zeroed = (out == 0).float().mean().item()
+    assert 0.4 < zeroed < 0.6  # about half the entries zeroed, the rest scaled by 1 / (1 - p)
+    torch.testing.assert_close(out[out != 0], 2 * embedded[out != 0])
+
+
 def test_textcnn_handles_sentences_shorter_than_its_widest_kernel():
     model = cnn_model(kernel_sizes=[2, 5]).eval()
     one = model.classify(torch.tensor([[7, 8]]))
@@ -189,6 +207,8 @@ def test_textcnn_learns_a_separable_task_and_its_running_statistics_survive_save
     (["model.arch=\"lstm\"", "model.bptt=500"], "model.bptt=500 is longer than model.block_size=128"),
     (["model.arch=\"textcnn\"", "train.objective=\"clm\""], "arch 'textcnn' is a classifier"),
     (["model.arch=\"textcnn\"", "model.kernel_sizes=[]"], "non-empty list of widths"),
+    (["model.arch=\"gpt\"", "model.embd_dropout=0.2"], "model.embd_dropout is a key of the baseline archs"),
+    (["model.arch=\"textcnn\"", "model.embd_dropout=1.0"], "embd_dropout"),
 ])
 def test_bad_baseline_configs_get_clear_errors(overrides, message, tmp_path, capsys):
     with pytest.raises(ConfigError, match=message):

@@ -126,6 +126,22 @@ def test_bad_rnn_classifier_configs_get_clear_errors(overrides, message):
         load_config(None, overrides)
 
 
+def test_rnn_embedding_dropout_defaults_to_model_dropout_and_can_be_set_apart():
+    default, apart = classifier(dropout=0.3), classifier(dropout=0.3, embd_dropout=0.0)
+    assert default.config.embd_dropout == 0.3 and default.embd_drop.p == 0.3  # as before the option existed
+    ids = torch.randint(1, 40, (4, 6))
+    torch.testing.assert_close(default.classify(ids), apart.classify(ids))  # eval: no dropout anywhere
+    default.train(), apart.train()
+    torch.manual_seed(1)
+    first = default.classify(ids)
+    torch.manual_seed(1)
+    assert not torch.allclose(first, apart.classify(ids))  # the embeddings dropped by one only
+    seen = []
+    apart.embd_drop.register_forward_hook(lambda module, args, out: seen.append(torch.equal(args[0], out)))
+    apart.classify(ids)
+    assert seen == [True]  # embd_dropout=0 leaves the embeddings as they are in training too
+
+
 def test_one_way_rnn_configs_keep_their_language_model_defaults():
     config = build_config({"model": {"arch": "gru"}})
     assert config.train.objective == "clm" and config.model.bidirectional is False

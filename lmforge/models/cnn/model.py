@@ -43,6 +43,7 @@ class TextCNN(nn.Module):
                                    for k in cfg.kernel_sizes)
         self.norms = nn.ModuleList(MaskedBatchNorm1d(cfg.n_filters) for _ in cfg.kernel_sizes) if cfg.batch_norm else None
         self.drop = nn.Dropout(cfg.dropout)
+        self.embd_drop = nn.Dropout(cfg.embd_dropout or 0.0)  # model.embd_dropout: on the token embeddings
         self.classifier = nn.Linear(self.feature_size, len(cfg.labels)) if cfg.labels else None
         nn.init.uniform_(self.wte.weight, -0.25, 0.25)  # Kim's range for words without a pretrained vector
 
@@ -62,7 +63,7 @@ class TextCNN(nn.Module):
         if ids.size(1) < widest:  # a sentence shorter than a kernel is padded with zero vectors, as Kim does
             extra = widest - ids.size(1)
             ids, pad_mask = F.pad(ids, (0, extra)), F.pad(pad_mask, (0, extra), value=False)
-        x = (self.wte(ids) * pad_mask[..., None]).transpose(1, 2)  # padding contributes zero vectors
+        x = (self.embd_drop(self.wte(ids)) * pad_mask[..., None]).transpose(1, 2)  # padding contributes zero vectors
         lengths = pad_mask.sum(-1).clamp(min=widest)  # windows that start inside the sentence (or at 0)
         pooled = []
         for i, conv in enumerate(self.convs):

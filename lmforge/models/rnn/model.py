@@ -37,6 +37,8 @@ class RecurrentLM(nn.Module):
         self.is_causal = not cfg.bidirectional  # a backward reader sees the future: an encoder, not a decoder
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
+        embd = cfg.dropout if cfg.embd_dropout is None else cfg.embd_dropout
+        self.embd_drop = nn.Dropout(embd)  # model.embd_dropout (default model.dropout) on the token embeddings
         self.rnn = CELLS[cfg.arch](cfg.n_embd, cfg.n_embd, num_layers=cfg.n_layer, batch_first=True,
                                    dropout=cfg.dropout if cfg.n_layer > 1 else 0.0,
                                    bidirectional=bool(cfg.bidirectional))
@@ -86,7 +88,7 @@ class RecurrentLM(nn.Module):
         T = ids.size(1)
         if pad_mask is not None:
             pad_mask = pad_mask[:, -T:].bool()  # a cache-era mask covers past + T columns
-        x = self.drop(self.wte(ids))
+        x = self.embd_drop(self.wte(ids))
         state = cache.state if cache is not None else None
         chunk = self.config.bptt if self.config.bptt and torch.is_grad_enabled() else T
         outputs = []
@@ -112,7 +114,7 @@ class RecurrentLM(nn.Module):
         lengths, so the padding is never read: a text gives the same vector alone or in any batch."""
         lengths = (pad_mask.long().sum(-1) if pad_mask is not None
                    else torch.full((ids.size(0),), ids.size(1), device=ids.device)).clamp(min=1)
-        packed = pack_padded_sequence(self.drop(self.wte(ids)), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(self.embd_drop(self.wte(ids)), lengths.cpu(), batch_first=True, enforce_sorted=False)
         outputs, state = self.rnn(packed)
         pooling = self.config.pooling
         if pooling == "cls":  # the top layer's final state of each direction (backward: after reading token 0)

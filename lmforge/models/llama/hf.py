@@ -43,6 +43,27 @@ def _pairs(cfg: ModelConfig, form: str) -> list[Pair]:
     return out
 
 
+def rotary_fields(hf: dict, where: str, family: str) -> dict:
+    """The ModelConfig fields a Llama-style config.json (Llama, Qwen2) gives alike, after refusing what lmforge
+    cannot run: another activation than SiLU, scaled rotary positions, head_dim x heads != hidden_size."""
+    need(hf.get("hidden_act", "silu") == "silu", where,
+         f"hidden_act={hf.get('hidden_act')!r} is not supported ({family}'s SwiGLU uses 'silu')")
+    rope = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    kind = scaling.get("rope_type", scaling.get("type")) if scaling else rope.get("rope_type", "default")
+    need(kind in (None, "default"), where,
+         f"rope scaling {kind!r} is not supported (only plain rotary positions, rope_type 'default', are)")
+    n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or n_embd // n_head
+    need(head_dim * n_head == n_embd, where,
+         f"head_dim={head_dim} with {n_head} heads does not make hidden_size={n_embd}; lmforge needs them equal")
+    return {"n_embd": n_embd, "n_layer": hf["num_hidden_layers"], "n_head": n_head,
+            "n_kv_head": hf.get("num_key_value_heads") or n_head, "intermediate_size": hf["intermediate_size"],
+            "norm_eps": hf.get("rms_norm_eps", 1e-6), "rope_theta": rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+            "dropout": hf.get("attention_dropout", 0.0), "tie_embeddings": hf.get("tie_word_embeddings", False),
+            "position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "classifier_bias": False}
+
+
 class LlamaNames(ForeignNames):
     """LlamaForCausalLM / LlamaForSequenceClassification, and llama.cpp's GGUF llama: both weight tables are
     built from one list (_LAYER)."""
@@ -56,26 +77,11 @@ class LlamaNames(ForeignNames):
 
     def config(self, hf: dict, where: str) -> dict:
         """ModelConfig fields from a Llama config.json; refuses scaled rotary positions and unequal biases."""
-        need(hf.get("hidden_act", "silu") == "silu", where,
-             f"hidden_act={hf.get('hidden_act')!r} is not supported (Llama's SwiGLU uses 'silu')")
-        rope = hf.get("rope_parameters") or {}
-        scaling = hf.get("rope_scaling")
-        kind = (scaling or {}).get("rope_type", (scaling or {}).get("type")) if scaling else rope.get("rope_type", "default")
-        need(kind in (None, "default"), where,
-             f"rope scaling {kind!r} is not supported (only plain rotary positions, rope_type 'default', are)")
-        n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
-        head_dim = hf.get("head_dim") or n_embd // n_head
-        need(head_dim * n_head == n_embd, where,
-             f"head_dim={head_dim} with {n_head} heads does not make hidden_size={n_embd}; lmforge needs them equal")
+        fields = rotary_fields(hf, where, "Llama")
         bias = bool(hf.get("attention_bias", False))
         need(bias == bool(hf.get("mlp_bias", False)), where,
              "attention_bias and mlp_bias differ; lmforge has one switch (model.bias) for both")
-        return {"arch": "llama", "n_embd": n_embd, "n_layer": hf["num_hidden_layers"], "n_head": n_head,
-                "n_kv_head": hf.get("num_key_value_heads") or n_head, "intermediate_size": hf["intermediate_size"],
-                "block_size": hf.get("max_position_embeddings", 2048), "norm_eps": hf.get("rms_norm_eps", 1e-6),
-                "rope_theta": rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
-                "dropout": hf.get("attention_dropout", 0.0), "tie_embeddings": hf.get("tie_word_embeddings", False),
-                "position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": bias, "classifier_bias": False}
+        return {"arch": "llama", **fields, "block_size": hf.get("max_position_embeddings", 2048), "bias": bias}
 
     def hf_config(self, cfg: ModelConfig) -> dict:
         """config.json keys of a Llama checkpoint for `cfg`; refuses switches Llama cannot express."""

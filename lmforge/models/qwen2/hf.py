@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..foreign import CONCAT, ForeignNames, Pair, need, refuse
+from ..llama.hf import rotary_fields
 
 if TYPE_CHECKING:
     from ...config import ModelConfig
@@ -21,27 +22,11 @@ class Qwen2Names(ForeignNames):
 
     def config(self, hf: dict, where: str) -> dict:
         """ModelConfig fields from a Qwen2 config.json; refuses sliding-window attention and scaled rotary positions."""
-        need(hf.get("hidden_act", "silu") == "silu", where,
-             f"hidden_act={hf.get('hidden_act')!r} is not supported (Qwen2's SwiGLU uses 'silu')")
-        rope = hf.get("rope_parameters") or {}
-        scaling = hf.get("rope_scaling") or {}
-        kind = scaling.get("rope_type", scaling.get("type")) if scaling else rope.get("rope_type", "default")
-        need(kind in (None, "default"), where,
-             f"rope scaling {kind!r} is not supported (only plain rotary positions, rope_type 'default', are)")
         sliding = hf.get("use_sliding_window", False) or "sliding_attention" in (hf.get("layer_types") or ())
         need(not sliding, where, "sliding-window attention (use_sliding_window) is not supported; lmforge's "
                                  "attention sees the whole context")
-        n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
-        head_dim = hf.get("head_dim") or n_embd // n_head
-        need(head_dim * n_head == n_embd, where,
-             f"head_dim={head_dim} with {n_head} heads does not make hidden_size={n_embd}; lmforge needs them equal")
-        return {"arch": "qwen2", "n_embd": n_embd, "n_layer": hf["num_hidden_layers"], "n_head": n_head,
-                "n_kv_head": hf.get("num_key_value_heads") or n_head, "intermediate_size": hf["intermediate_size"],
-                "block_size": hf.get("max_position_embeddings", 32768), "norm_eps": hf.get("rms_norm_eps", 1e-6),
-                "rope_theta": rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
-                "dropout": hf.get("attention_dropout", 0.0), "tie_embeddings": hf.get("tie_word_embeddings", False),
-                "position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False, "qkv_bias": True,
-                "classifier_bias": False}
+        return {"arch": "qwen2", **rotary_fields(hf, where, "Qwen2"),
+                "block_size": hf.get("max_position_embeddings", 32768), "bias": False, "qkv_bias": True}
 
     def hf_config(self, cfg: ModelConfig) -> dict:
         """config.json keys of a Qwen2 checkpoint for `cfg`; refuses switches Qwen2 cannot express."""

@@ -3,6 +3,7 @@ GGUF llama metadata keys and tensor names. The two weight tables differ only in 
 one list."""
 from __future__ import annotations
 
+from abc import ABC
 from typing import TYPE_CHECKING
 
 from ..foreign import CONCAT, ROPE_CONCAT, ForeignNames, Pair, gguf_number, need, refuse
@@ -64,16 +65,22 @@ def rotary_fields(hf: dict, where: str, family: str) -> dict:
             "position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "classifier_bias": False}
 
 
-class LlamaNames(ForeignNames):
-    """LlamaForCausalLM / LlamaForSequenceClassification, and llama.cpp's GGUF llama: both weight tables are
-    built from one list (_LAYER)."""
+class RotaryNames(ForeignNames, ABC):
+    """What the Hugging Face checkpoints of Llama-style decoders (Llama, Qwen2) name alike."""
 
-    model_type, prefix = "llama", "model."
+    prefix = "model."
     head_prefixes = ("lm_head.", "score.")
     ignored = ("rotary_emb.inv_freq",)
     tied_copy = "lm_head.weight"
     fields = {"n_embd": "hidden_size", "vocab_size": "vocab_size", "intermediate_size": "intermediate_size",
               "n_kv_head": "num_key_value_heads", "n_layer": "num_hidden_layers"}
+
+
+class LlamaNames(RotaryNames):
+    """LlamaForCausalLM / LlamaForSequenceClassification, and llama.cpp's GGUF llama: both weight tables are
+    built from one list (_LAYER)."""
+
+    model_type = "llama"
 
     def config(self, hf: dict, where: str) -> dict:
         """ModelConfig fields from a Llama config.json; refuses scaled rotary positions and unequal biases."""

@@ -3,22 +3,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..foreign import CONCAT, ForeignNames, Pair, need, refuse
-from ..llama.hf import rotary_fields
+from ..foreign import CONCAT, Pair, need, refuse
+from ..llama.hf import RotaryNames, rotary_fields
 
 if TYPE_CHECKING:
     from ...config import ModelConfig
 
 
-class Qwen2Names(ForeignNames):
+class Qwen2Names(RotaryNames):
     """Qwen2ForCausalLM / Qwen2ForSequenceClassification: Llama's names, with biases on q_proj, k_proj, v_proj."""
 
-    model_type, prefix = "qwen2", "model."
-    head_prefixes = ("lm_head.", "score.")
-    ignored = ("rotary_emb.inv_freq",)
-    tied_copy = "lm_head.weight"
-    fields = {"n_embd": "hidden_size", "vocab_size": "vocab_size", "intermediate_size": "intermediate_size",
-              "n_kv_head": "num_key_value_heads", "n_layer": "num_hidden_layers"}
+    model_type = "qwen2"
 
     def config(self, hf: dict, where: str) -> dict:
         """ModelConfig fields from a Qwen2 config.json; refuses sliding-window attention and scaled rotary positions."""

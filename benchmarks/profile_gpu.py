@@ -133,11 +133,11 @@ def trainer_run(shape: Shape, device) -> list[str]:
 def decoding(shape: Shape, device, new: int) -> list[str]:
     from lmforge.config import ModelConfig
     from lmforge.infer.static import static_decoder
+    from lmforge.models import build_model
 
     out = []
     for dtype in (torch.bfloat16, torch.float32):
         torch.manual_seed(0)
-        from lmforge.models import build_model
         model = build_model(ModelConfig(arch="gpt", n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
                                         block_size=1024, vocab_size=shape.gen_vocab, dropout=0.0))
         model = model.to(device, dtype).eval()

@@ -18,6 +18,8 @@ from lmforge.tasks.chunked import chunked_cross_entropy, float32_cross_entropy, 
 from lmforge.tasks.lm import CausalLMTask
 from lmforge.train.trainer import train
 
+from test_faults import Poisoned
+
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)
 FAST = dict(batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=3, eval_every=0, log_every=4, save_every=0,
             grad_norms_every=0, tensorboard=False)
@@ -83,28 +85,11 @@ def test_training_with_the_chunked_loss_gives_the_plain_losses_and_weights(tmp_p
         assert torch.allclose(value, reference[name], atol=1e-6, rtol=0), name
 
 
-class _Poisoned:
-    """A task whose loss is NaN at the given (1-based) steps."""
-
-    def __init__(self, task, steps):
-        self.task, self.steps = task, set(steps)
-
-    def __getattr__(self, name):
-        return getattr(self.task, name)
-
-    def train_batch(self, step, micro, batch_size):
-        return {**self.task.train_batch(step, micro, batch_size), "poison": step + 1 in self.steps}
-
-    def loss(self, model, batch):
-        loss, extra = self.task.loss(model, {k: v for k, v in batch.items() if k != "poison"})
-        return (loss * math.nan if batch["poison"] else loss), extra
-
-
 def test_the_deferred_nan_guard_skips_the_same_steps_and_ends_with_the_same_weights(tmp_path, corpus_file):
     runs = {}
     for mode in ("step", "log"):
         lm, result, records = _train(corpus_file, tmp_path / mode, steps=12, nan_check=mode,
-                                     task_wrapper=lambda task: _Poisoned(task, {6}))
+                                     task_wrapper=lambda task: Poisoned(task, {6}))
         runs[mode] = (lm.model.state_dict(), result, records)
     (step_weights, step_result, step_log), (log_weights, log_result, log_log) = runs["step"], runs["log"]
     assert step_result.skipped_steps == log_result.skipped_steps == 1
@@ -119,7 +104,7 @@ def test_the_deferred_guard_aborts_after_max_bad_steps_naming_the_step(tmp_path,
 
     with pytest.raises(TrainingDiverged, match=r"3 steps in a row.*at step 7"):
         _train(corpus_file, tmp_path, steps=12, nan_check="log", max_bad_steps=3,
-               task_wrapper=lambda task: _Poisoned(task, {5, 6, 7}))
+               task_wrapper=lambda task: Poisoned(task, {5, 6, 7}))
 
 
 def _tiny_lm(corpus_file, arch="gpt", **extra):
@@ -242,8 +227,8 @@ def test_on_cuda_the_captured_decode_step_gives_the_plain_greedy_tokens(corpus_f
 @CUDA
 def test_on_cuda_training_prefetches_pinned_batches_defers_the_guard_and_enables_tf32(tmp_path, corpus_file):
     step_lm, step_result, _ = _train(corpus_file, tmp_path / "a", nan_check="step", device="cuda",
-                                     task_wrapper=lambda task: _Poisoned(task, {5}))
-    lm, result, _ = _train(corpus_file, tmp_path / "b", device="cuda", task_wrapper=lambda task: _Poisoned(task, {5}))
+                                     task_wrapper=lambda task: Poisoned(task, {5}))
+    lm, result, _ = _train(corpus_file, tmp_path / "b", device="cuda", task_wrapper=lambda task: Poisoned(task, {5}))
     assert torch.backends.cuda.matmul.allow_tf32
     assert result.skipped_steps == step_result.skipped_steps == 1
     reference = step_lm.model.state_dict()

@@ -122,14 +122,17 @@ def test_imported_classifiers_match_transformers_and_keep_their_labels(tmp_path,
 def test_greedy_generation_equals_transformers_generate(tmp_path, kind):
     hf, directory = make_hf(tmp_path, kind)
     lm = load(directory)
-    prompt = "the cat sees"
+    assert lm.generate("the cat sees", max_new_tokens=20, temperature=0) == hf_greedy_text(hf, lm, "the cat sees", 20)
+
+
+def hf_greedy_text(hf, lm, prompt: str, new_tokens: int) -> str:
+    """transformers' greedy continuation of `prompt`, cut at lmforge's end-of-text token and decoded by lm."""
     ids = torch.tensor([lm.tokenizer.encode(prompt)])
     with torch.no_grad():
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False)
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False)
     new = out[0, ids.size(1):].tolist()
     eos = lm.tokenizer.eos_id
-    new = new[:new.index(eos)] if eos in new else new
-    assert lm.generate(prompt, max_new_tokens=20, temperature=0) == lm.tokenizer.decode(new)
+    return lm.tokenizer.decode(new[:new.index(eos)] if eos in new else new)
 
 
 def test_the_cli_takes_a_hugging_face_directory_where_a_model_directory_goes(tmp_path, capsys):

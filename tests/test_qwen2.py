@@ -14,7 +14,7 @@ from lmforge.config import ModelConfig  # noqa: E402
 from lmforge.models import ARCHS, build_model, is_decoder  # noqa: E402
 from lmforge.modeldir import ModelDirError, load_model_dir, save_model_dir  # noqa: E402
 
-from test_interop import VOCAB, char_tokenizer, padded_batch  # noqa: E402
+from test_interop import VOCAB, char_tokenizer, hf_greedy_text, padded_batch  # noqa: E402
 
 
 def make_qwen2(tmp_path, name: str = "qwen2", classifier: bool = False, **options):
@@ -81,14 +81,7 @@ def test_qwen2_export_loads_in_transformers_with_equal_logits_and_comes_back_bit
 def test_greedy_qwen2_generation_equals_transformers_generate(tmp_path):
     hf, directory = make_qwen2(tmp_path)
     lm = load(directory)
-    prompt = "the cat sees"
-    ids = torch.tensor([lm.tokenizer.encode(prompt)])
-    with torch.no_grad():
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False)
-    new = out[0, ids.size(1):].tolist()
-    eos = lm.tokenizer.eos_id
-    new = new[:new.index(eos)] if eos in new else new
-    assert lm.generate(prompt, max_new_tokens=20, temperature=0) == lm.tokenizer.decode(new)
+    assert lm.generate("the cat sees", max_new_tokens=20, temperature=0) == hf_greedy_text(hf, lm, "the cat sees", 20)
 
 
 def test_imported_qwen2_classifier_matches_transformers(tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..models.contract import is_decoder
-from .static import aligned
+from .static import aligned, capture_step
 
 
 class SlotDecoder:
@@ -103,18 +103,4 @@ class SlotDecoder:
         return logits
 
     def _record(self) -> None:
-        # as StaticDecoder._record: warm-up on a side stream, then the capture; column and mask are put back
-        saved = [t.clone() for t in (self.column, self.mask)]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._step()
-        torch.cuda.current_stream().wait_stream(stream)
-        for tensor, value in zip((self.column, self.mask), saved):
-            tensor.copy_(value)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._step()
-        for tensor, value in zip((self.column, self.mask), saved):
-            tensor.copy_(value)
+        self.graph, self.logits = capture_step(self._step, (self.column, self.mask))

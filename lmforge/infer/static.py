@@ -107,28 +107,38 @@ class StaticDecoder:
         return self.logits
 
     def _record(self) -> None:
-        # warm-up steps on a side stream (as CUDA graphs require), then the recording; the state they advanced
-        # (column, positions, mask) is put back, the cache columns they wrote are rewritten before being read;
-        # beam parents are the identity meanwhile, so the warm-up steps move no cache rows
-        saved = [t.clone() for t in (self.column, self.positions, self.mask)]
+        # beam parents are the identity while recording, so the warm-up steps move no cache rows
         parents = self.parents.clone() if self.parents is not None else None
         if parents is not None:
             self.parents.copy_(torch.arange(parents.numel(), device=parents.device))
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # with compile, the first call compiles
-                self.run()
-        torch.cuda.current_stream().wait_stream(stream)
-        for tensor, value in zip((self.column, self.positions, self.mask), saved):
-            tensor.copy_(value)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self.run()
-        for tensor, value in zip((self.column, self.positions, self.mask), saved):
-            tensor.copy_(value)
+        self.graph, self.logits = capture_step(self.run, (self.column, self.positions, self.mask))
         if parents is not None:
             self.parents.copy_(parents)
+
+
+def capture_step(step, state: tuple[torch.Tensor, ...]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Record `step()` as a CUDA graph: two warm-up calls on a side stream (as capture requires; with torch.compile
+    the first one compiles), then the recording. The `state` tensors the calls advance (columns, positions,
+    masks) are put back; the cache columns they wrote are rewritten by the next real step before being read.
+    Returns the graph and the output tensor each replay refills."""
+    saved = [tensor.clone() for tensor in state]
+
+    def restore() -> None:
+        for tensor, value in zip(state, saved):
+            tensor.copy_(value)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    restore()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = step()
+    restore()
+    return graph, output
 
 
 def static_decoder(model, batch: int, capacity: int, compile: bool = False, reorder: bool = False) -> StaticDecoder:

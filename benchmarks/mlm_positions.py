@@ -36,7 +36,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="mlm-positions-"))
     shared_file("sst2-sentence")  # exits with a clear message where the shared data is absent
     sst, sources = unlabeled_text(scratch)
-    # one tokenizer for both (WordPiece training is not deterministic upstream: tokenizers#1794)
+    # one tokenizer for both (trained once)
     tokenizer_path = scratch / "tokenizer.json"
     LM.new("bert", tokenizer="wordpiece", vocab_size=8000, lowercase=True, corpus=sst).tokenizer.save(tokenizer_path)
 

@@ -127,6 +127,13 @@ class TrainConfig(Section):
                                                        "length (each shuffled epoch sorted by length within windows "
                                                        "of 50 batches, the batches then shuffled): less padding, "
                                                        "faster on short texts")
+    token_dropout: float = Field(0.0, ge=0, lt=1, description="classify, regress, multilabel: replace this share "
+                                                              "of each training batch's tokens by [UNK] (word "
+                                                              "dropout): trains [UNK] for the unseen words of new "
+                                                              "texts and regularizes; never [CLS]/[SEP]/padding")
+    ema: float = Field(0.0, ge=0, lt=1, description="keep an exponential moving average of the weights with this "
+                                                     "decay (e.g. 0.999: about the last 1000 steps) and evaluate, keep "
+                                                     "as best and save it instead of the raw weights; 0 is off")
     class_weights: bool = Field(False, description="classify: weight the loss by inverse class frequency; multilabel: "
                                                     "weight each tag's positives by its negatives / positives")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="clm, mlm, classify (and multilabel): mix this share "
@@ -202,6 +209,12 @@ class Config(Section):
             raise ValueError(f"train.patience={self.train.patience} needs validation data, but data.val_fraction=0"
                              + (" and data.test is not set" if labeled else "")
                              + "; set data.val_fraction (e.g. 0.1) or train.patience=0")
+        if self.train.ema and self.train.parallel == "fsdp":
+            raise ValueError("train.ema is not available with train.parallel=fsdp (the average would need whole "
+                             "weights); use train.parallel=ddp or train.ema=0")
+        if self.train.token_dropout and self.train.objective not in ("classify", "regress", "multilabel"):
+            raise ValueError(f"train.token_dropout replaces tokens of the texts to classify (objectives classify, "
+                             f"regress, multilabel); objective '{self.train.objective}' has none: leave it 0")
         if self.train.objective == "regress" and self.train.label_smoothing:
             raise ValueError("train.label_smoothing smooths class targets; objective 'regress' predicts a number: "
                              "leave it 0")

@@ -68,6 +68,10 @@ class ModelConfig(Section):
     n_filters: int | None = Field(None, ge=1, description="arch textcnn only: filters per width (default 100)")
     batch_norm: bool | None = Field(None, description="arch textcnn only: batch normalization after each "
                                                       "convolution (default true)")
+    wide_conv: bool | None = Field(None, description="arch textcnn only: pad each text with width-1 zero vectors at "
+                                                     "both ends, as Kim's code does, so the filters see where it "
+                                                     "starts and ends and each token at every offset of a window "
+                                                     "(default false: windows inside the text)")
     embd_dropout: float | None = Field(None, ge=0.0, lt=1.0, description="arch textcnn, lstm, gru, rnn only: dropout "
                                        "on the token embeddings (default: 0 for textcnn, model.dropout for the RNNs)")
 
@@ -151,7 +155,7 @@ class ModelConfig(Section):
 
 BASELINE_ARCHS = tuple(arch for arch, family in ARCHS.items() if not family.transformer)
 # None unless a baseline arch
-BASELINE_KEYS = ("bptt", "bidirectional", "kernel_sizes", "n_filters", "batch_norm", "embd_dropout")
+BASELINE_KEYS = ("bptt", "bidirectional", "kernel_sizes", "n_filters", "batch_norm", "wide_conv", "embd_dropout")
 # keys only the Transformers read; on a baseline arch they must stay at their defaults
 TRANSFORMER_KEYS = ("n_head", "n_kv_head", "intermediate_size", "bias", "qkv_bias", "norm", "mlp", "position",
                     "rope_theta", "norm_eps", "norm_position", "pooling", "type_vocab_size", "layer_heads",
@@ -164,7 +168,7 @@ def check_baseline_keys(cfg: ModelConfig) -> None:
     rnn = ARCHS[cfg.arch].kind == DECODER  # the recurrent LMs (and their classifiers); else TextCNN
     foreign = [key for key in TRANSFORMER_KEYS if getattr(cfg, key) != fields[key].default
                and not (rnn and key == "pooling")]  # an RNN classifier pools too
-    own = (("bptt", "bidirectional") if rnn else ("kernel_sizes", "n_filters", "batch_norm")) + ("embd_dropout",)
+    own = (("bptt", "bidirectional") if rnn else ("kernel_sizes", "n_filters", "batch_norm", "wide_conv")) + ("embd_dropout",)
     foreign += [key for key in BASELINE_KEYS if key not in own and getattr(cfg, key) is not None]
     if not rnn and cfg.n_layer != fields["n_layer"].default:
         foreign.append("n_layer")
@@ -187,6 +191,8 @@ def check_baseline_keys(cfg: ModelConfig) -> None:
         object.__setattr__(cfg, "n_filters", 100)
     if cfg.batch_norm is None:
         object.__setattr__(cfg, "batch_norm", True)
+    if cfg.wide_conv is None:
+        object.__setattr__(cfg, "wide_conv", False)
     if not cfg.kernel_sizes or any(k < 1 for k in cfg.kernel_sizes):
         raise ValueError(f"model.kernel_sizes must be a non-empty list of widths >= 1, got {cfg.kernel_sizes}")
     if max(cfg.kernel_sizes) > cfg.block_size:

@@ -34,7 +34,8 @@ class Tokenizer:
     @classmethod
     def train(cls, kind: str, texts: Iterable[str], vocab_size: int = 4096, lowercase: bool = False) -> "Tokenizer":
         """Train a tokenizer of `kind` ('char', 'bpe', 'wordpiece', 'word') on an iterable of texts; 'word' keeps
-        the `vocab_size` most frequent words and maps the rest to [UNK]."""
+        the `vocab_size` most frequent words and maps the rest to [UNK]. 'wordpiece' reads the texts twice (a
+        one-shot iterator is kept in a list; pass a TextSource to read files again instead)."""
         if kind == "char":
             return cls._train_char(texts, lowercase)
         if kind == "bpe":
@@ -50,7 +51,11 @@ class Tokenizer:
             backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase or None)
             backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
             backend.decoder = decoders.WordPiece()
-            trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS, show_progress=False)
+            if iter(texts) is texts:  # a one-shot iterator: the continuation pieces need a first pass of their own
+                texts = list(texts)
+            pieces = _continuation_pieces(backend, texts)
+            trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS + pieces,
+                                                show_progress=False)
         elif kind == "word":
             backend = _Backend(models.WordLevel(unk_token="[UNK]"))
             if lowercase:
@@ -65,6 +70,7 @@ class Tokenizer:
         if texts.count == 0:
             raise ValueError("cannot train a tokenizer on an empty corpus")
         if kind == "wordpiece":
+            backend = _without_added(backend, BERT_SPECIALS)
             cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
             backend.post_processor = processors.TemplateProcessing(
                 single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -131,6 +137,12 @@ class Tokenizer:
         return pad if pad is not None else (self.eos_id or 0)
 
     @property
+    def unk_id(self) -> int | None:
+        """The unknown token's id (WordPiece and word: [UNK]; char: <|unk|>), None when the model has none."""
+        token = getattr(self.backend.model, "unk_token", None)
+        return self.token_to_id(token) if token else None
+
+    @property
     def mask_id(self) -> int | None:
         return self.token_to_id("[MASK]")
 
@@ -179,3 +191,35 @@ class _Counting(Iterator[str]):
     def __iter__(self):
         return self
 
+
+
+class TextSource:
+    """Texts that can be read more than once: each iteration calls `make` for a fresh iterator (files read again)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __iter__(self):
+        return iter(self.make())
+
+
+def _continuation_pieces(backend: _Backend, texts: Iterable[str]) -> list[str]:
+    """'##c' for every character c that can continue a word of `texts` (after the normalizer; not whitespace, not
+    split off by the pre-tokenizer), in sorted order. Given to the WordPiece trainer up front, they get fixed ids:
+    left to the trainer, it numbers them in hash-map order, which breaks ties between equally frequent merges
+    differently in every process (huggingface/tokenizers#1794), so the same text gave different vocabularies."""
+    chars: set[str] = set()
+    for text in texts:
+        chars.update(text)
+    normalized = {c for raw in chars for c in backend.normalizer.normalize_str(raw) if not c.isspace()}
+    attach = backend.pre_tokenizer.pre_tokenize_str
+    return [f"##{c}" for c in sorted(normalized) if len(attach(f"a{c}")) == 1]
+
+
+def _without_added(backend: _Backend, specials: list[str]) -> _Backend:
+    """The trained WordPiece backend with only `specials` as added tokens (the trainer also registered the
+    continuation pieces it was given as special tokens, which would make decoding skip them)."""
+    rebuilt = _Backend(models.WordPiece(backend.get_vocab(with_added_tokens=False), unk_token="[UNK]"))
+    rebuilt.normalizer, rebuilt.pre_tokenizer, rebuilt.decoder = backend.normalizer, backend.pre_tokenizer, backend.decoder
+    rebuilt.add_special_tokens(specials)
+    return rebuilt

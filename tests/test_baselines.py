@@ -174,6 +174,27 @@ def test_textcnn_handles_sentences_shorter_than_its_widest_kernel():
     torch.testing.assert_close(one, padded)
 
 
+def test_a_wide_textcnn_is_a_zero_padded_convolution_of_each_text_alone():
+    import torch.nn.functional as F
+
+    model = cnn_model(batch_norm=False, kernel_sizes=[2, 4], wide_conv=True).eval()
+    assert cnn_model(batch_norm=False).config.wide_conv is False  # off unless asked for
+    ids = torch.randint(1, 50, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[1, 3:] = False
+    mask[2, 1:] = False  # one token: shorter than both kernels
+    got = model.features(ids, pad_mask=mask)
+    for row in range(3):
+        x = model.wte(ids[row][mask[row]]).T[None]  # (1, C, length): the text alone, no padding
+        expected = torch.cat([F.relu(F.conv1d(x, conv.weight, conv.bias, padding=conv.kernel_size[0] - 1)).amax(-1)
+                              for conv in model.convs], -1)  # windows over either end see zero vectors
+        torch.testing.assert_close(got[row], expected[0])
+    narrow = cnn_model(batch_norm=False, kernel_sizes=[2, 4])
+    narrow.load_state_dict(model.state_dict())  # the same weights: only the windows differ
+    assert not torch.allclose(narrow.eval().features(ids, pad_mask=mask), got)
+    assert "zero-padded at both ends" in model.describe()
+
+
 def test_textcnn_learns_a_separable_task_and_its_running_statistics_survive_save_and_load(tmp_path):
     train, test = write_csv(tmp_path / "train.csv", reviews(400, 1)), write_csv(tmp_path / "test.csv", reviews(100, 2))
     config = build_config({"model": {"arch": "textcnn", "n_embd": 32, "n_filters": 16, "block_size": 16,
@@ -209,6 +230,9 @@ def test_textcnn_learns_a_separable_task_and_its_running_statistics_survive_save
     (["model.arch=\"textcnn\"", "model.kernel_sizes=[]"], "non-empty list of widths"),
     (["model.arch=\"gpt\"", "model.embd_dropout=0.2"], "model.embd_dropout is a key of the baseline archs"),
     (["model.arch=\"textcnn\"", "model.embd_dropout=1.0"], "embd_dropout"),
+    (["model.arch=\"lstm\"", "model.wide_conv=true"], "arch 'lstm' does not use model.wide_conv"),
+    (["model.arch=\"textcnn\"", "train.token_dropout=0.1", "train.objective=\"clm\""], "is a classifier"),
+    (["model.arch=\"gpt\"", "train.token_dropout=0.1"], "objective 'clm' has none"),
 ])
 def test_bad_baseline_configs_get_clear_errors(overrides, message, tmp_path, capsys):
     with pytest.raises(ConfigError, match=message):

@@ -142,3 +142,33 @@ def test_length_buckets_keep_every_row_once_an_epoch_and_cut_padding():
     first = plain.train_batch(0, 0, 10)["labels"].tolist()
     order = np.random.default_rng([5, 0]).permutation(1000)[:10]
     assert first == [int(encoded.targets[i]) for i in order]
+
+
+def test_token_dropout_replaces_a_share_of_real_tokens_by_unk_and_nothing_else():
+    from lmforge.data.labeled import LabeledSet
+    from lmforge.tasks.classify import ClassificationTask
+
+    rng = random.Random(4)
+    texts = [" ".join(rng.choices(WORDS, k=rng.randint(1, 30))) for _ in range(400)]
+    tokenizer = Tokenizer.train("wordpiece", texts, 120)
+    encoded = EncodedSet(LabeledSet("x", texts, ["0", "1"] * 200), tokenizer, ["0", "1"], 64)
+    plain = ClassificationTask(encoded, encoded, ["0", "1"], seed=5)
+    dropped = ClassificationTask(encoded, encoded, ["0", "1"], seed=5)
+    dropped.drop_tokens(0.3, tokenizer)
+    unk, specials = tokenizer.unk_id, tokenizer.special_ids - {tokenizer.unk_id}
+    changed = candidates = 0
+    for step in range(20):
+        a, b = plain.train_batch(step, 0, 16), dropped.train_batch(step, 0, 16)
+        assert torch.equal(a["pad_mask"], b["pad_mask"]) and torch.equal(a["labels"], b["labels"])
+        differs = a["ids"] != b["ids"]
+        assert (b["ids"][differs] == unk).all()  # only ever [UNK] in place of a token
+        keep = ~a["pad_mask"] | torch.isin(a["ids"], torch.tensor(sorted(specials)))
+        assert not differs[keep].any()  # [CLS], [SEP] and padding stay
+        changed += int(differs.sum())
+        candidates += int((~keep & (a["ids"] != unk)).sum())
+        assert torch.equal(dropped.train_batch(step, 0, 16)["ids"], b["ids"])  # a pure function of (seed, step)
+    assert 0.25 < changed / candidates < 0.35, changed / candidates
+    val = next(dropped.val_batches(16, "cpu"))  # validation reads every token
+    assert torch.equal(val["ids"], next(plain.val_batches(16, "cpu"))["ids"])
+    with pytest.raises(ValueError, match="has none"):  # byte-level BPE has no unknown token
+        dropped.drop_tokens(0.3, Tokenizer.train("bpe", texts, 300))

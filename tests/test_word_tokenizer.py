@@ -71,3 +71,23 @@ def test_a_word_level_lstm_language_model_trains_and_generates_words(tmp_path, c
 def test_an_unknown_tokenizer_kind_lists_the_kinds():
     with pytest.raises(ConfigError, match="'char', 'bpe', 'wordpiece' or 'word'"):
         load_config(None, ['tokenizer.kind="words"'])
+
+
+def test_wordpiece_training_gives_the_same_vocabulary_every_time_from_any_iterable():
+    from conftest import small_corpus
+    from lmforge.tokenizer import TextSource
+
+    texts = small_corpus().splitlines()
+    # the tokenizers library alone numbered its '##' pieces in hash-map order: 10 trainings, 10 vocabularies
+    # (huggingface/tokenizers#1794); lmforge hands it the pieces in sorted order first
+    trained = {Tokenizer.train("wordpiece", texts, 300, lowercase=True).backend.to_str() for _ in range(6)}
+    trained.add(Tokenizer.train("wordpiece", iter(texts), 300, lowercase=True).backend.to_str())  # one-shot iterator
+    trained.add(Tokenizer.train("wordpiece", TextSource(lambda: iter(texts)), 300, lowercase=True).backend.to_str())
+    assert len(trained) == 1
+    tokenizer = Tokenizer.train("wordpiece", texts, 300, lowercase=True)
+    # the pieces it was handed are ordinary vocabulary: only BERT's five are special, decoding keeps the rest
+    assert sorted(t.content for t in tokenizer.backend.get_added_tokens_decoder().values()) == \
+        sorted(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    ids = tokenizer.encode("the reddest breadths")
+    assert any(tokenizer.id_to_token(i).startswith("##") for i in ids)
+    assert tokenizer.decode(ids) == "the reddest breadths"

@@ -74,7 +74,7 @@ def fit(bundle: Bundle, config: Config, run_dir: str | Path | None = None, resum
     """Train the bundle's model on config.data by config.train; with `run_dir`, write the run there (`resume`: a
     checkpoint to continue, from resume_point). Returns the trained Bundle (a task's head, training facts and
     metrics in meta), `config` with its model section, and the trainer's result."""
-    if not isinstance(resume, bool):  # the run's own tokenizer: retraining one (WordPiece is not deterministic)
+    if not isinstance(resume, bool):  # the run's own tokenizer, not a new one trained on data that may have changed
         bundle = replace(bundle, tokenizer=Tokenizer.load(Path(resume) / "tokenizer.json"))
     cfg = config.train
     check_fits(config, parameters=count_parameters(bundle.model), vocab_size=bundle.tokenizer.vocab_size)

@@ -8,7 +8,7 @@ from ..config import LABELED_OBJECTIVES, Config, ConfigError
 from ..data.corpus import iter_texts
 from ..modeldir import read_tokenizer
 from ..tasks.distill import missing_teacher
-from ..tokenizer import Tokenizer
+from ..tokenizer import TextSource, Tokenizer
 
 
 def make_tokenizer(config: Config) -> Tokenizer:
@@ -25,10 +25,16 @@ def make_tokenizer(config: Config) -> Tokenizer:
                           "GGUF file (its tokenizer and chat template are used)")
     if config.train.objective in LABELED_OBJECTIVES and config.data.train and not config.data.paths:
         from ..data.labeled import iter_labeled_texts
-        texts = iter_labeled_texts(config.data)
+        texts = TextSource(lambda: iter_labeled_texts(config.data))
     else:
-        texts = iter_texts(config.data.paths, config.data.text_field, config.data.encoding_errors)
-        if config.data.scrub:  # the vocabulary must not learn what the scrub pass removes from the training text
-            from ..data.scrub import scrub_text
-            texts = map(scrub_text, texts)
+        texts = TextSource(lambda: _plain_texts(config))
     return Tokenizer.train(tok.kind, texts, tok.vocab_size, tok.lowercase)
+
+
+def _plain_texts(config: Config):
+    """data.paths' texts (scrubbed with data.scrub: the vocabulary must not learn what the scrub pass removes)."""
+    texts = iter_texts(config.data.paths, config.data.text_field, config.data.encoding_errors)
+    if config.data.scrub:
+        from ..data.scrub import scrub_text
+        texts = map(scrub_text, texts)
+    return texts

@@ -73,4 +73,6 @@ def _objective_task(bundle: Bundle, train: TrainConfig, data: DataConfig, work_d
         raise ValueError(f"unknown train.objective '{objective}'")
     task, bundle = makers[objective](bundle, train, data)
     task.bucket_by_length = train.bucket_by_length
+    if train.token_dropout:
+        task.drop_tokens(train.token_dropout, bundle.tokenizer)
     return task, bundle

@@ -22,6 +22,7 @@ class LabeledTask:
     always gives the same rows, and layer-wise learning rates for fine-tuning."""
 
     bucket_by_length = False  # train.bucket_by_length: batches of texts of similar length
+    token_dropout = 0.0  # train.token_dropout: share of training tokens replaced by [UNK] (drop_tokens)
 
     def __init__(self, train, val, labels: list[str], seed: int, grad_accum: int = 1):
         self.train, self.val, self.labels, self.seed, self.grad_accum = train, val, labels, seed, grad_accum
@@ -43,7 +44,28 @@ class LabeledTask:
         first = (step * self.grad_accum + micro) * batch_size
         n = len(self.train)
         rows = [int(self._order(p // n, batch_size)[p % n]) for p in range(first, first + batch_size)]
-        return self.train.batch(rows)
+        batch = self.train.batch(rows)
+        if self.token_dropout:
+            batch["ids"] = self._dropped(batch["ids"], batch["pad_mask"], step, micro)
+        return batch
+
+    def drop_tokens(self, share: float, tokenizer) -> None:
+        """Word dropout (Iyyer et al., 2015): each training batch has `share` of its tokens, chosen by (seed, step),
+        replaced by the tokenizer's unknown token, so [UNK] is trained for the words a new text brings and no
+        single word is leaned on. [CLS], [SEP] and padding are kept; validation and prediction see every token."""
+        unk = tokenizer.unk_id
+        if unk is None:
+            raise ValueError(f"train.token_dropout replaces tokens by the unknown token, and this '{tokenizer.kind}' "
+                             "tokenizer has none (byte-level BPE can spell every text): use tokenizer.kind "
+                             "'wordpiece' or 'word', or leave train.token_dropout 0")
+        self.token_dropout, self._unk = share, unk
+        self._kept = torch.tensor(sorted(tokenizer.special_ids - {unk}), dtype=torch.long)
+
+    def _dropped(self, ids: torch.Tensor, pad_mask: torch.Tensor, step: int, micro: int) -> torch.Tensor:
+        """`ids` with token_dropout of the real, non-special tokens set to [UNK], drawn from (seed, step, micro)."""
+        rng = np.random.default_rng([self.seed, step, micro, 17])
+        chosen = torch.from_numpy(rng.random(ids.shape) < self.token_dropout) & pad_mask & ~torch.isin(ids, self._kept)
+        return ids.masked_fill(chosen, self._unk)
 
     @staticmethod
     def count_tokens(batch: dict) -> int:

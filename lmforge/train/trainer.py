@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from .checkpoint import find_resumable, optimizer_from_tensors, read_checkpoint, save_checkpoint
+from .average import WeightAverage
 from .distributed import Parallel, pick_device  # noqa: F401 - pick_device is part of this module's API
 from .guard import DeferredGuard, Prefetcher, deferred_guard_usable
 from .health import gradient_warnings, layer_grad_norms
@@ -190,6 +191,9 @@ class _Loop:
                          else contextlib.nullcontext())
         self.scaler = torch.amp.GradScaler(device.type) if cfg.dtype == "float16" else None
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.average = WeightAverage(model, cfg.ema) if cfg.ema else None  # train.ema
+        if self.average is not None and tensors is not None:
+            self.average.load_tensors(tensors)
         self._note_frozen()
         self.bar.start = self.start
         self.result = TrainResult(step=self.start, train_loss=None, best=self.state["best"], rank=parallel.rank)
@@ -239,7 +243,7 @@ class _Loop:
             return
         module = parallel.export_module()
         optimizer_state = parallel.optimizer_state(self.optimizer)
-        rng = parallel.rng_state()
+        rng = {**parallel.rng_state(), **(self.average.to_tensors() if self.average is not None else {})}
         if self.main:
             save_checkpoint(run.checkpoints, step, lambda temp: run.export(module, temp), optimizer_state, rng,
                             {k: v for k, v in self.state.items()}, self.cfg.keep_last)
@@ -338,6 +342,8 @@ class _Loop:
         guard, scaler, window_extra = self.guard, self.scaler, self.window_extra
         if guard is not None:  # decided on the device; warnings and the abort at the next boundary (guard.py)
             ok = guard.step(self.optimizer, step_loss, grad_norm, step + 1, step_tokens)
+            if self.average is not None:  # a skipped step left the weights as they were: folding them in is harmless
+                self.average.update(step)
             self.window_loss += torch.where(ok, step_loss, 0.0)
             for key, value in step_extra.items():
                 window_extra[key] = window_extra.get(key, 0) + torch.where(ok, value, 0.0)
@@ -353,6 +359,8 @@ class _Loop:
                 scaler.update()
             else:
                 self.optimizer.step()
+            if self.average is not None:
+                self.average.update(step)
             self.window_loss += step_loss
             for key, value in step_extra.items():
                 window_extra[key] = window_extra.get(key, 0) + value
@@ -406,19 +414,20 @@ class _Loop:
     def evaluate(self, step: int, last: bool) -> bool:
         """Evaluate, keep the best weights (train.patience) and say whether to stop early (all ranks agree)."""
         cfg, state, parallel, task = self.cfg, self.state, self.parallel, self.task
-        evaluation = parallel.evaluate(lambda m: task.evaluate(m, cfg.eval_steps, cfg.batch_size, self.device))
-        self.model.train()
-        self.result.eval = evaluation
-        self.log({"step": step, **evaluation})
-        value = evaluation[self.monitor]
-        if _better(value, state["best"], self.mode):
-            state["best"], state["bad_evals"] = value, 0
-            if cfg.patience:
-                self.best_weights = _clone_weights(parallel.model_state())
-                if self.run is not None:
-                    self.export(self.run.path / "best")
-        else:
-            state["bad_evals"] += 1
+        with self.average.applied() if self.average is not None else contextlib.nullcontext():  # train.ema
+            evaluation = parallel.evaluate(lambda m: task.evaluate(m, cfg.eval_steps, cfg.batch_size, self.device))
+            self.model.train()
+            self.result.eval = evaluation
+            self.log({"step": step, **evaluation})
+            value = evaluation[self.monitor]
+            if _better(value, state["best"], self.mode):
+                state["best"], state["bad_evals"] = value, 0
+                if cfg.patience:
+                    self.best_weights = _clone_weights(parallel.model_state())
+                    if self.run is not None:
+                        self.export(self.run.path / "best")
+            else:
+                state["bad_evals"] += 1
         self.bar.note("  eval @ step {}: {}".format(step, ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items())))
         stop = bool(cfg.patience and state["bad_evals"] >= cfg.patience and not last)
         if parallel.any(stop):  # every rank stops at the same step
@@ -429,10 +438,12 @@ class _Loop:
         return False
 
     def finish(self, step: int) -> TrainResult:
-        """Back to the best weights (with train.patience), fill in the result, write final/ and the loss plot."""
+        """Back to the best weights (with train.patience; else the average with train.ema), fill in the result, write final/ and the loss plot."""
         cfg, parallel, result, run, state = self.cfg, self.parallel, self.result, self.run, self.state
         if self.best_weights is not None and cfg.patience and not result.interrupted:
             parallel.load_model_state(self.best_weights)
+        elif self.average is not None and not result.interrupted:  # train.ema: the run ends on the average
+            self.average.keep()
         result.step, result.best, result.skipped_steps = step, state["best"], state["skipped_steps"]
         result.seconds = time.perf_counter() - self.began
         result.model = parallel.export_module() if cfg.parallel == "fsdp" else self.model

@@ -59,17 +59,19 @@ class TextCNN(nn.Module):
         if pad_mask is None:
             pad_mask = torch.ones_like(ids, dtype=torch.bool)
         pad_mask = pad_mask.bool()
-        widest = max(self.config.kernel_sizes)
-        if ids.size(1) < widest:  # a sentence shorter than a kernel is padded with zero vectors, as Kim does
+        widest, wide = max(self.config.kernel_sizes), self.config.wide_conv
+        if ids.size(1) < widest and not wide:  # a sentence shorter than a kernel is padded with zero vectors
             extra = widest - ids.size(1)
             ids, pad_mask = F.pad(ids, (0, extra)), F.pad(pad_mask, (0, extra), value=False)
         x = (self.embd_drop(self.wte(ids)) * pad_mask[..., None]).transpose(1, 2)  # padding contributes zero vectors
-        lengths = pad_mask.sum(-1).clamp(min=widest)  # windows that start inside the sentence (or at 0)
+        # windows that start inside the text (or at 0); wide: also those reaching over either end into zeros
+        lengths = pad_mask.sum(-1) if wide else pad_mask.sum(-1).clamp(min=widest)
         pooled = []
         for i, conv in enumerate(self.convs):
             k = conv.kernel_size[0]
-            h = conv(x)  # (B, n_filters, L - k + 1)
-            valid = torch.arange(h.size(-1), device=ids.device)[None, :] <= (lengths[:, None] - k)
+            h = conv(F.pad(x, (k - 1, k - 1)) if wide else x)  # (B, n_filters, L - k + 1), wide: L + k - 1
+            last = lengths + k - 2 if wide else lengths - k  # the last window's start
+            valid = torch.arange(h.size(-1), device=ids.device)[None, :] <= last[:, None]
             if self.norms is not None:
                 h = self.norms[i](h, valid)
             h = F.relu(h).masked_fill(~valid[:, None, :], float("-inf"))
@@ -90,4 +92,4 @@ class TextCNN(nn.Module):
         cfg = self.config
         return (f"A TextCNN classifier (Kim, 2014): {cfg.n_embd}-dimensional word embeddings, {cfg.n_filters} "
                 f"filters of each width {cfg.kernel_sizes}, {'with' if cfg.batch_norm else 'without'} batch "
-                f"normalization, max-over-time pooling; inputs up to {cfg.block_size} tokens")
+                f"normalization{', zero-padded at both ends' if cfg.wide_conv else ''}, max-over-time pooling; inputs up to {cfg.block_size} tokens")

@@ -37,7 +37,8 @@ SHARED = ROOT.parent / "shared" / "data"  # --data: where sst2-phrases/train.tsv
 TEXTCNN, LSTM = ROOT / "configs" / "textcnn-sst2.toml", ROOT / "configs" / "lstm-classify.toml"
 CONFIGS = {  # name -> (recipe, overrides, what the table calls it)
     "textcnn-wordpiece-bn": (TEXTCNN, ["model.batch_norm=true"], "TextCNN, WordPiece, batch norm"),
-    "textcnn-wordpiece": (TEXTCNN, ["model.batch_norm=false"], "TextCNN, WordPiece"),
+    # the one row without the recipe's wide_conv: on 3 seeds its dev accuracy was as high without it (84.10 vs 84.02)
+    "textcnn-wordpiece": (TEXTCNN, ["model.batch_norm=false", "model.wide_conv=false"], "TextCNN, WordPiece"),
     "textcnn-word-bn": (TEXTCNN, ["model.batch_norm=true", 'tokenizer.kind="word"'], "TextCNN, words, batch norm"),
     "textcnn-word": (TEXTCNN, ["model.batch_norm=false", 'tokenizer.kind="word"'], "TextCNN, words"),
     "bilstm": (LSTM, [], "biLSTM, WordPiece, max pooling"),
@@ -46,14 +47,25 @@ SEEDS = (1, 2, 3)
 BAR = 0.84
 
 
+# stsa.binary writes the Penn Treebank's escapes; GLUE's train.tsv, which the models learn from, the characters
+PTB_ESCAPES = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}", "\\/": "/",
+               "\\*": "*"}
+
+
+def unescape(text: str) -> str:
+    """A treebank sentence with its escapes undone: '-lrb- sic -rrb-' -> '( sic )', 'good\\/bad' -> 'good/bad'."""
+    return re.sub("|".join(re.escape(k) for k in PTB_ESCAPES), lambda m: PTB_ESCAPES[m.group(0)], text)
+
+
 def write_tsv(source: Path, target: Path) -> Path:
-    """An stsa.binary.* file ('<label> <sentence>' a line) as a sentence<TAB>label TSV with a header."""
+    """An stsa.binary.* file ('<label> <sentence>' a line) as a sentence<TAB>label TSV with a header, written as
+    the training phrases are (unescape)."""
     with open(target, "w", encoding="utf-8") as out:
         out.write("sentence\tlabel\n")
         for line in source.read_text(encoding="utf-8").splitlines():
             label, _, text = line.partition(" ")
             if text:
-                out.write(f"{text}\t{label}\n")
+                out.write(f"{unescape(text)}\t{label}\n")
     return target
 
 

@@ -211,9 +211,11 @@ def _continuation_pieces(backend: _Backend, texts: Iterable[str]) -> list[str]:
     chars: set[str] = set()
     for text in texts:
         chars.update(text)
-    normalized = {c for raw in chars for c in backend.normalizer.normalize_str(raw) if not c.isspace()}
-    attach = backend.pre_tokenizer.pre_tokenize_str
-    return [f"##{c}" for c in sorted(normalized) if len(attach(f"a{c}")) == 1]
+    normalize, split = backend.normalizer.normalize_str, backend.pre_tokenizer.pre_tokenize_str
+    normalized = {c for raw in chars for c in normalize(raw) if not c.isspace()}
+    # a character the normalizer spaces apart (Chinese) or the pre-tokenizer splits off (punctuation) begins every
+    # word it is in: no piece for it
+    return [f"##{c}" for c in sorted(normalized) if len(split(normalize(f"a{c}"))) == 1]
 
 
 def _without_added(backend: _Backend, specials: list[str]) -> _Backend:

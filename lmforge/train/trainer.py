@@ -14,8 +14,8 @@ from safetensors.torch import load_model
 from torch import nn
 
 from ..config import TrainConfig
-from .checkpoint import find_resumable, optimizer_from_tensors, read_checkpoint, save_checkpoint
 from .average import WeightAverage
+from .checkpoint import find_resumable, optimizer_from_tensors, read_checkpoint, save_checkpoint
 from .distributed import Parallel, pick_device  # noqa: F401 - pick_device is part of this module's API
 from .guard import DeferredGuard, Prefetcher, deferred_guard_usable
 from .health import gradient_warnings, layer_grad_norms

@@ -53,11 +53,12 @@ BAR = 0.84
 # stsa.binary writes the Penn Treebank's escapes; GLUE's train.tsv, which the models learn from, the characters
 PTB_ESCAPES = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}", "\\/": "/",
                "\\*": "*"}
+PTB_ESCAPE = re.compile("|".join(re.escape(k) for k in PTB_ESCAPES))
 
 
 def unescape(text: str) -> str:
     """A treebank sentence with its escapes undone: '-lrb- sic -rrb-' -> '( sic )', 'good\\/bad' -> 'good/bad'."""
-    return re.sub("|".join(re.escape(k) for k in PTB_ESCAPES), lambda m: PTB_ESCAPES[m.group(0)], text)
+    return PTB_ESCAPE.sub(lambda m: PTB_ESCAPES[m.group(0)], text)
 
 
 def write_tsv(source: Path, target: Path) -> Path:

@@ -168,7 +168,8 @@ def check_baseline_keys(cfg: ModelConfig) -> None:
     rnn = ARCHS[cfg.arch].kind == DECODER  # the recurrent LMs (and their classifiers); else TextCNN
     foreign = [key for key in TRANSFORMER_KEYS if getattr(cfg, key) != fields[key].default
                and not (rnn and key == "pooling")]  # an RNN classifier pools too
-    own = (("bptt", "bidirectional") if rnn else ("kernel_sizes", "n_filters", "batch_norm", "wide_conv")) + ("embd_dropout",)
+    cnn_keys = ("kernel_sizes", "n_filters", "batch_norm", "wide_conv")
+    own = (("bptt", "bidirectional") if rnn else cnn_keys) + ("embd_dropout",)
     foreign += [key for key in BASELINE_KEYS if key not in own and getattr(cfg, key) is not None]
     if not rnn and cfg.n_layer != fields["n_layer"].default:
         foreign.append("n_layer")

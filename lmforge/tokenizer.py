@@ -192,7 +192,6 @@ class _Counting(Iterator[str]):
         return self
 
 
-
 class TextSource:
     """Texts that can be read more than once: each iteration calls `make` for a fresh iterator (files read again)."""
 
@@ -222,6 +221,7 @@ def _without_added(backend: _Backend, specials: list[str]) -> _Backend:
     """The trained WordPiece backend with only `specials` as added tokens (the trainer also registered the
     continuation pieces it was given as special tokens, which would make decoding skip them)."""
     rebuilt = _Backend(models.WordPiece(backend.get_vocab(with_added_tokens=False), unk_token="[UNK]"))
-    rebuilt.normalizer, rebuilt.pre_tokenizer, rebuilt.decoder = backend.normalizer, backend.pre_tokenizer, backend.decoder
+    rebuilt.normalizer, rebuilt.pre_tokenizer = backend.normalizer, backend.pre_tokenizer
+    rebuilt.decoder = backend.decoder
     rebuilt.add_special_tokens(specials)
     return rebuilt

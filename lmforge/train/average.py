@@ -34,7 +34,7 @@ class WeightAverage:
     def applied(self):
         """The model holds the averaged weights inside the block and its own ones again after it."""
         saved = [t.detach().clone() for t in self.live]
-        torch._foreach_copy_(self.live, self.shadow)
+        self.keep()
         try:
             yield
         finally:

@@ -50,14 +50,15 @@ def optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> dict
 
 
 def save_checkpoint(directory: Path, step: int, export: Callable[[Path], None], optimizer_state: dict,
-                    rng: dict[str, torch.Tensor], trainer_state: dict, keep_last: int) -> Path:
-    """Write checkpoints/step-N atomically: a model directory (via `export`), optimizer and RNG states,
-    the trainer state and a manifest of sizes and checksums; then drop all but the newest `keep_last`."""
+                    extra: dict[str, torch.Tensor], trainer_state: dict, keep_last: int) -> Path:
+    """Write checkpoints/step-N atomically: a model directory (via `export`), the optimizer state with the `extra`
+    tensors beside it (RNG states, train.ema's average), the trainer state and a manifest of sizes and checksums;
+    then drop all but the newest `keep_last`."""
     target = directory / f"step-{step}"
     with atomic_directory(target) as temp:
         export(temp)
         tensors, meta = optimizer_to_tensors(optimizer_state)
-        tensors.update(rng)
+        tensors.update(extra)
         save_file(tensors, str(temp / OPTIMIZER_FILE))
         (temp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step, "optimizer": meta}, indent=1))
         write_manifest(temp)

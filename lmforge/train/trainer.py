@@ -243,9 +243,9 @@ class _Loop:
             return
         module = parallel.export_module()
         optimizer_state = parallel.optimizer_state(self.optimizer)
-        rng = {**parallel.rng_state(), **(self.average.to_tensors() if self.average is not None else {})}
+        extra = {**parallel.rng_state(), **(self.average.to_tensors() if self.average is not None else {})}
         if self.main:
-            save_checkpoint(run.checkpoints, step, lambda temp: run.export(module, temp), optimizer_state, rng,
+            save_checkpoint(run.checkpoints, step, lambda temp: run.export(module, temp), optimizer_state, extra,
                             {k: v for k, v in self.state.items()}, self.cfg.keep_last)
         self.last_good = run.checkpoints / f"step-{step}"
         parallel.barrier()
@@ -438,7 +438,8 @@ class _Loop:
         return False
 
     def finish(self, step: int) -> TrainResult:
-        """Back to the best weights (with train.patience; else the average with train.ema), fill in the result, write final/ and the loss plot."""
+        """Back to the best weights (with train.patience; else the average with train.ema), fill in the result,
+        write final/ and the loss plot."""
         cfg, parallel, result, run, state = self.cfg, self.parallel, self.result, self.run, self.state
         if self.best_weights is not None and cfg.patience and not result.interrupted:
             parallel.load_model_state(self.best_weights)

@@ -92,4 +92,5 @@ class TextCNN(nn.Module):
         cfg = self.config
         return (f"A TextCNN classifier (Kim, 2014): {cfg.n_embd}-dimensional word embeddings, {cfg.n_filters} "
                 f"filters of each width {cfg.kernel_sizes}, {'with' if cfg.batch_norm else 'without'} batch "
-                f"normalization{', zero-padded at both ends' if cfg.wide_conv else ''}, max-over-time pooling; inputs up to {cfg.block_size} tokens")
+                f"normalization{', zero-padded at both ends' if cfg.wide_conv else ''}, max-over-time pooling; "
+                f"inputs up to {cfg.block_size} tokens")

@@ -147,6 +147,14 @@ class TrainConfig(Section):
     distill_temperature: float = Field(2.0, gt=0, description="distillation: softmax temperature of teacher and student")
     distill_alpha: float = Field(0.5, ge=0, le=1, description="distillation: weight of the KL term (1 - alpha: the "
                                                                "hard-label loss)")
+    distill_cache: str | None = Field(None, description="classify distillation: a folder keeping the teacher's "
+                                                         "scores of the training texts, found again by content "
+                                                         "(teacher, texts, dtype), so a sweep of students pays for "
+                                                         "one teacher pass; unset: the run's folder (for resume)")
+    distill_tokenizer: Literal["teacher", "own"] = Field(
+        "teacher", description="distillation: the student reads the teacher's tokens ('teacher'; clm and mlm need "
+                               "it), or, for classify, its own recipe's tokenizer ('own': a word-level TextCNN from a "
+                               "BERT teacher), the teacher scoring each training text once with its own")
     lora: LoRAConfig = Field(default_factory=LoRAConfig, description="LoRA fine-tuning (train.lora.rank=8)")
 
     @model_validator(mode="after")
@@ -218,6 +226,15 @@ class Config(Section):
         if self.train.objective == "regress" and self.train.label_smoothing:
             raise ValueError("train.label_smoothing smooths class targets; objective 'regress' predicts a number: "
                              "leave it 0")
+        return self
+
+    @model_validator(mode="after")
+    def _check_distillation(self):
+        train = self.train
+        if train.distill_tokenizer == "own" and train.objective != "classify":
+            raise ValueError(f"train.distill_tokenizer='own' is for objective 'classify' (the teacher scores each text "
+                             f"with its own tokenizer); '{train.objective}' compares the outputs token by token, so "
+                             "the student must read the teacher's tokens: leave train.distill_tokenizer='teacher'")
         return self
 
 

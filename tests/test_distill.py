@@ -9,11 +9,16 @@ import pytest
 import torch
 
 from conftest import small_corpus
+from dataclasses import replace
+
 from lmforge import LM
+from lmforge.app.training import train_from_config
 from lmforge.cli import main
 from lmforge.config import build_config
+from lmforge.data.labeled import encode_example, read_labeled
 from lmforge.modeldir import load_model_dir
 from lmforge.tasks import make_task
+from lmforge.tasks.classify import split_validation
 from lmforge.tasks.distill import DistillationTask, soft_loss
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)
@@ -49,19 +54,19 @@ def teachers(tmp_path_factory):
         writer.writeheader()
         writer.writerows(_reviews(120, 0))
     classifier = LM.from_pretrained(root / "bert" / "final")
-    classifier.fit(labeled, objective="classify", run_dir=root / "classifier", max_steps=10, progress=False, **FAST)
+    classifier.fit(labeled, objective="classify", run_dir=root / "classifier", max_steps=100, progress=False, **FAST)
     return {"corpus": corpus, "labeled": labeled, "gpt": root / "gpt" / "final", "bert": root / "bert" / "final",
             "classifier": root / "classifier" / "final"}
 
 
-def _distill_task(student: LM, teacher, data, objective: str, work, temperature=2.0, alpha=0.5):
+def _distill_task(student: LM, teacher, data, objective: str, work, temperature=2.0, alpha=0.5, teacher_bundle=None):
     raw = student.config.model_dump()
     raw["train"].update(objective=objective, distill_teacher=str(teacher), distill_temperature=temperature,
                         distill_alpha=alpha)
     raw["data"]["train" if objective == "classify" else "paths"] = str(data) if objective == "classify" else [str(data)]
     student.config = build_config(raw)
     task, trained = make_task(student.bundle, student.config.train, student.config.data, work,
-                             teacher=load_model_dir(teacher))  # a task is handed its teacher
+                             teacher=teacher_bundle or load_model_dir(teacher))  # a task is handed its teacher
     student.adopt(trained)
     return task
 
@@ -79,7 +84,7 @@ def test_the_soft_loss_is_zero_when_the_student_is_the_teacher(teachers, tmp_pat
     student.model.train()
     loss, metrics = task.loss(student.model, task.train_batch(0, 0, 8))
     assert abs(loss.item()) < 1e-6 and abs(metrics["soft_loss"].item()) < 1e-6
-    assert metrics["hard_loss"].item() > 0.1  # the hard-label loss is there, weighted by 1 - alpha = 0
+    assert metrics["hard_loss"].item() > 0.01  # the hard-label loss is there, weighted by 1 - alpha = 0
 
 
 def test_soft_loss_matches_the_kl_written_out():
@@ -114,8 +119,11 @@ def test_gradients_reach_the_student_only(teachers, tmp_path, objective, teacher
     student.model.train()
     loss, _ = task.loss(student.model, task.train_batch(0, 0, 8))
     loss.backward()
-    assert not task.teacher.training
-    assert all(p.grad is None and not p.requires_grad for p in task.teacher.parameters())
+    if task.teacher is None:  # a classifier's teacher scored the texts before training: its logits are data
+        assert objective == "classify" and not task.base.soft_targets.requires_grad
+    else:
+        assert not task.teacher.training
+        assert all(p.grad is None and not p.requires_grad for p in task.teacher.parameters())
     grads = [p.grad for p in student.model.parameters() if p.requires_grad]
     assert sum(g is not None and g.abs().sum().item() > 0 for g in grads) > len(grads) // 2
 
@@ -179,7 +187,8 @@ def _other_tokenizer(tmp_path):
 
 @pytest.mark.parametrize("case", ["missing teacher", "missing teacher (train)", "tokenizer mismatch",
                                   "encoder teacher for clm", "decoder teacher for mlm", "language model for classify",
-                                  "temperature 0", "temperature -1 (train)", "alpha 1.5", "alpha -0.1 (train)"])
+                                  "temperature 0", "temperature -1 (train)", "alpha 1.5", "alpha -0.1 (train)",
+                                  "own tokenizer for clm"])
 def test_bad_input_is_a_clear_error_that_writes_nothing(teachers, tmp_path, capsys, case):
     recipe = tmp_path / "student.toml"
     recipe.write_text('[model]\narch = "gpt"\nn_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 32\n'
@@ -215,6 +224,8 @@ def test_bad_input_is_a_clear_error_that_writes_nothing(teachers, tmp_path, caps
                       r"train.distill_alpha: Input should be less than or equal to 1"),
         "alpha -0.1 (train)": (["train", str(recipe), f"run.dir={run}", "train.distill_alpha=-0.1"],
                                r"train.distill_alpha: Input should be greater than or equal to 0"),
+        "own tokenizer for clm": (distill + ["--teacher", str(teachers["gpt"]), 'train.distill_tokenizer="own"'],
+                                  r"train.distill_tokenizer='own' is for objective 'classify'"),
     }[case]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -224,17 +235,100 @@ def test_bad_input_is_a_clear_error_that_writes_nothing(teachers, tmp_path, caps
 
 def test_classifier_teacher_columns_follow_the_student_label_order(teachers, tmp_path):
     student = LM.from_pretrained(teachers["classifier"])
-    task = _distill_task(student, teachers["classifier"], teachers["labeled"], "classify", tmp_path, alpha=1.0)
-    assert task.columns.tolist() == [0, 1]
-    # the same teacher with its two outputs swapped (and its label names with them) still gives a zero loss
-    swapped = copy.deepcopy(task.teacher)
-    swapped.classifier.weight.data = swapped.classifier.weight.data.flip(0)
-    swapped.classifier.bias.data = swapped.classifier.bias.data.flip(0)
-    from lmforge.tasks.distill import label_columns
-    labels = student.config.model.labels
-    flipped = DistillationTask(task.base, swapped, 2.0, 1.0, 2, label_columns(labels[::-1], labels, tmp_path))
-    loss, _ = flipped.loss(student.model, task.train_batch(0, 0, 8))
+    plain = _distill_task(student, teachers["classifier"], teachers["labeled"], "classify", tmp_path, alpha=1.0)
+    # the same teacher with its two outputs swapped, and its label names with them, gives the same targets
+    swapped = load_model_dir(teachers["classifier"])
+    head = swapped.model.classifier
+    head.weight.data, head.bias.data = head.weight.data.flip(0), head.bias.data.flip(0)
+    swapped = replace(swapped, config=swapped.config.model_copy(update={"labels": swapped.config.labels[::-1]}))
+    task = _distill_task(LM.from_pretrained(teachers["classifier"]), teachers["classifier"], teachers["labeled"],
+                         "classify", tmp_path / "swapped", alpha=1.0, teacher_bundle=swapped)
+    torch.testing.assert_close(task.base.soft_targets, plain.base.soft_targets, atol=1e-6, rtol=0)
+    loss, _ = task.loss(student.model.eval(), task.train_batch(0, 0, 8))
     assert abs(loss.item()) < 1e-6
+
+
+def test_a_word_textcnn_learns_from_a_bert_classifier_and_resumes_exactly(teachers, tmp_path):
+    """Another family, another tokenizer: the teacher scores each training text once with its own tokens; the
+    targets are its logits for each text read alone, the soft loss falls, and a killed run resumes bitwise."""
+    class Stop(Exception):
+        pass
+
+    def config(run):
+        return build_config({
+            "model": {"arch": "textcnn", "n_embd": 16, "n_filters": 8, "kernel_sizes": [1, 2], "block_size": 16,
+                      "dropout": 0.0},
+            "tokenizer": {"kind": "word", "vocab_size": 100},
+            "data": {"train": str(teachers["labeled"]), "val_fraction": 0.2},
+            "train": {**FAST, "lr": 1e-2, "max_steps": 40, "save_every": 10, "distill_alpha": 0.9,
+                      "distill_teacher": str(teachers["classifier"]), "distill_tokenizer": "own"},
+            "run": {"dir": str(tmp_path / run)}})
+
+    whole = config("whole")
+    teacher = load_model_dir(teachers["classifier"])
+    task, trained = make_task(LM.from_config(whole).bundle, whole.train, whole.data, tmp_path / "work",
+                              teacher=teacher)
+    assert trained.tokenizer.kind == "word" and task.teacher is None
+    rows = split_validation(whole.data, whole.train.seed, read_labeled, read_labeled(teachers["labeled"]))[0]
+    labels = [teacher.config.labels.index(name) for name in trained.config.labels]
+    reference = torch.cat([_logits_alone(teacher, text) for text in rows.texts])[:, labels]
+    torch.testing.assert_close(task.base.soft_targets, reference, atol=1e-4, rtol=0)
+
+    records = []
+    lm, _ = train_from_config(whole, progress=False, hooks=[lambda s, r: records.append(r)])
+    soft = [r["soft_loss"] for r in records]
+    assert sum(soft[-5:]) / 5 < 0.5 * sum(soft[:5]) / 5
+    batch = task.base.train.batch(range(len(rows)))  # the same word vocabulary: the tokenizer is deterministic
+    with torch.no_grad():
+        predicted = lm.model.eval().classify(batch["ids"], pad_mask=batch["pad_mask"]).argmax(-1)
+    agree = (predicted == task.base.soft_targets.argmax(-1)).float().mean()
+    assert agree >= 0.95  # the student predicts what the teacher does on the training texts
+    assert lm.meta["training"]["distill_tokenizer"] == "own"
+
+    def kill_at_25(step, record):
+        if step == 25:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_from_config(config("broken"), progress=False, hooks=[kill_at_25])
+    resumed, _ = train_from_config(config("broken"), resume=True, progress=False)
+    for name, value in lm.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, atol=0, rtol=0)
+
+
+def test_a_sweep_of_students_pays_for_one_teacher_pass(teachers, tmp_path, monkeypatch):
+    from lmforge.tasks import distill
+
+    def task(teacher_bundle=None):
+        student = LM.from_pretrained(teachers["classifier"])
+        student.config.train.distill_cache = str(tmp_path / "cache")
+        return _distill_task(student, teachers["classifier"], teachers["labeled"], "classify", tmp_path / "work",
+                             teacher_bundle=teacher_bundle)
+
+    first = task()
+    assert len(list((tmp_path / "cache").glob("teacher-scores-*.safetensors"))) == 1
+
+    def no_scoring(self, rows, bar):
+        raise AssertionError("the teacher ran again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(distill.TeacherScores, "_score", no_scoring)
+        again = task()  # the same teacher and texts: read back
+    torch.testing.assert_close(again.base.soft_targets, first.base.soft_targets, atol=0, rtol=0)
+    other = load_model_dir(teachers["classifier"])
+    with torch.no_grad():
+        other.model.classifier.bias.add_(1.0)  # another teacher: scored anew, kept beside the first
+    moved = task(other)
+    assert len(list((tmp_path / "cache").glob("teacher-scores-*.safetensors"))) == 2
+    torch.testing.assert_close(moved.base.soft_targets - first.base.soft_targets,
+                               torch.ones_like(first.base.soft_targets), atol=1e-5, rtol=0)
+
+
+def _logits_alone(teacher, text: str) -> torch.Tensor:
+    """The teacher's head outputs (1, n_labels) for one text in a batch of its own."""
+    ids, _ = encode_example(teacher.tokenizer, text, None, teacher.config.block_size)
+    with torch.no_grad():
+        return teacher.model.eval().classify(torch.tensor([ids])).float()
 
 
 def test_a_classifier_distills_through_the_trainer_with_its_own_hooks(teachers, tmp_path):

@@ -16,7 +16,7 @@ def make_tokenizer(config: Config) -> Tokenizer:
     tok = config.tokenizer
     if tok.path:
         return Tokenizer.load(tok.path)
-    if config.train.distill_teacher:  # a distilled student reads and writes its teacher's tokens
+    if config.train.distill_teacher and config.train.distill_tokenizer == "teacher":  # the teacher's tokens
         if not Path(config.train.distill_teacher).exists():
             raise missing_teacher(Path(config.train.distill_teacher))
         return read_tokenizer(config.train.distill_teacher)

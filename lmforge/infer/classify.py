@@ -15,8 +15,9 @@ def predict_probabilities(model, encoded: EncodedSet, batch_size: int = 32) -> n
 
 
 @torch.no_grad()
-def head_outputs(model, encoded: EncodedSet, batch_size: int = 32) -> np.ndarray:
-    """The head's raw outputs (N, n_labels) in float64 for every example of `encoded`, in order."""
+def head_outputs(model, encoded: EncodedSet, batch_size: int = 32, report=None) -> np.ndarray:
+    """The head's raw outputs (N, n_labels) in float64 for every example of `encoded`, in order; `report(done)`
+    hears how many are scored after each batch."""
     model.eval()
     device = next(model.parameters()).device
     # sort by length so each batch pads little, then put the rows back in input order
@@ -31,6 +32,8 @@ def head_outputs(model, encoded: EncodedSet, batch_size: int = 32) -> np.ndarray
         if out is None:
             out = np.zeros((len(encoded), values.shape[1]), dtype=np.float64)
         out[chunk] = values
+        if report is not None:
+            report(first + len(chunk))
     return out if out is not None else np.zeros((0, 0))
 
 

@@ -45,13 +45,16 @@ def make_task(bundle: Bundle, train: TrainConfig, data: DataConfig, work_dir: Pa
         from .distill import make_distillation_task
         if teacher is None:
             raise ValueError("train.distill_teacher is set: hand make_task the teacher's Bundle (load_model_dir)")
-        return make_distillation_task(bundle, train, lambda: _objective_task(bundle, train, data, work_dir, progress),
-                                      teacher)
+        return make_distillation_task(
+            bundle, train, lambda score=None: _objective_task(bundle, train, data, work_dir, progress, score),
+            teacher, progress, work_dir)
     return _objective_task(bundle, train, data, work_dir, progress)
 
 
-def _objective_task(bundle: Bundle, train: TrainConfig, data: DataConfig, work_dir: Path, progress: bool = False):
-    """make_task for the objective itself (no teacher): its task and the Bundle it trains."""
+def _objective_task(bundle: Bundle, train: TrainConfig, data: DataConfig, work_dir: Path, progress: bool = False,
+                    score=None):
+    """make_task for the objective itself (no teacher): its task and the Bundle it trains. `score(rows)`, for
+    classify only, sees the training rows before they are encoded (a teacher scoring them)."""
     objective, config = train.objective, bundle.config
     if objective in ("clm", "mlm"):
         needs, kind = (is_decoder, "a decoder") if objective == "clm" else (is_encoder, "an encoder (arch 'bert')")
@@ -71,7 +74,7 @@ def _objective_task(bundle: Bundle, train: TrainConfig, data: DataConfig, work_d
     makers = {"classify": make_classification_task, "regress": make_regression_task, "multilabel": make_multilabel_task}
     if objective not in makers:
         raise ValueError(f"unknown train.objective '{objective}'")
-    task, bundle = makers[objective](bundle, train, data)
+    task, bundle = makers[objective](bundle, train, data, **({"before_encoding": score} if score else {}))
     task.bucket_by_length = train.bucket_by_length
     if train.token_dropout:
         task.drop_tokens(train.token_dropout, bundle.tokenizer)

@@ -22,6 +22,7 @@ class LabeledTask:
     always gives the same rows, and layer-wise learning rates for fine-tuning."""
 
     bucket_by_length = False  # train.bucket_by_length: batches of texts of similar length
+    soft_targets = None  # distillation: a teacher's logits for every training row (N, n_labels), batched beside them
     token_dropout = 0.0  # train.token_dropout: share of training tokens replaced by [UNK] (drop_tokens)
 
     def __init__(self, train, val, labels: list[str], seed: int, grad_accum: int = 1):
@@ -45,6 +46,8 @@ class LabeledTask:
         n = len(self.train)
         rows = [int(self._order(p // n, batch_size)[p % n]) for p in range(first, first + batch_size)]
         batch = self.train.batch(rows)
+        if self.soft_targets is not None:
+            batch["teacher_logits"] = self.soft_targets[rows]
         if self.token_dropout:
             batch["ids"] = self._dropped(batch["ids"], batch["pad_mask"], step, micro)
         return batch
@@ -230,15 +233,18 @@ def labeled_bundle(bundle: Bundle, data: DataConfig, labels: list[str], seed: in
     return replace(bundle, meta=meta)
 
 
-def make_classification_task(bundle: Bundle, train: TrainConfig, data: DataConfig
+def make_classification_task(bundle: Bundle, train: TrainConfig, data: DataConfig, before_encoding=None
                              ) -> tuple[ClassificationTask, Bundle]:
     """Read data.train (and data.test, else a val_fraction split); the task, and the Bundle whose model has a head
-    for the data's labels."""
+    for the data's labels. `before_encoding(rows)` is handed the training rows while they are still text
+    (distillation's teacher scores them there)."""
     from ..data.labeled import EncodedSet, label_names
 
     read, rows, card = read_labeled_data(data, "classify")
     labels = label_names(rows)
     rows, val = split_validation(data, train.seed, read, rows)
+    if before_encoding is not None:
+        before_encoding(rows)
     bundle = labeled_bundle(bundle, data, labels, train.seed, "classify", card)
     labels, block, tokenizer = bundle.config.labels, bundle.config.block_size, bundle.tokenizer
     task = ClassificationTask(EncodedSet(rows, tokenizer, labels, block),

@@ -4,17 +4,25 @@ loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alp
 over the positions the objective scores: every next-token position (clm), the masked positions only (mlm),
 one row per text (classify). The T^2 keeps the soft term's gradients on the scale of the hard term's as T
 changes (Hinton et al., 2015). The teacher is frozen: eval mode, no gradients, never seen by the optimizer.
-Teacher and student share one tokenizer, so their logits index the same tokens.
+For clm and mlm teacher and student share one tokenizer, so their logits index the same tokens, and the teacher
+runs beside the student on every batch. A classifier's targets are one row of logits per text: the teacher
+scores every training text once, before the first step, with its own tokenizer (TeacherScores), so any
+classifier with the same labels teaches any student (a BERT teacher, a word-level TextCNN student) and a step
+costs what an undistilled one does.
 """
 from __future__ import annotations
 
+import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
+from ..devices import check_device
 from ..models.contract import is_decoder, is_encoder
 
 if TYPE_CHECKING:
@@ -69,19 +77,19 @@ class DistillationTask:
     Batches, evaluation (the plain objective's val_loss / accuracy, comparable with a run without a teacher),
     monitor and the optional hooks are the base task's; only loss changes."""
 
-    def __init__(self, base, teacher: torch.nn.Module, temperature: float, alpha: float, width: int,
-                 columns: list[int] | None = None, facts: dict | None = None):
+    def __init__(self, base, teacher: torch.nn.Module | None, temperature: float, alpha: float, width: int,
+                 facts: dict | None = None):
         if temperature <= 0:
             raise ConfigError(f"train.distill_temperature must be > 0, got {temperature}")
         if not 0 <= alpha <= 1:
             raise ConfigError(f"train.distill_alpha must be within [0, 1], got {alpha}")
         self.base, self.teacher, self.temperature, self.alpha = base, teacher, temperature, alpha
         self.width = width  # logits beyond the shared vocabulary (a padded embedding table) are left out
-        self.columns = None if columns is None else torch.tensor(columns)  # teacher label order -> student's
         self.training_facts = facts or {}  # recorded in the student's model card
         self.monitor = getattr(base, "monitor", ("val_loss", "min"))
         self.can_evaluate = base.can_evaluate
-        teacher.eval().requires_grad_(False)
+        if teacher is not None:  # None: the base task's batches carry the teacher's logits (teacher_logits)
+            teacher.eval().requires_grad_(False)
 
     @property
     def grad_accum(self):  # the labeled tasks number their rows by it; the trainer sets it when the task has it
@@ -107,18 +115,20 @@ class DistillationTask:
         """alpha * soft + (1 - alpha) * hard, with both parts reported (hard_loss, soft_loss)."""
         student = _Recorder(model)
         hard, metrics = self.base.loss(student, batch)
+        target = batch["teacher_logits"] if self.teacher is None else self._teacher_logits(batch)
+        soft = soft_loss(student.scored()[..., :self.width], target[..., :self.width], self.temperature)
+        total = self.alpha * soft + (1 - self.alpha) * hard
+        return total, {**metrics, "hard_loss": hard.detach(), "soft_loss": soft.detach()}
+
+    def _teacher_logits(self, batch: dict) -> torch.Tensor:
+        """The teacher's logits on the positions the base task scores in `batch` (the teacher runs here)."""
         device = next(v for v in batch.values() if torch.is_tensor(v)).device
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
         teacher = _Recorder(self.teacher)
         with torch.no_grad():
             self.base.loss(teacher, batch)  # same batch, same masks, same scored positions
-        target = teacher.scored()
-        if self.columns is not None:
-            target = target[..., self.columns.to(device)]
-        soft = soft_loss(student.scored()[..., :self.width], target[..., :self.width], self.temperature)
-        total = self.alpha * soft + (1 - self.alpha) * hard
-        return total, {**metrics, "hard_loss": hard.detach(), "soft_loss": soft.detach()}
+        return teacher.scored()
 
     def evaluate(self, model, steps: int, batch_size: int, device) -> dict[str, float]:
         """The base task's evaluation of the student alone (no teacher in val_loss)."""
@@ -144,7 +154,7 @@ def check_same_tokenizer(teacher, student, path: Path) -> None:
                       "start model.init from a model trained with the teacher's tokenizer")
 
 
-def _check_family(teacher, arch: str, objective: str, student, path: Path) -> None:
+def _check_family(teacher, arch: str, objective: str, path: Path) -> None:
     causal = is_decoder(teacher)
     if objective == "clm" and not causal:
         raise ConfigError(f"train.distill_teacher '{path}' is a '{arch}' encoder; objective 'clm' needs a decoder "
@@ -152,10 +162,6 @@ def _check_family(teacher, arch: str, objective: str, student, path: Path) -> No
     if objective == "mlm" and not is_encoder(teacher):
         raise ConfigError(f"train.distill_teacher '{path}' is a '{arch}' decoder; objective 'mlm' needs an encoder "
                           "teacher (arch 'bert') with a masked-LM head")
-    if objective == "classify" and causal != is_decoder(student):
-        raise ConfigError(f"train.distill_teacher '{path}' is a '{arch}' model of the other family than the "
-                          "student; a classifier distills from a classifier of its own family (decoder or encoder), "
-                          "which reads the same encoded texts")
 
 
 def check_objective(objective: str) -> None:
@@ -175,9 +181,10 @@ def check_teacher(student: Bundle, objective: str, teacher: Bundle, path: Path) 
     """The teacher Bundle of train.distill_teacher must suit the `student` for `objective`: family, tokenizer,
     labels."""
     check_objective(objective)
-    _check_family(teacher.model, teacher.config.arch, objective, student.model, path)
-    check_same_tokenizer(teacher.tokenizer, student.tokenizer, path)
-    if objective == "classify":
+    if objective != "classify":  # a classifier teacher scores the texts with its own tokenizer (TeacherScores)
+        _check_family(teacher.model, teacher.config.arch, objective, path)
+        check_same_tokenizer(teacher.tokenizer, student.tokenizer, path)
+    else:
         kind = (teacher.meta.get("classification") or {}).get("kind", "classify")
         if not teacher.config.labels or kind != "classify":
             raise ConfigError(f"train.distill_teacher '{path}' has no single-label classification head "
@@ -193,21 +200,107 @@ def label_columns(teacher_labels: list[str], student_labels: list[str], path: Pa
     return [teacher_labels.index(label) for label in student_labels]
 
 
-def make_distillation_task(student: Bundle, train: TrainConfig, make_base, teacher: Bundle
-                           ) -> tuple[DistillationTask, Bundle]:
+class TeacherScores:
+    """A classifier teacher's logits for every training text, in the teacher's label order: computed once, when the
+    classification task hands over its training rows (before it encodes them for the student), with the teacher's
+    own tokenizer and block size, on train.device, under train.dtype's autocast. Kept in `cache` (a folder) under
+    a name made from their content, so a resumed run, or with train.distill_cache another student, reads them."""
+
+    BATCH = 64
+
+    def __init__(self, teacher: Bundle, train: TrainConfig, path: Path, progress: bool = False,
+                 cache: Path | None = None):
+        self.teacher, self.train, self.path, self.progress, self.cache = teacher, train, path, progress, cache
+        self.logits: np.ndarray | None = None
+
+    def __call__(self, rows) -> None:
+        from ..data.labeled import label_names
+        from ..progress import Progress
+
+        label_columns(list(self.teacher.config.labels), label_names(rows), self.path)  # before the long pass
+        bar = Progress(enabled=self.progress, label="teacher")
+        saved = self.cache / f"teacher-scores-{self.fingerprint(rows)}.safetensors" if self.cache else None
+        if saved is not None and saved.is_file():
+            from safetensors.numpy import load_file
+            self.logits = load_file(saved)["logits"]
+            bar.done(f"read its scores of {len(rows):,} training texts from {saved}")
+            return
+        self.logits = self._score(rows, bar)
+        bar.done(f"scored {len(rows):,} training texts")
+        if saved is not None:
+            from safetensors.numpy import save_file
+
+            from ..files import atomic_file
+            with atomic_file(saved) as temp:
+                save_file({"logits": self.logits}, str(temp))
+
+    def _score(self, rows, bar) -> np.ndarray:
+        from ..data.labeled import EncodedSet
+        from ..infer.classify import head_outputs
+
+        model, device, dtype = self.teacher.model, scoring_device(self.train), self.train.dtype
+        encoded = EncodedSet(rows, self.teacher.tokenizer, None, self.teacher.config.block_size)
+        autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float16)
+                    if dtype != "float32" else nullcontext())
+        model.to(device)
+        with autocast:
+            logits = head_outputs(model, encoded, self.BATCH,
+                                  lambda done: bar.show(f"scored {done:,} of {len(encoded):,} training texts"))
+        model.to("cpu")
+        return logits
+
+    def fingerprint(self, rows) -> str:
+        """A hash of all the scores depend on: the teacher's tensors, tokenizer, block size and labels, the texts
+        (and pairs), and where and in what dtype it runs."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        teacher = self.teacher
+        for name, tensor in sorted(teacher.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        facts = [teacher.tokenizer.backend.to_str(), teacher.config.block_size, list(teacher.config.labels),
+                 self.train.dtype, scoring_device(self.train).type]
+        digest.update(repr(facts).encode())
+        for text, pair in zip(rows.texts, rows.pairs or [None] * len(rows)):
+            digest.update(f"{len(text)}:{text}{pair is not None}:{pair or ''}".encode())
+        return digest.hexdigest()[:24]
+
+    def targets(self, labels: list[str]) -> torch.Tensor:
+        """(N, len(labels)) float32 logits with the columns in the student's label order."""
+        columns = label_columns(list(self.teacher.config.labels), labels, self.path)
+        return torch.from_numpy(np.ascontiguousarray(self.logits[:, columns], dtype=np.float32))
+
+
+def scoring_device(train: TrainConfig) -> torch.device:
+    """Where the teacher scores: train.device, and under torchrun a GPU run's own local GPU."""
+    device = check_device(train.device, "train.device")
+    if device.type == "cuda" and device.index is None and train.parallel != "none":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def make_distillation_task(student: Bundle, train: TrainConfig, make_base, teacher: Bundle, progress: bool = False,
+                           work_dir: Path | None = None) -> tuple[DistillationTask, Bundle]:
     """The distillation task for the `student` with the frozen `teacher` Bundle it is handed, and the Bundle it
-    trains: the teacher is checked before make_base() (which returns the objective's (task, Bundle)) prepares any
-    data, so a bad teacher writes nothing."""
+    trains: the teacher is checked before make_base(score) (which returns the objective's (task, Bundle)) prepares
+    any data, so a bad teacher writes nothing. A classifier's teacher scores the training texts there, once."""
     from ..models import count_parameters
 
     path = Path(train.distill_teacher)
     check_teacher(student, train.objective, teacher, path)
-    base, student = make_base()
-    columns = None
-    if train.objective == "classify":
-        columns = label_columns(list(teacher.config.labels), list(student.config.labels), path)
-    width = len(student.config.labels) if train.objective == "classify" else student.tokenizer.vocab_size
     facts = {"distill_teacher": str(path), "distill_teacher_parameters": count_parameters(teacher.model),
              "distill_temperature": train.distill_temperature, "distill_alpha": train.distill_alpha}
-    task = DistillationTask(base, teacher.model, train.distill_temperature, train.distill_alpha, width, columns, facts)
+    if train.objective == "classify":
+        cache = Path(train.distill_cache) if train.distill_cache else Path(work_dir) / "data" if work_dir else None
+        scores = TeacherScores(teacher, train, path, progress, cache)
+        base, student = make_base(scores)
+        base.soft_targets = scores.targets(list(student.config.labels))
+        facts["distill_tokenizer"] = train.distill_tokenizer
+        task = DistillationTask(base, None, train.distill_temperature, train.distill_alpha,
+                                len(student.config.labels), facts)
+        return task, student
+    base, student = make_base()
+    task = DistillationTask(base, teacher.model, train.distill_temperature, train.distill_alpha,
+                            student.tokenizer.vocab_size, facts)
     return task, student

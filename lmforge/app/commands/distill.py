@@ -16,11 +16,15 @@ EXAMPLES = """examples:
       train.max_steps=2000 model.n_layer=2 run.name=small-distilled
   lmforge distill --teacher runs/bert/final --student configs/bert-tiny.toml --data notes/     # masked LM
   lmforge distill --teacher runs/classify/final --student configs/classify.toml --data train.csv
+  lmforge distill --teacher runs/minilm-sst2/final --student configs/textcnn-sst2.toml --data train.tsv \
+      train.distill_tokenizer=own data.test=dev.tsv      # a BERT classifier taught to a TextCNN (its own words)
   lmforge distill --teacher runs/big/final --student small.toml --data corpus/ --resume runs/small-distill
 
 The student trains on its recipe's objective (clm for decoders, mlm for bert, classify with labeled data) with
 loss = alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * that objective's loss, over the positions the
-objective scores. A new student takes the teacher's tokenizer. The same run as a recipe key:
+objective scores. A new student takes the teacher's tokenizer; a classifier may keep its recipe's
+(train.distill_tokenizer=own): the teacher then scores each training text once, with its own tokens, before the
+first step (train.distill_cache=DIR keeps those scores for the next student). The same run as a recipe key:
   lmforge train small.toml train.distill_teacher=runs/big/final train.distill_temperature=2 train.distill_alpha=0.5
 The run goes to runs/<student recipe name>-distill unless run.name or run.dir says otherwise; its model card
 records the teacher, T and alpha."""

@@ -228,11 +228,11 @@ class TeacherScores:
         self.logits = self._score(rows, bar)
         bar.done(f"scored {len(rows):,} training texts")
         if saved is not None:
-            from safetensors.numpy import save_file
+            from safetensors.numpy import save
 
             from ..files import atomic_file
-            with atomic_file(saved) as temp:
-                save_file({"logits": self.logits}, str(temp))
+            with atomic_file(saved) as temp:  # written into the temp file: it keeps the umask's permissions
+                temp.write_bytes(save({"logits": self.logits}))
 
     def _score(self, rows, bar) -> np.ndarray:
         from ..data.labeled import EncodedSet

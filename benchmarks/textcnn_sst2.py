@@ -127,8 +127,9 @@ def run(name: str, seed: int, extra: list[str], data: Path = SHARED, score_test:
 def make_teacher(out: Path, data: Path = SHARED, seed: int = 1, steps: int = 2100) -> dict:
     """Fine-tune all-MiniLM-L6-v2 (mean pooling, as minilm_sst2.py) on the phrases for about one epoch, keeping the
     weights with the best dev accuracy in out/final, the teacher of the distilled rows; test scored once."""
-    from lmforge.api import LM
     from minilm_sst2 import minilm_dir
+
+    from lmforge.api import LM
 
     with tempfile.TemporaryDirectory(prefix="lmforge-sst2-") as scratch:
         dev, test = (write_tsv(data / "sst2-sentence" / f"stsa.binary.{split}", Path(scratch) / f"{split}.tsv")

@@ -1,15 +1,13 @@
 """Distillation: the soft loss, where gradients go, a distilled run that learns and resumes exactly, bad input."""
-import copy
 import csv
 import json
 import random
 import re
+from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import small_corpus
-from dataclasses import replace
 
 from lmforge import LM
 from lmforge.app.training import train_from_config

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
-from ..devices import check_device
+from ..devices import check_device, check_dtype
 from ..models.contract import is_decoder, is_encoder
 
 if TYPE_CHECKING:
@@ -211,6 +211,7 @@ class TeacherScores:
     def __init__(self, teacher: Bundle, train: TrainConfig, path: Path, progress: bool = False,
                  cache: Path | None = None):
         self.teacher, self.train, self.path, self.progress, self.cache = teacher, train, path, progress, cache
+        self.device = scoring_device(train)
         self.logits: np.ndarray | None = None
 
     def __call__(self, rows) -> None:
@@ -238,10 +239,9 @@ class TeacherScores:
         from ..data.labeled import EncodedSet
         from ..infer.classify import head_outputs
 
-        model, device, dtype = self.teacher.model, scoring_device(self.train), self.train.dtype
+        model, device, dtype = self.teacher.model, self.device, check_dtype(self.train.dtype, "train.dtype")
         encoded = EncodedSet(rows, self.teacher.tokenizer, None, self.teacher.config.block_size)
-        autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float16)
-                    if dtype != "float32" else nullcontext())
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
         model.to(device)
         with autocast:
             logits = head_outputs(model, encoded, self.BATCH,
@@ -259,8 +259,8 @@ class TeacherScores:
         for name, tensor in sorted(teacher.model.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-        facts = [teacher.tokenizer.backend.to_str(), teacher.config.block_size, list(teacher.config.labels),
-                 self.train.dtype, scoring_device(self.train).type]
+        facts = [teacher.tokenizer.fingerprint(), teacher.config.block_size, list(teacher.config.labels),
+                 self.train.dtype, self.device.type]
         digest.update(repr(facts).encode())
         for text, pair in zip(rows.texts, rows.pairs or [None] * len(rows)):
             digest.update(f"{len(text)}:{text}{pair is not None}:{pair or ''}".encode())

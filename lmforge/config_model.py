@@ -58,6 +58,17 @@ class ModelConfig(Section):
     classifier_bias: bool = Field(True, description="whether the classification head has a bias (Hugging Face's GPT-2 "
                                                     "and Llama classifiers have none)")
     init: str | None = Field(None, description="a model directory to start from (fine-tuning)")
+    vectors: str | None = Field(None, description="pretrained vectors to start a fresh model's token embeddings "
+                                "from (Kim's CNN-non-static): a word-vectors text file (GloVe; word2vec or "
+                                "fastText .vec text format) or a model (model directory, Hugging Face directory, "
+                                "GGUF file) whose input embeddings are read through its own tokenizer. The "
+                                "vectors are scaled to the arch's random rows; tokens without one keep theirs. "
+                                "model.n_embd must equal their dimension")
+    vectors_layer: Literal["input", "output"] = Field(
+        "input", description="which vectors of a model given as model.vectors: 'input' its input embedding rows "
+                             "(a token it holds, else the mean of its pieces' rows), 'output' its final hidden "
+                             "states for each token's text read alone, mean-pooled (a sentence encoder's "
+                             "embedding of the word)")
     bptt: int | None = Field(None, ge=1, description="arch lstm/gru/rnn only: truncate backpropagation through time "
                                                      "every bptt steps of a window (the state still flows on); "
                                                      "default: the whole window (block_size)")
@@ -113,6 +124,16 @@ class ModelConfig(Section):
             raise ValueError("model.pooling='max' is for the RNNs (lstm, gru, rnn); arch 'bert' pools 'cls' or 'mean'")
         if family.kind != ENCODER and self.norm_position == "pre":
             raise ValueError(f"norm_position is an arch 'bert' switch; arch '{self.arch}' blocks are pre-norm already")
+        return self
+
+    @model_validator(mode="after")
+    def _check_vectors(self):
+        if self.vectors and self.init:
+            raise ValueError("model.vectors starts a fresh model's embeddings, but model.init loads a whole model "
+                             "(its embeddings included): set one of them")
+        if self.vectors_layer != "input" and not self.vectors:
+            raise ValueError("model.vectors_layer says which vectors of model.vectors are read: set model.vectors "
+                             "too, or remove it")
         return self
 
     @property

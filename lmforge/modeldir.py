@@ -254,6 +254,12 @@ def model_card(model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, info
     lines = [*card_front_matter(info), f"# {info.get('name', 'lmforge model')}", "",
              f"{summary}{count_parameters(model) / 1e6:.2f}M parameters; {tokenizer.kind} tokenizer, "
              f"{tokenizer.vocab_size} tokens.", ""]
+    if info.get("vectors"):
+        started = info["vectors"]
+        layer = f" ({started['layer']} layer)" if started.get("layer") else ""
+        lines += [f"Its token embeddings started from the pretrained vectors of {started['source']}{layer} "
+                  f"({started['tokens']:,} of {started['of']:,} tokens; the rest at random) and were trained further.",
+                  ""]
     kind = (info.get("classification") or {}).get("kind", "classify")
     if config.labels and kind == "regress":
         lines += [f"Regression head predicting '{config.labels[0]}' (a number).", ""]

@@ -13,10 +13,11 @@ from ..modeldir import load_model_dir
 from ..models import build_model
 from ..models.resize import resize_vocab
 from ..preflight import check_fits
+from ..vectors import check_dim, open_vectors, start_embeddings
 from .tokenizers import make_tokenizer
 
 # model fields that may differ between a checkpoint and the config that resumes or fine-tunes it
-_FREE_MODEL_FIELDS = {"vocab_size", "labels", "init", "dropout"}
+_FREE_MODEL_FIELDS = {"vocab_size", "labels", "init", "dropout", "vectors", "vectors_layer"}
 
 
 def model_diffs(saved: ModelConfig, wanted: ModelConfig, free: set[str] = frozenset()) -> list[str]:
@@ -31,6 +32,9 @@ def build_bundle(config: Config) -> tuple[Bundle, Config]:
     if config.model.init:
         return _from_init(config)
     check_fits(config)  # before training a tokenizer or allocating: 200,000 layers must not hang
+    vectors = open_vectors(config.model.vectors, config.model.vectors_layer) if config.model.vectors else None
+    if vectors is not None:  # a wrong dimension is found before the tokenizer is trained
+        check_dim(vectors, config.model.n_embd, config.model.vectors)
     tokenizer = make_tokenizer(config)
     tokenizer.backend.add_tokens(config.tokenizer.add_tokens)
     tokenizer.backend.add_special_tokens(config.tokenizer.add_special_tokens)
@@ -38,7 +42,10 @@ def build_bundle(config: Config) -> tuple[Bundle, Config]:
     with torch.random.fork_rng(devices=[]):  # the same seed gives the same initial weights
         torch.manual_seed(config.train.seed)
         model = build_model(model_cfg)
-    return Bundle(model, tokenizer, model_cfg), config.model_copy(update={"model": model_cfg})
+    meta = {}
+    if vectors is not None:
+        meta["vectors"] = start_embeddings(model, tokenizer, vectors, config.model.vectors).as_meta()
+    return Bundle(model, tokenizer, model_cfg, meta), config.model_copy(update={"model": model_cfg})
 
 
 def _from_init(config: Config) -> tuple[Bundle, Config]:
@@ -51,7 +58,8 @@ def _from_init(config: Config) -> tuple[Bundle, Config]:
     if ignored:
         warnings.warn(f"model.init={config.model.init} decides the architecture; ignoring the config's "
                       + "; ".join(ignored), stacklevel=4)
-    update = {"dropout": config.model.dropout}
+    # its embeddings are trained already: no vectors to start them from
+    update = {"dropout": config.model.dropout, "vectors": None, "vectors_layer": "input"}
     if "classifier_bias" in config.model.model_fields_set:  # e.g. false, for a head HF's GPT-2 can express
         update["classifier_bias"] = config.model.classifier_bias
     model_cfg = base.config.model_copy(update=update)

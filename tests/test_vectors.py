@@ -54,12 +54,17 @@ def test_a_vectors_file_starts_the_rows_of_the_words_it_holds_at_the_random_rows
         assert torch.equal(model.wte.weight[index], plain.wte.weight[index])
 
 
-def test_a_models_embeddings_start_the_rows_through_its_own_tokenizer(tmp_path):
+def char_source(tmp_path):
+    """A tiny GPT over single characters saved as a model directory: (model, tokenizer, directory)."""
     source_tokenizer = Tokenizer.train("char", ["abcdefghij"])
     torch.manual_seed(1)
     source = build_model(ModelConfig(arch="gpt", n_layer=1, n_head=2, n_embd=8, block_size=16,
                                      vocab_size=source_tokenizer.vocab_size))
-    source_dir = save_model_dir(tmp_path / "source", Bundle(source, source_tokenizer, source.config))
+    return source, source_tokenizer, save_model_dir(tmp_path / "source", Bundle(source, source_tokenizer, source.config))
+
+
+def test_a_models_embeddings_start_the_rows_through_its_own_tokenizer(tmp_path):
+    source, source_tokenizer, source_dir = char_source(tmp_path)
     tokenizer = Tokenizer.train("word", ["ab cab j z"], 100)
     plain, model = textcnn(tokenizer, n_embd=8), textcnn(tokenizer, n_embd=8)
     started = start_embeddings(model, tokenizer, open_vectors(source_dir), str(source_dir))
@@ -81,11 +86,7 @@ def test_a_models_embeddings_start_the_rows_through_its_own_tokenizer(tmp_path):
 def test_a_models_output_layer_gives_each_token_its_embedding_of_the_tokens_text(tmp_path):
     from lmforge.infer.embed import embed_ids, encode_for_embedding
 
-    source_tokenizer = Tokenizer.train("char", ["abcdefghij"])
-    torch.manual_seed(1)
-    source = build_model(ModelConfig(arch="gpt", n_layer=1, n_head=2, n_embd=8, block_size=16,
-                                     vocab_size=source_tokenizer.vocab_size))
-    source_dir = save_model_dir(tmp_path / "source", Bundle(source, source_tokenizer, source.config))
+    source, source_tokenizer, source_dir = char_source(tmp_path)
     tokenizer = Tokenizer.train("word", ["ab cab j z"], 100)
     plain, model = textcnn(tokenizer, n_embd=8), textcnn(tokenizer, n_embd=8)
     started = start_embeddings(model, tokenizer, open_vectors(source_dir, "output"), str(source_dir))

@@ -241,6 +241,15 @@ def card_front_matter(info: dict) -> list[str]:
     return lines + ["---", ""]
 
 
+def vectors_card_line(started: dict) -> str:
+    """The model card's sentence on where `model.vectors` started the token embeddings from."""
+    what = {"input": "the input embeddings of", "output": "the output embeddings (each token's text read alone) of",
+            None: "the word vectors in"}[started.get("layer")]
+    rest = "" if started["tokens"] == started["of"] else " (the rest drawn at random)"
+    return (f"Its token embeddings started from pretrained vectors, {what} {started['source']}, for "
+            f"{started['tokens']:,} of {started['of']:,} tokens{rest}, and were trained further.")
+
+
 def model_card(model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, info: dict) -> str:
     """A short model card: what the model is, what it was trained on, how it scored, what it is not for."""
     family = family_of(config.arch)
@@ -255,11 +264,7 @@ def model_card(model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, info
              f"{summary}{count_parameters(model) / 1e6:.2f}M parameters; {tokenizer.kind} tokenizer, "
              f"{tokenizer.vocab_size} tokens.", ""]
     if info.get("vectors"):
-        started = info["vectors"]
-        layer = f" ({started['layer']} layer)" if started.get("layer") else ""
-        lines += [f"Its token embeddings started from the pretrained vectors of {started['source']}{layer} "
-                  f"({started['tokens']:,} of {started['of']:,} tokens; the rest at random) and were trained further.",
-                  ""]
+        lines += [vectors_card_line(info["vectors"]), ""]
     kind = (info.get("classification") or {}).get("kind", "classify")
     if config.labels and kind == "regress":
         lines += [f"Regression head predicting '{config.labels[0]}' (a number).", ""]

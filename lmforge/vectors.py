@@ -188,6 +188,10 @@ def start_embeddings(model: torch.nn.Module, tokenizer: Tokenizer, vectors: Text
     if not rows:
         raise ConfigError(f"model.vectors: none of the vocabulary's {weight.size(0):,} tokens has a vector in "
                           f"'{source}' (a cased file for a lowercased vocabulary, or another language?)")
+    if len(rows) < weight.size(0) / 2:
+        warnings.warn(f"model.vectors: only {len(rows):,} of the vocabulary's {weight.size(0):,} tokens have a vector "
+                      f"in '{source}'; the others start at random (a cased file for a lowercased vocabulary?)",
+                      stacklevel=2)
     index = torch.tensor(sorted(rows))
     matrix = torch.stack([rows[i] for i in index.tolist()])
     spread = matrix.std()

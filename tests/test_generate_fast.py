@@ -33,6 +33,64 @@ def test_packed_linears_give_the_logits_of_the_plain_model(tokenizer, rows):
     assert all("forward" not in m.__dict__ for m in model.modules())
 
 
+GQA = dict(WIDE, arch="llama", n_kv_head=2)  # SwiGLU MLPs and grouped-query attention, 3 query heads per key head
+
+
+@pytest.mark.skipif(not packed.available(), reason="this torch build has no oneDNN linear")
+def test_packed_swiglu_multiplies_gate_and_up_as_one_product(tokenizer):
+    model = tiny_model(vocab_size=tokenizer.vocab_size, **GQA)
+    ids = torch.randint(0, tokenizer.vocab_size, (2, 9))
+    with torch.inference_mode():
+        plain = model(ids)
+        with packed.packed_linears(model, 2) as count:
+            assert "forward" in model.h[0].mlp.__dict__ and "forward" not in model.h[0].mlp.gate.__dict__
+            fast = model(ids)
+        again = model(ids)
+    assert count == 3 * 4  # qkv, proj, gate with up, down
+    assert (fast - plain).abs().max() < 1e-4
+    assert torch.equal(again, plain)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+@pytest.mark.skipif(torch.bfloat16 not in packed.packable_dtypes(), reason="oneDNN has no bf16 kernels here")
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_packed_bfloat16_linears_give_the_logits_of_torch_bfloat16(tokenizer, arch):
+    # 25 MB of bf16 linear weights: they stream from memory, so every product is packed even for one row
+    model = tiny_model(arch, tokenizer.vocab_size, n_layer=4, n_head=8, n_embd=512, block_size=128,
+                       n_kv_head=2 if arch == "llama" else None).to(torch.bfloat16)
+    ids = torch.randint(0, tokenizer.vocab_size, (1, 9))
+    with torch.inference_mode():
+        plain = model(ids).float()
+        with packed.packed_linears(model, 1) as count:
+            fast = model(ids).float()
+    assert count == 4 * 4
+    # bf16 outputs of the same products: apart by a few of bf16's rounding steps at most
+    assert (fast - plain).abs().max() <= 0.02 * plain.abs().max()
+    greedy = SamplingConfig(max_new_tokens=20, temperature=0, ignore_eos=True)
+    assert generate(model, tokenizer, ["the cat"], greedy) == generate(model, tokenizer, ["the cat"], greedy,
+                                                                        use_cache=False)
+
+
+def test_grouped_query_decoding_step_equals_repeated_keys():
+    """A one-token step folds each key head's queries into one block of rows (no copied keys): the same output
+    as attending with keys and values repeated per query head, with and without a padding mask."""
+    model = tiny_model(**GQA)
+    attn, cfg = model.h[0].attn, model.config
+    x, past = torch.randn(2, 7, cfg.n_embd), torch.randn(2, 1, cfg.n_embd)
+    pad = torch.ones(2, 8, dtype=torch.bool)
+    pad[1, :3] = False
+    rope = model.rope(torch.tensor([7]))
+    with torch.inference_mode():
+        for pad_mask in (None, pad):
+            cache = model.make_cache(2, 8)[0]
+            attn(x, causal=True, cache=cache, rope=model.rope(torch.arange(7)),
+                 pad_mask=None if pad_mask is None else pad_mask[:, :7])
+            folded = attn(past, causal=True, cache=cache, rope=rope, pad_mask=pad_mask)
+            cache.length -= 1  # the same step again through the repeat_interleave path (return_weights)
+            repeated, _ = attn(past, causal=True, cache=cache, rope=rope, pad_mask=pad_mask, return_weights=True)
+            assert (folded - repeated).abs().max() < 1e-6
+
+
 def test_packed_linears_leave_small_and_training_layers_alone(tokenizer):
     model = tiny_model("gpt", vocab_size=tokenizer.vocab_size)  # 32 wide: nothing worth packing
     with packed.packed_linears(model, 1) as count:

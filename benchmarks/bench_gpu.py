@@ -20,6 +20,7 @@ path, against transformers' generate (sdpa); identical outputs counted.
 
     python benchmarks/bench_gpu.py --nanogpt .nanogpt            # on a GPU: about 5 minutes on an H200
     python benchmarks/bench_gpu.py --nanogpt .nanogpt --dry-run  # on CPU at toy sizes: every code path, < 1 minute
+    python benchmarks/bench_gpu.py --nanogpt .nanogpt --variants --rounds 1 --skip generate  # the untried levers
 
 Writes the "gpu" section of benchmarks/RESULTS.md (not in --dry-run) and, when $OUT is set, $OUT/bench_gpu.json.
 It never asserts a time.
@@ -119,8 +120,24 @@ def random_tokens(shape: Shape) -> np.ndarray:
 
 
 # -- training -------------------------------------------------------------------------------------------------
-def train_lmforge(shape: Shape, device: torch.device, compiled: bool, chunked: bool = True) -> dict:
-    """lmforge's own trainer; tokens/s of its log windows after `warm` steps."""
+def attention_first(backend: str | None):
+    """A context putting one SDPA backend first ("cudnn", "flash"), or nothing for torch's own order."""
+    import contextlib
+
+    if backend is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    first = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[backend]
+    order = [first] + [b for b in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                                   SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH) if b != first]
+    return sdpa_kernel(order, set_priority=True)
+
+
+def train_lmforge(shape: Shape, device: torch.device, compiled: bool, chunked: bool = True, mode: str = "default",
+                  attention: str | None = None) -> dict:
+    """lmforge's own trainer; tokens/s of its log windows after `warm` steps. `mode`: train.compile_mode;
+    `attention`: an SDPA backend tried first (attention_first)."""
     from lmforge.config import ModelConfig, TrainConfig
     from lmforge.data.tokens import TokenWindows
     from lmforge.models import build_model
@@ -135,11 +152,12 @@ def train_lmforge(shape: Shape, device: torch.device, compiled: bool, chunked: b
     train_cfg = TrainConfig(max_steps=shape.steps, batch_size=shape.batch, lr=6e-4, min_lr=6e-5, warmup_steps=0,
                             weight_decay=0.1, beta2=0.95, grad_clip=1.0, eval_every=0, save_every=0,
                             log_every=shape.log_every, grad_norms_every=0, tensorboard=False, dtype="bfloat16",
-                            device=str(device), compile=compiled)
+                            device=str(device), compile=compiled, compile_mode=mode)
     windows = []
     reset_peak(device)
-    train(model, task, train_cfg, None, progress=False,
-          hooks=[lambda step, record: windows.append((step, record.get("tokens_per_s")))])
+    with attention_first(attention):
+        train(model, task, train_cfg, None, progress=False,
+              hooks=[lambda step, record: windows.append((step, record.get("tokens_per_s")))])
     speeds = [speed for step, speed in windows if step > shape.warm and speed]
     tokens_per_s = statistics.median(speeds)
     return {"tokens_per_s": tokens_per_s, "ms_per_step": 1000 * shape.batch * shape.block / tokens_per_s,
@@ -240,6 +258,15 @@ def training_runs(args, shape: Shape, device: torch.device, scratch: Path) -> li
             sides.append(("nanoGPT train.py, compile=True", lambda: train_nanogpt(work, shape, device, True)))
     if args.compile:
         sides.append(("lmforge, train.compile=true", lambda: train_lmforge(shape, device, True)))
+    if args.variants:  # levers not yet measured on a GPU, each against the rows above
+        sides += [("lmforge, eager, cuDNN attention first", lambda: train_lmforge(shape, device, False,
+                                                                                   attention="cudnn")),
+                  ("lmforge, train.compile=true, cuDNN attention first",
+                   lambda: train_lmforge(shape, device, True, attention="cudnn")),
+                  ("lmforge, train.compile=true, compile_mode=max-autotune-no-cudagraphs",
+                   lambda: train_lmforge(shape, device, True, mode="max-autotune-no-cudagraphs")),
+                  ("lmforge, train.compile=true, compile_mode=reduce-overhead",
+                   lambda: train_lmforge(shape, device, True, mode="reduce-overhead"))]
     runs = []
     for round_ in range(args.rounds):
         for name, run in sides:
@@ -396,6 +423,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=None, help="alternations of every side (default 2; 1 with "
                                                                   "--dry-run)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the compiled runs")
+    parser.add_argument("--variants", action="store_true",
+                        help="also train with levers not yet measured: cuDNN attention first (eager, compiled), "
+                             "compile_mode max-autotune-no-cudagraphs and reduce-overhead (several minutes more)")
     parser.add_argument("--skip", choices=["train", "generate"], action="append", default=[])
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()

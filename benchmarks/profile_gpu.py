@@ -2,11 +2,11 @@
 own trainer, and the decoding step, each timed and profiled (torch.profiler, the top kernels by GPU time).
 
 The plain loop is the same for both models (bf16 autocast, cross-entropy on the logits, backward, clipping at 1.0,
-fused AdamW, zero_grad), so a gap there is the model's; a gap between the plain loop and lmforge's trainer is the
-trainer's. nanoGPT's model.py is imported from a checkout given with --nanogpt (measured against, not copied).
+fused AdamW, zero_grad), eager and with the model handed to torch.compile, so a gap there is the model's; a gap
+between the plain loop and lmforge's trainer is the trainer's. nanoGPT's model.py is imported from a checkout given with --nanogpt (measured against, not copied).
 Decoding: the captured static-cache step (the default on CUDA) with and without torch.compile, batch 1 and 8.
 
-    python benchmarks/profile_gpu.py --nanogpt .nanogpt            # on a GPU: about 2 minutes
+    python benchmarks/profile_gpu.py --nanogpt .nanogpt            # on a GPU: about 3 minutes
     python benchmarks/profile_gpu.py --nanogpt .nanogpt --dry-run  # on CPU at toy sizes
 
 Prints the figures and tables; with $OUT set also writes $OUT/profile_gpu.txt. Never asserts a time.
@@ -88,7 +88,9 @@ def profiled(run, steps: int, device) -> str:
     return kernel_table(prof, steps)
 
 
-def plain_loops(shape: Shape, device, source: Path | None, steps: int) -> list[str]:
+def plain_loops(shape: Shape, device, source: Path | None, steps: int, compiled: bool = False) -> list[str]:
+    """Each model in the same plain loop, alternating, twice (the second reported); `compiled`: the model
+    handed to torch.compile (forward and loss stay outside the graph for nanoGPT as for lmforge's GPT)."""
     tokens = torch.from_numpy(random_tokens(shape)[: shape.batch * (shape.block + 1)].astype("int64"))
     rows = tokens.view(shape.batch, shape.block + 1).to(device)
     ids, targets = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
@@ -101,8 +103,9 @@ def plain_loops(shape: Shape, device, source: Path | None, steps: int) -> list[s
         model = build().train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1,
                                       fused=device.type == "cuda")
+        forward = torch.compile(model) if compiled else model
 
-        def run(model=model, optimizer=optimizer, nanogpt=nanogpt):
+        def run(model=forward, optimizer=optimizer, nanogpt=nanogpt):
             plain_step(model, optimizer, ids, targets, device, nanogpt)
         for _ in range(5):
             run()
@@ -113,7 +116,7 @@ def plain_loops(shape: Shape, device, source: Path | None, steps: int) -> list[s
         sync(device)
         ms = 1000 * (time.perf_counter() - began) / steps
         table = profiled(run, 3, device)
-        out.append(f"{name}, plain loop, eager: {ms:.2f} ms/step, "
+        out.append(f"{name}, plain loop, {'compiled' if compiled else 'eager'}: {ms:.2f} ms/step, "
                    f"{shape.batch * shape.block / ms * 1000:,.0f} tokens/s, peak {peak_gib(device)} GiB\n{table}")
         print(out[-1], flush=True)
         del model, optimizer
@@ -176,7 +179,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nanogpt", help="a checkout of karpathy/nanoGPT (its model.py is the peer)")
     parser.add_argument("--dry-run", action="store_true", help="toy sizes, on CPU when there is no GPU")
-    parser.add_argument("--skip", choices=["plain", "trainer", "decode"], action="append", default=[])
+    parser.add_argument("--skip", choices=["plain", "compiled", "trainer", "decode"], action="append", default=[])
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     if not cuda and not args.dry_run:
@@ -192,6 +195,8 @@ def main() -> int:
     parts = [head]
     if "plain" not in args.skip:
         parts += plain_loops(shape, device, source, 6 if args.dry_run else 20)
+    if "compiled" not in args.skip:
+        parts += plain_loops(shape, device, source, 6 if args.dry_run else 20, compiled=True)
     if "trainer" not in args.skip:
         parts += trainer_run(shape, device)
     if "decode" not in args.skip:

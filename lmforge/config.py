@@ -106,6 +106,10 @@ class TrainConfig(Section):
         "none", description="data parallel across the processes torchrun starts: ddp (replicas) or fsdp (FSDP2 "
                             "shards, one group per block); N ranks x grad_accum A = one process with grad_accum N*A")
     compile: bool = Field(False, description="torch.compile the model (says so and runs eagerly when it cannot)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile's mode with train.compile: reduce-overhead replays CUDA graphs; "
+                               "max-autotune also times the compiler's own matrix-product kernels (minutes of "
+                               "compiling; GPU)")
     onednn_linear: bool = Field(True, description="CPU float32: linear layers' matrix products through oneDNN rather "
                                                   "than MKL (about 2x on AMD CPUs, where MKL runs AVX2 code); the "
                                                   "same products up to float32 rounding")

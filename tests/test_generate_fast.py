@@ -45,6 +45,8 @@ def test_packed_swiglu_multiplies_gate_and_up_as_one_product(tokenizer):
         with packed.packed_linears(model, 2) as count:
             assert "forward" in model.h[0].mlp.__dict__ and "forward" not in model.h[0].mlp.gate.__dict__
             fast = model(ids)
+            with packed.packed_linears(model, 2) as inner:  # nested (a chat session, then each reply)
+                assert inner == 0 and torch.equal(model(ids), fast)
         again = model(ids)
     assert count == 3 * 4  # qkv, proj, gate with up, down
     assert (fast - plain).abs().max() < 1e-4

@@ -85,6 +85,20 @@ def test_training_with_the_chunked_loss_gives_the_plain_losses_and_weights(tmp_p
         assert torch.allclose(value, reference[name], atol=1e-6, rtol=0), name
 
 
+def test_compiled_training_gives_the_eager_losses(tmp_path, corpus_file):
+    """train.compile (inductor's C++ backend on CPU; reduce-overhead, which only adds CUDA graphs on a GPU)
+    follows the eager run's losses; a mode torch.compile does not know is refused by the config."""
+    from torch._dynamo.utils import counters
+
+    _, _, eager = _train(corpus_file, tmp_path / "a", steps=8, onednn_linear=False)
+    counters.clear()
+    _, _, compiled = _train(corpus_file, tmp_path / "b", steps=8, compile=True, compile_mode="reduce-overhead")
+    assert counters["stats"]["unique_graphs"] >= 1  # it compiled (a failure would fall back to eager)
+    assert [r["loss"] for r in compiled] == pytest.approx([r["loss"] for r in eager], abs=1e-4)
+    with pytest.raises(ValueError, match="max-autotune-no-cudagraphs"):
+        LM.new("gpt", **TINY).config.train.model_validate({"compile_mode": "fastest"})
+
+
 def test_the_deferred_nan_guard_skips_the_same_steps_and_ends_with_the_same_weights(tmp_path, corpus_file):
     runs = {}
     for mode in ("step", "log"):

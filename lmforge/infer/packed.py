@@ -45,9 +45,12 @@ def packable_dtypes() -> tuple[torch.dtype, ...]:
 
 
 def _plain_linears(model: nn.Module) -> list[nn.Linear]:
+    """The CPU nn.Linear layers of packable dtypes not packed already (alone, or in a SwiGLU's fused pair)."""
     dtypes = packable_dtypes()
+    fused = {id(linear) for m in model.modules() if isinstance(m, MLP) and m.swiglu and "forward" in m.__dict__
+             for linear in (m.gate, m.up)}
     return [m for m in model.modules() if type(m) is nn.Linear and "forward" not in m.__dict__
-            and m.weight.device.type == "cpu" and m.weight.dtype in dtypes]
+            and id(m) not in fused and m.weight.device.type == "cpu" and m.weight.dtype in dtypes]
 
 
 def worth_it(module: nn.Linear, rows: int, streamed: bool) -> bool:
@@ -100,7 +103,8 @@ def _fused_swiglu(model: nn.Module, chosen: set[int], rows: int) -> list[tuple[n
 def packed_linears(model: nn.Module, rows: int, enabled: bool = True):
     """While inside (and no gradients are recorded), the big float32 or bfloat16 CPU nn.Linear layers of `model`
     multiply through oneDNN with weights packed for `rows` rows per call; restored on exit. Yields how many
-    products were packed (a SwiGLU's gate and up count as one)."""
+    products were packed (a SwiGLU's gate and up count as one). Nested, the inner one packs nothing again: a
+    chat session packs once for all its replies."""
     replacements = []
     if enabled and available():
         linears = _plain_linears(model)

@@ -467,9 +467,9 @@ def _make_forward(task, parallel: Parallel, cfg: TrainConfig, bar: Progress):
         if parallel.mode == "fsdp":
             bar.note("train.compile: not applied with train.parallel=fsdp in this version; training runs eagerly")
         elif parallel.engine is not None:
-            compiled = torch.compile(parallel.engine)
+            compiled = torch.compile(parallel.engine, mode=cfg.compile_mode)
         else:
-            compiled = torch.compile(functools.partial(parallel.loss_fn, parallel.model))
+            compiled = torch.compile(functools.partial(parallel.loss_fn, parallel.model), mode=cfg.compile_mode)
 
     def forward(batch: dict):
         nonlocal compiled

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, then read user messages (a prompt on a terminal, one per line from a pipe) and answer."""
     from ...errors import ModelDirError
     from ...infer.generate import SamplingConfig
+    from ...infer.packed import packed_linears
     from ...modeldir import load_model_dir
 
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
@@ -52,18 +53,18 @@ def run(args: argparse.Namespace) -> int:
         source = "the model's own" if template or bundle.meta.get("chat_template") else "built-in ChatML"
         print(f"chatting with {args.model} ({source} template); {HELP_LINE}", file=sys.stderr)
     conversation = Conversation(bundle, sampling, args.system, template)
-    for line in _user_lines(interactive):
-        command = line.strip()
-        if command in ("/exit", "/quit"):
-            break
-        if command == "/reset":
-            conversation.reset()
-            if interactive:
-                print("(conversation forgotten)", file=sys.stderr)
-            continue
-        if not command:
-            continue
-        conversation.answer(line)
+    with packed_linears(bundle.model, 1):  # once for the session, not again for every reply
+        for line in _user_lines(interactive):
+            command = line.strip()
+            if command in ("/exit", "/quit"):
+                break
+            if command == "/reset":
+                conversation.reset()
+                if interactive:
+                    print("(conversation forgotten)", file=sys.stderr)
+                continue
+            if command:
+                conversation.answer(line)
     return 0
 
 

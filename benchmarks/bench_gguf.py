@@ -95,10 +95,11 @@ def main() -> None:
         "## GGUF: SmolLM2-135M-Instruct (benchmarks/bench_gguf.py)", "",
         f"{machine()}; fp32 matmul peak {matmul_peak() / 1e9:.0f} GFLOP/s.", "",
         f"Batch 1, greedy, {args.new} new tokens after a {len(ids)}-token chat prompt, {args.rounds} interleaved "
-        "rounds, medians. lmforge and transformers dequantize the file to float32 (`--dtype bfloat16`: then "
-        "round it to bf16; dynamic-int8: `lmforge quantize`'s int8 weights and activations, the head tied to "
-        "the embedding kept in float32); transformers 5 keeps the file's blocks and computes in float32 (its "
-        "fastest choice, it says); llama.cpp computes on its Q4_1/Q8_0 blocks.", "",
+        "rounds, medians. lmforge dequantizes the file to float32 (`--dtype bfloat16`: rounded again to bf16; "
+        "dynamic-int8: `lmforge quantize`'s int8 weights and activations, the head tied to the embedding kept "
+        "in float32); transformers 5 keeps the file's blocks and computes in float32 (its fastest dtype for "
+        "them, its warning says), with the same values: logits equal lmforge's float32; llama.cpp computes on "
+        "its Q4_1/Q8_0 blocks.", "",
         "| runner | tokens/s | vs lmforge float32 |", "|---|---|---|", *rows, "",
         f"lmforge / transformers float32: {', '.join(same)}" +
         (f"; lmforge float32 / llama.cpp: **{ours / speed['llama.cpp (Q4_1 file)']:.2f}x**" if llama else

@@ -73,6 +73,18 @@ def test_packed_bfloat16_linears_give_the_logits_of_torch_bfloat16(tokenizer, ar
                                                                         use_cache=False)
 
 
+@pytest.mark.parametrize("arch", ["gpt", "llama", "lstm"])
+def test_last_only_logits_are_the_last_position_of_the_full_ones(arch):
+    """A prompt's prefill asks for the last position's logits alone (the head skips the others)."""
+    model = tiny_model(arch)
+    ids = torch.randint(0, 50, (2, 11))
+    with torch.inference_mode():
+        full = model(ids)
+        last = model(ids, last_only=True)
+    assert last.shape == (2, 1, 50)
+    assert torch.allclose(last[:, 0], full[:, -1], atol=1e-6, rtol=0)
+
+
 def test_grouped_query_decoding_step_equals_repeated_keys():
     """A one-token step folds each key head's queries into one block of rows (no copied keys): the same output
     as attending with keys and values repeated per query head, with and without a padding mask."""

@@ -46,7 +46,7 @@ class BatchDecoder:
         if not 0 < len(prompt) < self.context:
             raise ValueError(f"a prompt must have 1 to {self.context - 1} tokens, got {len(prompt)}")
         single = make_cache(self.model.config, 1, len(prompt), dtype=self.dtype, device=self.device)
-        logits = self.model(torch.tensor([prompt], device=self.device), cache=single)[0, -1]
+        logits = self.model(torch.tensor([prompt], device=self.device), cache=single, last_only=True)[0, -1]
         if not self.rows:
             self.column = 0
         if len(prompt) > self.column:

@@ -118,7 +118,7 @@ class _Stepper:
         else:
             self.decoder = None
             self.cache = make_cache(model.config, 1, model.config.block_size, dtype=param.dtype, device=self.device)
-            self.first = model(ids, cache=self.cache)[:, -1]
+            self.first = model(ids, cache=self.cache, last_only=True)[:, -1]
 
     def __call__(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
         live = len(parents)

@@ -231,7 +231,7 @@ class _Feeder:
             window_mask = mask[:, start:end]
             positions = (window_mask.long().cumsum(-1) - 1).clamp(min=0)
             return model(tokens[:, start:end], positions=positions if self.padded else positions[0],
-                         pad_mask=window_mask if self.padded else None)[:, -1]
+                         pad_mask=window_mask if self.padded else None, last_only=True)[:, -1]
         if self.cache is None or (context and end - self.start > context):
             # (re)start: prefill every row at once; past the context only the last half is kept
             keep = context if self.cache is None else context // 2
@@ -247,7 +247,8 @@ class _Feeder:
                 param = next(model.parameters())
                 capacity = min(context, tokens.size(1)) if context else None
                 self.cache = model.make_cache(tokens.size(0), capacity, dtype=param.dtype, device=param.device)
-                logits = model(tokens[:, self.start:end], positions=positions, pad_mask=pad_mask, cache=self.cache)[:, -1]
+                logits = model(tokens[:, self.start:end], positions=positions, pad_mask=pad_mask, cache=self.cache,
+                               last_only=True)[:, -1]
         elif self.static is not None:  # one fixed-shape step (a CUDA graph replay on a GPU)
             logits = self.static.step(tokens.select(1, end - 1))
         else:

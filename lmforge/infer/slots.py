@@ -55,7 +55,7 @@ class SlotDecoder:
             raise ValueError(f"all {self.slots} slots are taken; remove a row first")
         T = len(prompt)
         single = self.model.make_cache(1, T, dtype=self.dtype, device=self.device)
-        logits = self.model(torch.tensor([prompt], device=self.device), cache=single)[0, -1]
+        logits = self.model(torch.tensor([prompt], device=self.device), cache=single, last_only=True)[0, -1]
         slot = self.free.pop(0)
         for layer, new in zip(self.cache, single):
             layer.k[slot, :, :T], layer.v[slot, :, :T] = new.k[0], new.v[0]

@@ -63,7 +63,7 @@ class StaticDecoder:
             raise ValueError(f"a prefill of {T} columns does not fit the static cache of {self.capacity}")
         for layer in self.cache:
             layer.length, layer.static = 0, None
-        logits = self.model(ids, positions=positions, pad_mask=pad_mask, cache=self.cache)[:, -1]
+        logits = self.model(ids, positions=positions, pad_mask=pad_mask, cache=self.cache, last_only=True)[:, -1]
         for layer in self.cache:
             layer.static = (self.column, self.mask)
         self.column.fill_(T)

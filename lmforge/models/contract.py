@@ -24,8 +24,9 @@ class LanguageModel(Protocol):
 
 @runtime_checkable
 class Decoder(Protocol):
-    """A next-token model: forward(ids) -> (B, T, vocab) logits, generation through a cache. `context_length`
-    is the longest window it attends over (None: a recurrent state, no limit)."""
+    """A next-token model: forward(ids) -> (B, T, vocab) logits (`last_only=True`: the last position's, (B, 1,
+    vocab)), generation through a cache. `context_length` is the longest window it attends over (None: a
+    recurrent state, no limit)."""
 
     def make_cache(self, batch: int, max_len: int, dtype: Any = None, device: Any = None) -> Any: ...
 

@@ -87,9 +87,12 @@ class GPT(nn.Module):
                 weights.append(w)
         return (self.ln_f(x), weights) if return_weights else self.ln_f(x)
 
-    def forward(self, ids, *, positions=None, pad_mask=None, cache: list[KVCache] | None = None, segments=None):
-        return self.lm_head(self.hidden_states(ids, positions=positions, pad_mask=pad_mask, cache=cache,
-                                               segments=segments))
+    def forward(self, ids, *, positions=None, pad_mask=None, cache: list[KVCache] | None = None, segments=None,
+                last_only: bool = False):
+        """Next-token logits (B, T, vocab); `last_only`: the last position's alone (B, 1, vocab), all a prompt's
+        prefill needs (the head over every position is a fifth of a small model's prefill and its largest tensor)."""
+        hidden = self.hidden_states(ids, positions=positions, pad_mask=pad_mask, cache=cache, segments=segments)
+        return self.lm_head(hidden[:, -1:] if last_only else hidden)
 
     def classify(self, ids, *, pad_mask=None, token_type_ids=None):
         """Class logits (B, n_labels) from the hidden state of the last real token of each row."""

@@ -102,12 +102,14 @@ class RecurrentLM(nn.Module):
             cache.state, cache.length = state, cache.length + T
         return self.drop(torch.cat(outputs, 1) if len(outputs) > 1 else outputs[0])
 
-    def forward(self, ids, *, positions=None, pad_mask=None, cache: RecurrentState | None = None):
+    def forward(self, ids, *, positions=None, pad_mask=None, cache: RecurrentState | None = None,
+                last_only: bool = False):
         # positions are accepted for the shared generation loop and ignored: order lives in the recurrence
         if self.lm_head is None:
             raise ValueError(f"a bidirectional {self.config.arch} is a classifier: it has no next-token head "
                              "(use classify)")
-        return self.lm_head(self.hidden_states(ids, pad_mask=pad_mask, cache=cache))
+        hidden = self.hidden_states(ids, pad_mask=pad_mask, cache=cache)
+        return self.lm_head(hidden[:, -1:] if last_only else hidden)
 
     def features(self, ids, *, pad_mask=None):
         """The pooled text vectors (B, feature_size) of right-padded rows, before dropout. Rows are packed to their

@@ -13,9 +13,11 @@ from tokenizers import Tokenizer as Backend  # noqa: E402
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 
 from lmforge.api import LM  # noqa: E402
-from lmforge.infer.chat import apply_chat_template, chat_format, chat_reply, encode_chat_prompt  # noqa: E402
+from lmforge.infer.chat import (  # noqa: E402
+    apply_chat_template, chat_format, chat_prompt, chat_reply, encode_chat_prompt)
 from lmforge.infer.chat_template import DEFAULT_TEMPLATE, TemplateError, render_chat  # noqa: E402
 from lmforge.infer.generate import SamplingConfig, continue_prompts  # noqa: E402
+from lmforge.infer.prompt_cache import PromptCache  # noqa: E402
 from lmforge.modeldir import load_model_dir  # noqa: E402
 from lmforge.tokenizer import Tokenizer  # noqa: E402
 
@@ -185,6 +187,24 @@ def test_chat_stops_at_the_end_of_turn_token(chat_lm):
     # the end of text (the tokenizer's eos) still ends a reply too
     assert lm.tokenizer.eos_id in chat_format(lm.tokenizer, lm.meta).end_ids
     assert end in chat_format(lm.tokenizer, lm.meta).end_ids
+
+
+def test_a_conversation_keeps_its_kv_cache_between_replies(chat_lm):
+    """The second reply prefills only the new turn (the first prompt and reply are in the cache), and replies
+    exactly as a fresh prefill of the whole conversation does."""
+    lm, cache = chat_lm, PromptCache()
+    sampling = SamplingConfig(max_new_tokens=20, temperature=0)
+    messages, held = [], 0
+    for question in list(REPLIES)[:2]:
+        messages.append({"role": "user", "content": question})
+        reply = chat_reply(lm.bundle, messages, sampling, prompt_cache=cache)
+        assert reply.tokens == chat_reply(lm.bundle, messages, sampling).tokens
+        prompt = chat_prompt(lm.bundle, messages)[0]
+        # at least the previous prompt and reply (0 on the first turn); more when the tokens generated past the
+        # end of the reply (ends are checked every 8 steps) were the template's next ones, as a chat model's are
+        assert held <= cache.reused < len(prompt)
+        held = len(prompt) + len(reply.tokens)
+        messages.append({"role": "assistant", "content": reply.text})
 
 
 def test_a_template_survives_save_load_and_hf_export(chat_lm, tmp_path):

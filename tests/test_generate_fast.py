@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lmforge.infer import packed
-from lmforge.infer.generate import SamplingConfig, generate
+from lmforge.infer.generate import SamplingConfig, continue_prompts, generate
+from lmforge.infer.prompt_cache import PromptCache
 from lmforge.tokenizer import Tokenizer
 
 from conftest import small_corpus, tiny_model
@@ -83,6 +84,26 @@ def test_last_only_logits_are_the_last_position_of_the_full_ones(arch):
         last = model(ids, last_only=True)
     assert last.shape == (2, 1, 50)
     assert torch.allclose(last[:, 0], full[:, -1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "lstm"])
+def test_a_prompt_cache_prefills_only_what_is_new_and_changes_no_token(tokenizer, arch):
+    model = tiny_model(arch, vocab_size=tokenizer.vocab_size, block_size=128)
+    short, longer = (SamplingConfig(max_new_tokens=n, temperature=0, ignore_eos=True) for n in (15, 40))
+    cache = PromptCache()
+    first = continue_prompts(model, tokenizer, ["the cat"], short, prompt_cache=cache)[0]
+    prompt = tokenizer.encode("the cat") + first.tokens + tokenizer.encode(" and the dog")
+    # the next prompt repeats the first and its continuation; more new tokens: a bigger cache, the prefix copied
+    again = continue_prompts(model, tokenizer, [prompt], longer, prompt_cache=cache)[0]
+    assert again.tokens == continue_prompts(model, tokenizer, [prompt], longer)[0].tokens
+    # the cache held the prompt and every new token but the last (chosen, never fed); a recurrent state: nothing
+    assert cache.reused == (len(tokenizer.encode("the cat")) + len(first.tokens) - 1 if arch == "llama" else 0)
+    continue_prompts(model, tokenizer, [prompt], short, prompt_cache=cache)
+    assert cache.reused == (len(prompt) - 1 if arch == "llama" else 0)  # all of it: the last token is fed again
+    with torch.no_grad():  # other weights (a training step): the cache is not reused
+        next(model.parameters()).mul_(1.0)
+    changed = continue_prompts(model, tokenizer, [prompt], short, prompt_cache=cache)[0]
+    assert cache.reused == 0 and changed.tokens == continue_prompts(model, tokenizer, [prompt], short)[0].tokens
 
 
 def test_grouped_query_decoding_step_equals_repeated_keys():

@@ -135,14 +135,17 @@ class LM:
 
     def chat(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-             stop: str | list[str] | tuple = (), seed: int | None = None, stream: bool = False) -> str:
+             stop: str | list[str] | tuple = (), seed: int | None = None, stream: bool = False,
+             prompt_cache=None) -> str:
         """The assistant's reply to `messages`, ended at the template's end-of-turn token; greedy unless a
-        temperature is given. stream=True prints it as it comes."""
+        temperature is given. stream=True prints it as it comes. `prompt_cache`: a PromptCache
+        (lmforge.infer.prompt_cache) kept for one conversation, so each reply prefills only its new turn."""
         from ..infer.chat import chat_reply
 
         stops = (stop,) if isinstance(stop, str) else tuple(stop)
         sampling = SamplingConfig(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stops, seed)
-        return chat_reply(self.bundle, messages, sampling, on_text=inference.show if stream else None).text
+        return chat_reply(self.bundle, messages, sampling, on_text=inference.show if stream else None,
+                          prompt_cache=prompt_cache).text
 
     def embed(self, texts: str | list[str], batch_size: int = 32, normalize: bool = True):
         """Mean-pooled final hidden states (N, n_embd) as a float tensor, unit length unless normalize=False."""

@@ -13,6 +13,7 @@ from ..bundle import Bundle
 from ..tokenizer import Tokenizer
 from .chat_template import check_messages, end_of_turn_tokens, render_chat, special_strings, template_of
 from .generate import Continuation, SamplingConfig, continue_prompts
+from .prompt_cache import PromptCache
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,10 @@ def chat_prompt(bundle: Bundle, messages: list[dict], template: str | None = Non
 
 def chat_reply(bundle: Bundle, messages: list[dict], sampling: SamplingConfig | None = None, *,
                template: str | None = None, on_text: Callable[[str], None] | None = None,
-               use_cache: bool = True) -> Continuation:
+               use_cache: bool = True, prompt_cache: PromptCache | None = None) -> Continuation:
     """The assistant's next reply to `messages`, generated until an end-of-turn token (or a stop string, or
-    `sampling.max_new_tokens`); `on_text(piece)` streams it as it comes."""
+    `sampling.max_new_tokens`); `on_text(piece)` streams it as it comes. `prompt_cache` (one per conversation)
+    keeps the KV cache between replies, so each reply prefills only the new turn."""
     if not bundle.is_causal:
         raise ValueError(f"chat needs a decoder (gpt, llama); this model is '{bundle.config.arch}', an encoder or "
                          "classifier (use fill-mask or classify)")
@@ -89,4 +91,4 @@ def chat_reply(bundle: Bundle, messages: list[dict], sampling: SamplingConfig | 
     cfg = SamplingConfig(**{**vars(sampling), "stop": tuple(sampling.stop) + form.end_texts})
     stream = (lambda row, piece: on_text(piece)) if on_text is not None else None
     return continue_prompts(bundle.model, bundle.tokenizer, [prompt], cfg, use_cache=use_cache, on_text=stream,
-                            end_ids=form.end_ids)[0]
+                            end_ids=form.end_ids, prompt_cache=prompt_cache)[0]

@@ -11,6 +11,7 @@ import torch
 from ..preflight import available_memory
 from ..tokenizer import Tokenizer
 from .packed import packed_linears
+from .prompt_cache import PromptCache
 from .static import static_decoder, static_supported
 
 # outside these the scaled logits overflow float32 and sampling fails; no useful setting lies beyond them
@@ -117,9 +118,11 @@ def generate(model, tokenizer: Tokenizer, prompts: list[str], cfg: SamplingConfi
 def continue_prompts(model, tokenizer: Tokenizer, prompts: list[str | list[int]], cfg: SamplingConfig, *,
                      use_cache: bool = True, on_text: Callable[[int, str], None] | None = None,
                      end_ids: tuple[int, ...] | None = None, static: bool | None = None,
-                     compile: bool = False) -> list[Continuation]:
+                     compile: bool = False, prompt_cache: PromptCache | None = None) -> list[Continuation]:
     """`generate`, for prompts given as text or token ids, returning each Continuation's tokens and finish
-    reason; a row ends at any of `end_ids` (default: the tokenizer's end-of-text; none with cfg.ignore_eos)."""
+    reason; a row ends at any of `end_ids` (default: the tokenizer's end-of-text; none with cfg.ignore_eos).
+    `prompt_cache`: one prompt's KV cache kept from the previous call, so a prompt that repeats the previous one
+    and its continuation prefills only what is new (a chat; one prompt, the growing cache only)."""
     cfg.check()
     model.eval()
     param = next(model.parameters())
@@ -145,8 +148,9 @@ def continue_prompts(model, tokenizer: Tokenizer, prompts: list[str | list[int]]
     # text is decoded as it comes only when someone reads it (streaming) or it can end the row (stop strings)
     watcher = _TextWatcher(tokenizer, B, ends, cfg.stop, on_text) if on_text is not None or cfg.stop else None
     static = use_cache and static_supported(model) and (device.type == "cuda" if static is None else static)
+    reuse = prompt_cache if prompt_cache is not None and B == 1 and use_cache and not static else None
     feeder = _Feeder(model, tokens, mask, context, use_cache, padded=not bool(mask[:, :width].all()), static=static,
-                     compile=compile)
+                     compile=compile, prompt_cache=reuse)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     end = width
     with torch.inference_mode(), packed_linears(model, B, enabled=use_cache):
@@ -165,6 +169,8 @@ def continue_prompts(model, tokenizer: Tokenizer, prompts: list[str | list[int]]
                     break
         else:
             end = width + cfg.max_new_tokens - 1
+    if reuse is not None and feeder.start == 0:
+        reuse.keep(model, feeder.cache, tokens[0, :feeder.fed].tolist())
     if watcher is not None:
         return watcher.final()
     found = []
@@ -215,8 +221,9 @@ class _Feeder:
     only the newest column (after one prefill of the whole left-padded batch), without it the whole window."""
 
     def __init__(self, model, tokens: torch.Tensor, mask: torch.Tensor, context: int | None, use_cache: bool,
-                 padded: bool, static: bool = False, compile: bool = False):
+                 padded: bool, static: bool = False, compile: bool = False, prompt_cache: PromptCache | None = None):
         self.model, self.tokens, self.mask, self.context = model, tokens, mask, context
+        self.prompt_cache = prompt_cache
         self.use_cache, self.padded = use_cache, padded
         self.static = (static_decoder(model, tokens.size(0), min(context, tokens.size(1)), compile=compile)
                        if static else None)
@@ -244,11 +251,7 @@ class _Feeder:
                 self.cache = self.static.cache
                 logits = self.static.prefill(tokens[:, self.start:end], positions, pad_mask)
             else:
-                param = next(model.parameters())
-                capacity = min(context, tokens.size(1)) if context else None
-                self.cache = model.make_cache(tokens.size(0), capacity, dtype=param.dtype, device=param.device)
-                logits = model(tokens[:, self.start:end], positions=positions, pad_mask=pad_mask, cache=self.cache,
-                               last_only=True)[:, -1]
+                logits = self._prefill(end, positions, pad_mask)
         elif self.static is not None:  # one fixed-shape step (a CUDA graph replay on a GPU)
             logits = self.static.step(tokens.select(1, end - 1))
         else:
@@ -259,6 +262,21 @@ class _Feeder:
             self.positions += 1
         self.fed = end
         return logits
+
+    def _prefill(self, end: int, positions, pad_mask) -> torch.Tensor:
+        """Fill a new growing cache with columns start..end-1, or only those past the prompt cache's prefix."""
+        model, tokens = self.model, self.tokens
+        param = next(model.parameters())
+        capacity = min(self.context, tokens.size(1)) if self.context else None
+        reused = 0
+        if self.prompt_cache is not None and self.cache is None and self.start == 0 and capacity:
+            self.cache, reused = self.prompt_cache.take(model, tokens[0, :end].tolist(), capacity, param.dtype,
+                                                        param.device)
+        if reused:  # one row without padding: the model counts positions on from its cache
+            return model(tokens[:, reused:end], cache=self.cache, last_only=True)[:, -1]
+        self.cache = model.make_cache(tokens.size(0), capacity, dtype=param.dtype, device=param.device)
+        return model(tokens[:, self.start:end], positions=positions, pad_mask=pad_mask, cache=self.cache,
+                     last_only=True)[:, -1]
 
 
 class _TextWatcher:

@@ -72,7 +72,10 @@ class Conversation:
     """The history of one chat and the model that answers in it; each reply streams to stdout."""
 
     def __init__(self, bundle, sampling, system: str | None, template: str | None):
+        from ...infer.prompt_cache import PromptCache
+
         self.bundle, self.sampling, self.system, self.template = bundle, sampling, system, template
+        self.prompt_cache = PromptCache()  # each reply prefills only the new turn
         self.reset()
 
     def reset(self) -> None:
@@ -91,7 +94,8 @@ class Conversation:
             sys.stdout.flush()
 
         try:
-            reply = chat_reply(self.bundle, self.messages, self.sampling, template=self.template, on_text=show)
+            reply = chat_reply(self.bundle, self.messages, self.sampling, template=self.template, on_text=show,
+                               prompt_cache=self.prompt_cache)
         except KeyboardInterrupt:
             self.messages.pop()
             print("\n(reply stopped; that turn is forgotten)", file=sys.stderr)

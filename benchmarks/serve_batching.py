@@ -111,7 +111,7 @@ def main() -> None:
         model_dir = Path(args.model) if args.model else make_model(Path(scratch), args)
         rows = [run(model_dir, b, args) for b in args.batches]
     print(f"{args.clients} concurrent streaming clients, {args.max_tokens} tokens each, "
-          f"GPT {args.n_layer}x{args.n_embd} on {torch.get_num_threads()} threads")
+          f"{args.model or f'GPT {args.n_layer}x{args.n_embd}'} on {torch.get_num_threads()} threads")
     print(f"{'max_batch':>9} {'p50 s':>7} {'p95 s':>7} {'TTFT p50':>9} {'tokens/s':>9} {'errors':>6}")
     for r in rows:
         print(f"{r['max_batch']:>9} {r['p50']:7.2f} {r['p95']:7.2f} {r['ttft50']:9.2f} {r['tokens_s']:9.0f} "

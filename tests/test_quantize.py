@@ -71,6 +71,31 @@ def test_int8_logits_stay_close_to_fp32(trained, corpus_path, method, tolerance)
     assert abs(after / before - 1) < 0.01, (before, after)
 
 
+@pytest.mark.skipif(not hasattr(torch, "_weight_int8pack_mm"), reason="this torch has no int8-weight kernel")
+def test_weight_int8_in_bf16_runs_the_int8_kernel_with_the_dequantized_products(trained):
+    """A few bf16 rows on a CPU: torch's int8-weight kernel, the products of the dequantized weight (within
+    bf16's rounding); with a gradient wanted, the dequantizing path (the kernel has no backward)."""
+    from lmforge.compress import quantize
+
+    folder, _ = trained
+    model = LM.from_pretrained(folder / "weight-int8", dtype="bfloat16").model
+    layer = model.h[0].mlp.up
+    x = torch.randn(3, 5, layer.in_features, dtype=torch.bfloat16)
+    assert quantize._int8_kernel(x)  # 15 rows: a decoding step's few; a prompt's many dequantize instead
+    assert not quantize._int8_kernel(torch.randn(3, 6, layer.in_features, dtype=torch.bfloat16))
+    with torch.no_grad():
+        fast = layer(x).float()
+        plain = torch.nn.functional.linear(x, layer.dequantized_weight(torch.bfloat16), layer.bias.bfloat16()).float()
+    assert fast.shape == (3, 5, layer.out_features)
+    assert (fast - plain).abs().max() <= 0.02 * plain.abs().max()
+    x.requires_grad_(True)
+    assert not quantize._int8_kernel(x)
+    layer(x).sum().backward()
+    assert x.grad is not None
+    float32 = _logits(LM.from_pretrained(folder / "weight-int8").model)
+    assert (_logits(model).argmax(-1) == float32.argmax(-1)).float().mean() > 0.9
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_save_load_round_trip_is_exact(trained, method):
     folder, lm = trained

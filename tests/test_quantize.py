@@ -83,6 +83,7 @@ def test_weight_int8_in_bf16_runs_the_int8_kernel_with_the_dequantized_products(
     x = torch.randn(3, 5, layer.in_features, dtype=torch.bfloat16)
     assert quantize._int8_kernel(x)  # 15 rows: a decoding step's few; a prompt's many dequantize instead
     assert not quantize._int8_kernel(torch.randn(3, 6, layer.in_features, dtype=torch.bfloat16))
+    assert not quantize._int8_kernel(torch.randn(1, layer.in_features))  # float32: no faster than dequantizing
     with torch.no_grad():
         fast = layer(x).float()
         plain = torch.nn.functional.linear(x, layer.dequantized_weight(torch.bfloat16), layer.bias.bfloat16()).float()

@@ -6,9 +6,9 @@ nearest, |q| <= 127), saved as plain safetensors tensors (`<name>.weight_int8`, 
   quantized CPU kernels (fbgemm / oneDNN through torch.ops.quantized, the kernels behind torch.ao's dynamic
   quantization), weights prepacked once per process. CPU only.
 - weight-int8: the int8 weight is dequantized to the activations' dtype for each matmul: the file is as small,
-  the arithmetic stays floating point (no activation error), and it runs on any device. A decoding step's few rows
-  on a CPU run on torch's int8-weight kernel instead (`torch._weight_int8pack_mm`: no dequantized copy, the int8
-  weight read as it is).
+  the arithmetic stays floating point (no activation error), and it runs on any device. A decoding step's few bf16
+  rows on a CPU run on torch's int8-weight kernel instead (`torch._weight_int8pack_mm`: no dequantized copy, the
+  int8 weight read as it is).
 Embeddings, norms and a head tied to the embedding stay in floating point.
 """
 from __future__ import annotations
@@ -27,19 +27,19 @@ METHODS = {
 SCHEME = "symmetric int8, one scale per output channel"
 
 
-# torch's CPU kernel for activations times int8 weights with per-row scales (what gpt-fast runs) reads the int8
-# weight as it is: a decoding step's few rows run 1.2-3x faster than dequantizing first (1536 x 576, bf16: 73 vs
-# 213 us for 1 row, 185 vs 242 for 8), but its time grows with the rows (64 rows: 874 vs 473 us), and float32
-# activations gain at one row only (374 vs 943 us; 8 rows: 3,034 vs 1,245)
+# torch's CPU kernel for bf16 activations times int8 weights with per-row scales (what gpt-fast runs) reads the
+# int8 weight as it is: a decoding step's few rows run 1.3-3x faster than dequantizing first (1536 x 576: 73 vs
+# 213 us for 1 row, 185 vs 242 for 8), but its time grows with the rows (64 rows: 874 vs 473 us). With float32
+# activations it reads at ~9 GB/s, no faster than dequantizing into a float32 product, so float32 dequantizes.
 _INT8_MM = getattr(torch, "_weight_int8pack_mm", None)
-_INT8_MAX_ROWS = {torch.bfloat16: 16, torch.float32: 1}
+INT8_MAX_ROWS = 16
 
 
 def _int8_kernel(x: torch.Tensor) -> bool:
-    """Whether a weight-int8 product of `x` runs on the int8 kernel: a CPU, few rows (a decoding step), no
-    gradient wanted (the kernel has no backward)."""
-    return (_INT8_MM is not None and x.device.type == "cpu" and x.numel() <= _INT8_MAX_ROWS.get(x.dtype, 0) * x.size(-1)
-            and not (torch.is_grad_enabled() and x.requires_grad))
+    """Whether a weight-int8 product of `x` runs on the int8 kernel: bf16 on a CPU, few rows (a decoding step),
+    no gradient wanted (the kernel has no backward)."""
+    return (_INT8_MM is not None and x.device.type == "cpu" and x.dtype == torch.bfloat16
+            and x.numel() <= INT8_MAX_ROWS * x.size(-1) and not (torch.is_grad_enabled() and x.requires_grad))
 
 
 def check_method(method: str) -> None:

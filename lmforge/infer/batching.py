@@ -105,15 +105,9 @@ class BatchDecoder:
     def _reserve(self, columns: int) -> None:
         """Make the cache at least `columns` wide (doubling, at most the context), keeping the filled columns."""
         have = self.cache[0].k.size(2)
-        if columns <= have:
-            return
-        size = min(self.context, max(columns, 2 * have))
-        for layer in self.cache:
-            for name in ("k", "v"):
-                old = getattr(layer, name)
-                new = old.new_zeros(*old.shape[:2], size, old.size(3))
-                new[:, :, :self.column] = old[:, :, :self.column]
-                setattr(layer, name, new)
+        if columns > have:
+            for layer in self.cache:
+                layer.widen(min(self.context, max(columns, 2 * have)), keep=self.column)
 
     def _shift(self, by: int) -> None:
         # move every row right by `by` columns, so a longer prompt fits before the current column

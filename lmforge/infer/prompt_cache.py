@@ -44,13 +44,8 @@ class PromptCache:
             shared += 1
         if shared == 0:
             return None, 0
-        if cache[0].k.size(2) < capacity:  # too small for this call: a bigger one with the prefix copied in
-            bigger = model.make_cache(1, capacity, dtype=dtype, device=device)
-            for old, new in zip(cache, bigger):
-                new.k.narrow(2, 0, shared).copy_(old.k.narrow(2, 0, shared))
-                new.v.narrow(2, 0, shared).copy_(old.v.narrow(2, 0, shared))
-            cache = bigger
-        for layer in cache:
+        for layer in cache:  # too small for this call: widened, the prefix kept
+            layer.widen(capacity, keep=shared)
             layer.length = shared
         self.reused = shared
         return cache, shared
@@ -60,7 +55,3 @@ class PromptCache:
         if isinstance(cache, list) and cache and all(isinstance(layer, KVCache) and layer.static is None
                                                      for layer in cache):
             self.cache, self.ids, self.model_key = cache, list(ids), _key(model)
-
-    def clear(self) -> None:
-        """Forget the cache (its memory is freed)."""
-        self.cache, self.ids, self.model_key = None, [], None

@@ -28,6 +28,16 @@ class KVCache:
         self.length = 0
         self.static: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def widen(self, size: int, keep: int) -> None:
+        """Room for at least `size` positions: new, wider buffers holding the first `keep` columns (the rest zero)."""
+        if size <= self.k.size(2):
+            return
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = old.new_zeros(*old.shape[:2], size, old.size(3))
+            new[:, :, :keep] = old[:, :, :keep]
+            setattr(self, name, new)
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.static is not None and k.size(2) == 1:
             column = self.static[0]

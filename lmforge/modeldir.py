@@ -16,7 +16,7 @@ from .compress import save_weights
 from .config import ModelConfig, describe_validation_error
 from .devices import check_device, check_dtype
 from .infer.chat_encode import end_of_turn
-from .errors import ModelDirError, shape_mismatch
+from .errors import ConfigError, ModelDirError, shape_mismatch
 from .files import DamagedFileError, atomic_directory, read_json, verify_manifest, write_manifest
 from .infer.chat_template import TEMPLATE_FILE
 from .models import build_model, count_parameters, family_of, is_decoder
@@ -35,7 +35,8 @@ def save_model_dir(path: str | Path, bundle: Bundle) -> Path:
         tokenizer.save(temp / "tokenizer.json")
         # `info` may be a loaded config.json (fine-tuning): its old model section must not win over `config`
         meta = {**info, "format": "lmforge", "lmforge_version": __version__, "arch": config.arch,
-                "model": config.model_dump(exclude={"init"}), "tokenizer": {"kind": tokenizer.kind}}
+                "dtype": _weights_dtype(model), "model": config.model_dump(exclude={"init"}),
+                "tokenizer": {"kind": tokenizer.kind}}
         for role in ("eos_token", "bos_token", "pad_token"):
             if getattr(tokenizer, role, None) is not None:
                 meta["tokenizer"][role] = getattr(tokenizer, role)
@@ -48,6 +49,12 @@ def save_model_dir(path: str | Path, bundle: Bundle) -> Path:
             (temp / name).write_text(text)
         write_manifest(temp)  # sizes and checksums: a damaged file is named on load, never used silently
     return path
+
+
+def _weights_dtype(model: nn.Module) -> str:
+    """The dtype of the model's floating-point parameters, as config.json records it ("float32", "bfloat16")."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return str(dtype).removeprefix("torch.")
 
 
 def read_model_config(path: str | Path) -> tuple[ModelConfig, dict]:
@@ -97,6 +104,11 @@ def load_model_dir(path: str | Path, device: str = "cpu", dtype: str | torch.dty
         model, *rest = load_gguf(path, device)
         return Bundle(model.to(dtype=dtype) if dtype is not None else model, *rest)
     config, meta = read_model_config(path)
+    if dtype is None and meta.get("dtype") is not None:  # as saved (older directories were all float32)
+        try:
+            dtype = check_dtype(meta["dtype"], "dtype")
+        except ConfigError as error:
+            raise ModelDirError(f"'{path / 'config.json'}': {error}") from None
     model = build_model(config)
     if meta.get("compression"):  # LoRA, pruned, quantized: rebuild the structure the weights were saved from
         from .compress import restore

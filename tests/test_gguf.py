@@ -287,7 +287,7 @@ def test_lmforge_to_gguf_and_back(tmp_path, corpus_file, arch):
     ids = torch.tensor([lm.tokenizer.encode("the old man and the sea, once more")])
     with torch.no_grad():
         reference = lm.model(ids)
-    for gguf_type, tolerance in [("f32", 0.0), ("f16", 2e-3), ("q8_0", 3e-2)]:
+    for gguf_type, tolerance in [("f32", 0.0), ("f16", 2e-3), ("q8_0", 3e-2), ("q4_1", 0.25)]:
         out = tmp_path / f"{gguf_type}.gguf"
         assert main(["convert", str(save_model_dir(tmp_path / "src", lm.bundle)), str(out), "--gguf-type", gguf_type,
                      "--force"]) == 0
@@ -302,6 +302,37 @@ def test_lmforge_to_gguf_and_back(tmp_path, corpus_file, arch):
         if gguf_type == "f32":
             ours, theirs = lm.model.state_dict(), back.model.state_dict()
             assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_q4_1_blocks_survive_weight_int4_and_back_byte_for_byte(tmp_path, corpus_file):
+    """A q4_1 file quantized with weight-int4 keeps the file's 4-bit blocks (the codes, and float16 scales and
+    minimums held exactly in float32): converted back to q4_1 (its default type) every Q4_1 tensor is the same
+    bytes (the norms and the embedding went through the directory's bfloat16), and the int4 model's float32
+    logits equal the file's."""
+    from lmforge.app.workflows.quantize import quantize_dir
+    from lmforge.interop.gguf_file import read_gguf
+
+    lm = LM.new("llama", tokenizer="bpe", vocab_size=300, corpus=corpus_file, n_layer=2, n_head=4, n_embd=64,
+                block_size=32, n_kv_head=2)
+    first = save_gguf(tmp_path / "first.gguf", lm.model, lm.tokenizer, lm.config.model, {}, "q4_1")
+    quantize_dir(first, tmp_path / "w4", "weight-int4")
+    assert main(["convert", str(tmp_path / "w4"), str(tmp_path / "again.gguf")]) == 0
+    before, after = read_gguf(first)[1], read_gguf(tmp_path / "again.gguf")[1]
+    assert before.keys() == after.keys()
+    types = {before[name].tensor_type.name for name in before}
+    assert types == {"F32", "Q4_1", "Q8_0"}  # norms, matrices, the embedding
+    for name in before:
+        assert before[name].tensor_type == after[name].tensor_type, name
+        if before[name].tensor_type.name == "Q4_1":
+            assert np.array_equal(np.asarray(before[name].data), np.asarray(after[name].data)), name
+    ids = torch.tensor([lm.tokenizer.encode("the old man and the sea")])
+    with torch.no_grad():
+        file_model, int4_model = load_model_dir(first).model, load_model_dir(tmp_path / "w4", dtype="float32").model
+        for name, module in int4_model.named_modules():
+            if hasattr(module, "weight_int4"):
+                assert torch.equal(module.dequantized_weight(), file_model.get_submodule(name).weight), name
+        file_logits, int4_logits = file_model(ids), int4_model(ids)
+    assert (file_logits - int4_logits).abs().max() <= 0.02 * file_logits.abs().max()  # bf16 embedding and norms
 
 
 def test_export_refuses_what_gguf_cannot_express(tmp_path, corpus_file):

@@ -103,3 +103,26 @@ def test_llama_cpp_runs_a_gpt_trained_by_lmforge(tmp_path, corpus_file):
     ids = lm.tokenizer.encode("the old man")
     theirs = until_eos(runner.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True), -1, 16)
     assert lm.generate("the old man", max_new_tokens=16, temperature=0, ignore_eos=True) == lm.tokenizer.decode(theirs)
+
+
+def test_smollm2_q4_1_file_through_weight_int4_and_back_is_the_same_file(tmp_path):
+    """SmolLM2's Q4_1 file quantized with weight-int4 (`lmforge quantize FILE DIR --method weight-int4`) and
+    converted back to GGUF: all 272 tensors the same bytes (the 4-bit blocks kept; the norms and the Q8_0
+    embedding, bf16 values to begin with, survive the directory's bf16). Its bf16 replies answer as float32's do."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    from lmforge.app.workflows.quantize import quantize_dir
+    from lmforge.interop import save_gguf
+    from lmforge.modeldir import load_model_dir
+
+    source = smollm_folder() / NAME
+    quantize_dir(source, tmp_path / "w4", "weight-int4")
+    bundle = load_model_dir(tmp_path / "w4")
+    out = save_gguf(tmp_path / "again.gguf", bundle.model, bundle.tokenizer, bundle.config, bundle.meta, "q4_1")
+    before, after = gguf.GGUFReader(str(source)).tensors, {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
+    assert len(before) == len(after) == 272
+    for tensor in before:
+        assert tensor.tensor_type == after[tensor.name].tensor_type, tensor.name
+        assert np.array_equal(np.asarray(tensor.data), np.asarray(after[tensor.name].data)), tensor.name
+    assert "is 4" in greedy(bundle, chat_text(bundle, "What is 2+2?"), 24)

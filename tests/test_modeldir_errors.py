@@ -54,3 +54,21 @@ def test_weights_that_disagree_with_config_json_name_the_setting(saved, key, val
 def test_an_intact_model_directory_still_loads(saved):
     model, tokenizer, config, _ = load_model_dir(saved)
     assert config.n_embd == 16 and tokenizer.vocab_size == config.vocab_size
+
+
+def test_a_directory_loads_in_the_dtype_it_was_saved_in(saved, tmp_path):
+    """config.json records the weights' dtype: a bf16 model saved loads as bf16 (the same values), float32 when
+    asked; a directory from before the record (no "dtype") loads as float32."""
+    import torch
+
+    bf16 = LM.from_pretrained(saved, dtype="bfloat16")
+    again = bf16.save(tmp_path / "bf16")
+    assert json.loads((again / "config.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((saved / "config.json").read_text())["dtype"] == "float32"
+    loaded = load_model_dir(again).model
+    assert loaded.wte.weight.dtype == torch.bfloat16 and torch.equal(loaded.wte.weight, bf16.model.wte.weight)
+    assert load_model_dir(again, dtype="float32").model.wte.weight.dtype == torch.float32
+    meta = json.loads((again / "config.json").read_text())
+    del meta["dtype"]
+    (again / "config.json").write_text(json.dumps(meta))
+    assert load_model_dir(again).model.wte.weight.dtype == torch.float32

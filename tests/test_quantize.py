@@ -1,4 +1,4 @@
-"""int8 quantization: outputs close to fp32, an exact save/load round trip, every command on quantized
+"""int8 and int4 quantization: outputs close to fp32, an exact save/load round trip, every command on quantized
 directories, and clear errors that write nothing."""
 import json
 import shutil
@@ -25,7 +25,7 @@ def trained(tmp_path_factory, corpus_path):
                 tie_embeddings=False)
     lm.fit(corpus_path, max_steps=150, batch_size=16, lr=3e-3, warmup_steps=10, eval_every=0, progress=False)
     lm.save(folder / "fp32")
-    for method in METHODS:
+    for method in [*METHODS, "weight-int4"]:
         quantize_dir(folder / "fp32", folder / method, method)
     return folder, lm
 

@@ -1,6 +1,7 @@
-"""int8 quantization of a model's Linear layers (`lmforge quantize SRC DST --method dynamic-int8 | weight-int8`).
+"""Quantization of a model's Linear layers (`lmforge quantize SRC DST --method dynamic-int8 | weight-int8 |
+weight-int4`); weight-int4, 4-bit codes in groups, lives in compress/int4.py.
 
-Both methods store each Linear's weight as int8 with one float scale per output channel (symmetric, round to
+The int8 methods store each Linear's weight as int8 with one float scale per output channel (symmetric, round to
 nearest, |q| <= 127), saved as plain safetensors tensors (`<name>.weight_int8`, `<name>.weight_scale`):
 - dynamic-int8: activations are quantized per batch at run time and the matmul runs in int8 on torch's own
   quantized CPU kernels (fbgemm / oneDNN through torch.ops.quantized, the kernels behind torch.ao's dynamic
@@ -20,11 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .int4 import GROUP, Int4Linear
+
 METHODS = {
     "dynamic-int8": "int8 weights and int8 activations (quantized per batch at run time); CPU only",
     "weight-int8": "int8 weights dequantized for each matmul, activations in floating point; any device",
+    "weight-int4": "4-bit weights in groups of 32 inputs, activations in bfloat16 (the model is saved in bf16); "
+                   "any device, fastest decoding on a CPU",
 }
-SCHEME = "symmetric int8, one scale per output channel"
+SCHEMES = {"dynamic-int8": "symmetric int8, one scale per output channel",
+           "weight-int8": "symmetric int8, one scale per output channel",
+           "weight-int4": f"4-bit codes, a scale and a minimum per {GROUP} inputs (Q4_1's)"}
 
 
 # torch's CPU kernel for bf16 activations times int8 weights with per-row scales (what gpt-fast runs) reads the
@@ -147,17 +154,19 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def quantize_model(model: nn.Module, method: str) -> tuple[nn.Module, list[str], list[str]]:
-    """Replace every nn.Linear of `model` (in place) with an Int8Linear; returns (model, quantized names, names
-    left in floating point because their weight is shared with another module)."""
+    """Replace every nn.Linear of `model` (in place) with an Int8Linear (Int4Linear for weight-int4); returns
+    (model, quantized names, names left in floating point: a weight shared with another module, or for weight-int4
+    a width that is not a multiple of its group)."""
     check_method(method)
     shared = _shared_parameters(model)
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and name]
     done, kept = [], []
     for name, linear in linears:
-        if id(linear.weight) in shared:
+        if id(linear.weight) in shared or (method == "weight-int4" and linear.in_features % GROUP):
             kept.append(name)
             continue
-        _replace(model, name, Int8Linear.from_linear(linear, dynamic=method == "dynamic-int8"))
+        _replace(model, name, Int4Linear.from_linear(linear) if method == "weight-int4"
+                 else Int8Linear.from_linear(linear, dynamic=method == "dynamic-int8"))
         done.append(name)
     if not done:
         raise ValueError("the model has no Linear layer that can be quantized (only shared or no Linear weights)")
@@ -172,6 +181,9 @@ def restore(model: nn.Module, config, spec: dict, path: Path) -> nn.Module:
         raise ValueError(f"{where}: quantize step has method {method!r}; this lmforge knows {', '.join(METHODS)}")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"{where}: quantize step needs 'modules', a list of module names, got {names!r}")
+    group = spec.get("group_size", GROUP)
+    if method == "weight-int4" and not (isinstance(group, int) and group > 0 and group % 2 == 0):
+        raise ValueError(f"{where}: quantize step has group_size {group!r}; it must be an even positive integer")
     for name in names:
         try:
             linear = model.get_submodule(name)
@@ -180,6 +192,11 @@ def restore(model: nn.Module, config, spec: dict, path: Path) -> nn.Module:
         if not isinstance(linear, nn.Linear):
             raise ValueError(f"{where}: quantize step names module {name!r}, which is not a Linear layer of this "
                              f"{config.arch} model")
-        _replace(model, name, Int8Linear(linear.in_features, linear.out_features, linear.bias is not None,
-                                         dynamic=method == "dynamic-int8"))
+        if method == "weight-int4" and linear.in_features % group:
+            raise ValueError(f"{where}: quantize step names module {name!r}, whose {linear.in_features} inputs are "
+                             f"not a multiple of group_size {group}")
+        bias = linear.bias is not None
+        _replace(model, name, Int4Linear(linear.in_features, linear.out_features, bias, group)
+                 if method == "weight-int4" else
+                 Int8Linear(linear.in_features, linear.out_features, bias, dynamic=method == "dynamic-int8"))
     return model

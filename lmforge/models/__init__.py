@@ -51,5 +51,10 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Parameters of `model`, a tied (shared) tensor counted once."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """Parameters of `model`, a tied (shared) tensor counted once; a module's `values_per_element` ({name: n})
+    counts a packed parameter as the n values each element holds (4-bit codes two to a byte)."""
+    counts = {id(p): p.numel() for p in model.parameters()}
+    for module in model.modules():
+        for name, values in getattr(module, "values_per_element", {}).items():
+            counts[id(getattr(module, name))] = getattr(module, name).numel() * values
+    return sum(counts.values())

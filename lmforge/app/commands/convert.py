@@ -11,11 +11,14 @@ EXAMPLES = """examples:
   lmforge convert path/to/all-MiniLM-L6-v2 minilm        # sentence-transformers layouts work too
   lmforge convert SmolLM2-135M-Instruct.Q4_1.gguf smollm # a GGUF file -> an lmforge model directory (dequantized)
   lmforge convert runs/sft/final model.gguf --gguf-type q8_0   # -> one GGUF file that llama.cpp runs
+  lmforge convert smol4 smol4.gguf --gguf-type q4_1      # a weight-int4 directory -> its own 4-bit blocks
 
 Hugging Face gpt2, bert and llama checkpoints (and their sequence classifiers) and GGUF llama/gpt2 files are
 read; any command that takes a model directory also takes such a checkpoint or file directly, converting it in
 memory. A destination ending in .gguf (or --to gguf) writes GGUF: f32 keeps every weight, f16 (the default)
-halves the matrices, q8_0 stores them in 8-bit blocks; the tokenizer must be byte-level BPE."""
+halves the matrices, q8_0 stores them in 8-bit blocks, q4_1 in 4-bit ones (the embedding in 8-bit); the
+tokenizer must be byte-level BPE. A weight-int4 directory (lmforge quantize --method weight-int4) writes its 4-bit
+weights as they are into q4_1's blocks."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("destination", help="the directory (or .gguf file) to write; must not exist unless --force")
     p.add_argument("--to", choices=["lmforge", "hf", "gguf"], default=None,
                    help="output format (default: gguf for a destination ending in .gguf, else lmforge)")
-    p.add_argument("--gguf-type", choices=["f32", "f16", "q8_0"], default=None,
-                   help="GGUF tensor type of the weight matrices (default f16; norms always stay f32)")
+    p.add_argument("--gguf-type", choices=["f32", "f16", "q8_0", "q4_1"], default=None,
+                   help="GGUF tensor type of the weight matrices (default f16, q4_1 for a weight-int4 model; norms "
+                        "always stay f32)")
     p.add_argument("--force", action="store_true", help="replace DESTINATION if it exists")
 
 
@@ -43,8 +47,11 @@ def run(args: argparse.Namespace) -> int:
     destination = check_destination(args.destination, args.force)
     bundle = load_model_dir(args.source)
     if target == "gguf":
-        save_gguf(destination, bundle.model, bundle.tokenizer, bundle.config, bundle.meta, args.gguf_type or "f16")
-        what = f"GGUF {args.gguf_type or 'f16'}, {destination.stat().st_size / 1e6:.1f} MB"
+        steps = bundle.meta.get("compression") or []
+        four_bit = any(isinstance(s, dict) and s.get("method") == "weight-int4" for s in steps)
+        gguf_type = args.gguf_type or ("q4_1" if four_bit else "f16")
+        save_gguf(destination, bundle.model, bundle.tokenizer, bundle.config, bundle.meta, gguf_type)
+        what = f"GGUF {gguf_type}, {destination.stat().st_size / 1e6:.1f} MB"
     elif target == "hf":
         save_hf_dir(destination, bundle.model, bundle.tokenizer, bundle.config)
         what = "Hugging Face format"

@@ -32,8 +32,12 @@ def weights_bytes(path: Path) -> int:
 
 
 def count_weights(model: torch.nn.Module) -> tuple[int, int]:
-    """(parameters, nonzero parameters), each shared tensor counted once; int8 weights count like any other."""
-    unique = {id(p): p for p in model.parameters()}.values()
+    """(parameters, nonzero parameters), each shared tensor counted once; int8 weights count like any other, a
+    4-bit layer's two codes a byte as the weights they stand for."""
+    from ...compress.int4 import Int4Linear
+
+    stand_ins = {id(m.weight_int4): m.dequantized_weight() for m in model.modules() if isinstance(m, Int4Linear)}
+    unique = {id(p): stand_ins.get(id(p), p) for p in model.parameters()}.values()
     return sum(p.numel() for p in unique), sum(int(torch.count_nonzero(p.detach())) for p in unique)
 
 

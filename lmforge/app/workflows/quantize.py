@@ -1,25 +1,29 @@
-"""Quantize a model directory into a new one: load, int8 Linear layers (compress/quantize.py), save with the
-step recorded in config.json's compression list."""
+"""Quantize a model directory into a new one: load, int8 or int4 Linear layers (compress/quantize.py, int4.py),
+save with the step recorded in config.json's compression list."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ...bundle import Bundle
-from ...compress.quantize import SCHEME, check_method, quantize_model
+from ...compress.int4 import GROUP
+from ...compress.quantize import SCHEMES, check_method, quantize_model
 from ...files import check_destination
-from ...interop import is_hf_dir
+from ...interop import is_gguf_file, is_hf_dir
 from ...modeldir import load_model_dir, read_model_config, save_model_dir
 
 
 def quantize_dir(source: str | Path, destination: str | Path, method: str, force: bool = False) -> dict:
-    """Quantize the model directory `source` into a new model directory `destination`; a summary dict
-    (method, layers quantized and kept, weights file sizes before and after)."""
+    """Quantize the model directory `source` (or a Hugging Face directory, or a GGUF file) into a new model
+    directory `destination`; a summary dict (method, layers quantized and kept, weights file sizes before and
+    after)."""
     check_method(method)
     source, destination = Path(source), Path(destination)
     if destination.resolve() == source.resolve():
         raise ValueError(f"destination '{destination}' is the source directory; write the quantized model elsewhere")
     check_destination(destination, force)
-    if not is_hf_dir(source):
+    if not is_hf_dir(source) and not is_gguf_file(source):
         _, meta = read_model_config(source)
         for step in meta.get("compression") or []:
             kind = step.get("kind") if isinstance(step, dict) else None
@@ -31,11 +35,14 @@ def quantize_dir(source: str | Path, destination: str | Path, method: str, force
                                  f"(lmforge lora merge {source} merged), then quantize the merged directory")
     model, tokenizer, config, meta = load_model_dir(source, "cpu")
     model, done, kept = quantize_model(model, method)
-    spec = {"kind": "quantize", "method": method, "scheme": SCHEME, "modules": done}
+    spec = {"kind": "quantize", "method": method, "scheme": SCHEMES[method], "modules": done}
+    if method == "weight-int4":  # its fast kernel computes in bf16: the rest of the model is saved in bf16 too
+        spec["group_size"] = GROUP
+        model = model.to(torch.bfloat16)
     # the source's evaluation numbers describe the floating-point weights: `lmforge compare` measures these
     info = {key: value for key, value in meta.items() if key != "metrics"}
     info["compression"] = [*(meta.get("compression") or []), spec]
     save_model_dir(destination, Bundle(model, tokenizer, config, info))
-    before = sum(f.stat().st_size for f in source.glob("*.safetensors"))
+    before = source.stat().st_size if source.is_file() else sum(f.stat().st_size for f in source.glob("*.safetensors"))
     after = (destination / "model.safetensors").stat().st_size
     return {"method": method, "quantized": done, "kept": kept, "bytes_before": before, "bytes_after": after}

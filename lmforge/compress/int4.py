@@ -1,0 +1,132 @@
+"""4-bit weights in groups (`lmforge quantize SRC DST --method weight-int4`): what a chat model decodes fastest on.
+
+Each Linear's weight is cut into groups of `group` (32) consecutive inputs of one output row; a group stores 4-bit
+codes 0..15 and its own float scale and minimum, weight = code * scale + min (round to nearest between the group's
+least and greatest value: llama.cpp's Q4_1, so a Q4_1 GGUF file's blocks come back exactly). Saved as plain
+safetensors tensors: `<name>.weight_int4` (uint8, two codes a byte, the even column in the low nibble),
+`<name>.weight_scale` and `<name>.weight_min` (out_features x in_features/group, float32 whatever the model's
+dtype).
+
+A decoding step's few bfloat16 rows on a CPU run on torch's int4 kernel (`_weight_int4pack_mm_for_cpu`, which
+reads the packed codes as they are: the bytes a step streams from memory are a quarter of bf16's); anything else
+(float32, many rows, gradients, other devices) multiplies with the dequantized weight.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GROUP = 32
+# torch's CPU kernel: bf16 activations times packed int4 codes with a bf16 (scale, zero) per group and output,
+# where weight = (code - 8) * scale + zero. Its time grows with the rows (960 x 576: 20 us at 1 row, 140 at 16,
+# 530 at 64, where a bf16 product of the dequantized weight takes about as long), so prompts dequantize.
+_PACK = getattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu", None)
+_INT4_MM = getattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", None)
+INT4_MAX_ROWS = 32
+KERNEL_ROWS_MULTIPLE = 16  # the kernel packs output rows in blocks of 16
+
+
+def quantize_groups(weight: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes two to a byte (N, K/2) uint8, scale (N, K/group), min (N, K/group)), float32 scales, with
+    weight ~= code * scale + min within half a step; an all-zero (pruned) group stays exactly zero."""
+    rows, width = weight.shape
+    if width % group:
+        raise ValueError(f"a weight with {width} inputs cannot be cut into groups of {group}")
+    w = weight.detach().float().reshape(rows, width // group, group)
+    low, high = w.amin(-1), w.amax(-1)
+    scale = (high - low) / 15
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.round((w - low[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.uint8).view(rows, -1, 2)
+    return codes[..., 0] | (codes[..., 1] << 4), scale, low
+
+
+def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
+    """The (N, K) codes 0..15 of (N, K/2) bytes."""
+    return torch.stack((packed & 15, packed >> 4), dim=-1).view(packed.size(0), -1)
+
+
+def _kernel_rows(x: torch.Tensor) -> bool:
+    """Whether a product of `x` runs on the int4 kernel: bf16 on a CPU, few rows, no gradient wanted."""
+    return (_INT4_MM is not None and x.device.type == "cpu" and x.dtype == torch.bfloat16
+            and x.numel() <= INT4_MAX_ROWS * x.size(-1) and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+class Int4Linear(nn.Module):
+    """A Linear whose weight is 4-bit codes in groups of `group` inputs, each group with a scale and a minimum."""
+
+    values_per_element: ClassVar[dict[str, int]] = {"weight_int4": 2}  # parameter counts see the weights, not the bytes
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, group: int = GROUP):
+        super().__init__()
+        if in_features % group or group % 2:
+            raise ValueError(f"{in_features} inputs cannot be cut into groups of {group}")
+        self.in_features, self.out_features, self.group = in_features, out_features, group
+        # a frozen Parameter, not a buffer, as int8 weights are: model cards and file sizes see the weights
+        self.weight_int4 = nn.Parameter(torch.zeros(out_features, in_features // 2, dtype=torch.uint8),
+                                        requires_grad=False)
+        self.register_buffer("weight_scale", torch.ones(out_features, in_features // group))
+        self.register_buffer("weight_min", torch.zeros(out_features, in_features // group))
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self._kernel, self._kernel_key = None, None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group: int = GROUP) -> Int4Linear:
+        """Quantize a trained nn.Linear (its inputs must be a multiple of `group`)."""
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, group)
+        codes, scale, low = quantize_groups(linear.weight, group)
+        with torch.no_grad():
+            module.weight_int4.copy_(codes)
+            module.weight_scale.copy_(scale)
+            module.weight_min.copy_(low)
+            if linear.bias is not None:
+                module.bias.copy_(linear.bias.detach().float())
+        return module
+
+    def dequantized_weight(self, dtype=torch.float32) -> torch.Tensor:
+        """The weight the codes stand for (computed in float32, then rounded to `dtype` once)."""
+        codes = unpack_codes(self.weight_int4).view(self.out_features, -1, self.group).float()
+        weight = codes * self.weight_scale.float()[..., None] + self.weight_min.float()[..., None]
+        return weight.view(self.out_features, self.in_features).to(dtype)
+
+    def _apply(self, fn, recurse=True):
+        # scales and minimums keep float32 when the model changes dtype (`.to(torch.bfloat16)`): a Q4_1 file's
+        # float16 scales stay exact, and the kernel rounds its own bf16 copy
+        kept = {name: getattr(self, name) for name in ("weight_scale", "weight_min")}
+        result = super()._apply(fn, recurse)
+        for name, before in kept.items():
+            after = getattr(self, name)
+            if after.dtype != before.dtype and after.is_floating_point():
+                setattr(self, name, before.to(after.device))
+        self._kernel, self._kernel_key = None, None
+        return result
+
+    def __getstate__(self):  # a copy packs again
+        return {**self.__dict__, "_kernel": None, "_kernel_key": None}
+
+    def _kernel_weight(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The codes in the kernel's layout and its (in/group, out, 2) scales and zeros, packed once (again only
+        after new weights were loaded in place: load_state_dict bumps the tensors' versions)."""
+        key = (dtype, self.weight_int4.data_ptr(), self.weight_int4._version, self.weight_scale._version,
+               self.weight_min._version)
+        if self._kernel is None or key != self._kernel_key:
+            codes = unpack_codes(self.weight_int4.detach()).to(torch.int32)
+            scale, low = self.weight_scale.detach().float(), self.weight_min.detach().float()
+            scales_zeros = torch.stack((scale, low + 8 * scale), dim=-1).transpose(0, 1).contiguous().to(dtype)
+            self._kernel, self._kernel_key = (_PACK(codes, 1), scales_zeros), key
+        return self._kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if _kernel_rows(x) and self.out_features % KERNEL_ROWS_MULTIPLE == 0:
+            packed, scales_zeros = self._kernel_weight(x.dtype)
+            out = _INT4_MM(x.reshape(-1, self.in_features).contiguous(), packed, self.group, scales_zeros)
+            out = out.view(*x.shape[:-1], self.out_features)
+            return out if bias is None else out + bias
+        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"weight-int4, group={self.group}")

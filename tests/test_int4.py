@@ -62,6 +62,9 @@ def test_kernel_products_equal_the_dequantized_weight_and_other_inputs_dequantiz
     with torch.no_grad():
         y = odd.to(torch.bfloat16)(torch.randn(1, 64, dtype=torch.bfloat16))
     assert y.shape == (1, 20) and odd._kernel is None
+    with torch.inference_mode():  # quantized and run where tensors keep no version counter
+        made_here = Int4Linear.from_linear(linear).to(torch.bfloat16)
+        assert torch.equal(made_here(x), layer(x))
     # a float32 layer computes exactly the dequantized product
     exact = Int4Linear.from_linear(linear)
     x32 = torch.randn(4, 96)

@@ -109,8 +109,8 @@ class Int4Linear(nn.Module):
     def _kernel_weight(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The codes in the kernel's layout and its (in/group, out, 2) scales and zeros, packed once (again only
         after new weights were loaded in place: load_state_dict bumps the tensors' versions)."""
-        key = (dtype, self.weight_int4.data_ptr(), self.weight_int4._version, self.weight_scale._version,
-               self.weight_min._version)
+        key = (dtype, self.weight_int4.data_ptr(),
+               *(0 if t.is_inference() else t._version for t in (self.weight_int4, self.weight_scale, self.weight_min)))
         if self._kernel is None or key != self._kernel_key:
             codes = unpack_codes(self.weight_int4.detach()).to(torch.int32)
             scale, low = self.weight_scale.detach().float(), self.weight_min.detach().float()

@@ -91,7 +91,7 @@ class Int8Linear(nn.Module):
 
     def dequantized_weight(self, dtype=torch.float32) -> torch.Tensor:
         """The weight the int8 values stand for, as floating point."""
-        return self.weight_int8.to(dtype) * self.weight_scale.to(dtype)[:, None]
+        return self.weight_int8.to(dtype).mul_(self.weight_scale.to(dtype)[:, None])  # one new buffer, not two
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)

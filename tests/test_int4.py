@@ -106,11 +106,16 @@ def test_int4_save_load_round_trip_is_exact(trained):  # noqa: F811
     assert (folder / "weight-int4" / "model.safetensors").stat().st_size < 0.3 * fp32
 
 
-def test_int4_directory_runs_commands_and_damage_is_named(trained, tmp_path, capsys):  # noqa: F811
+def test_int4_directory_runs_commands_and_damage_is_named(trained, corpus_path, tmp_path, capsys):  # noqa: F811
     folder, _ = trained
     assert main(["generate", str(folder / "weight-int4"), "--prompt", "the ", "--max-new-tokens", "12",
                  "--temperature", "0", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["text"]) == 12
+    assert main(["compare", str(folder / "fp32"), str(folder / "weight-int4"), "--data", str(corpus_path), "--json",
+                 "--rounds", "1", "--batch-size", "2", "--new-tokens", "4", "--quiet"]) == 0
+    plain, four_bit = json.loads(capsys.readouterr().out)
+    assert four_bit["parameters"] == plain["parameters"] and four_bit["weights_bytes"] < 0.3 * plain["weights_bytes"]
+    assert abs(four_bit["quality"] / plain["quality"] - 1) < 0.03  # perplexity, in bf16 here
     out = tmp_path / "again"
     assert main(["quantize", str(folder / "weight-int4"), str(out), "--method", "weight-int4"]) == 2
     assert "already quantized (weight-int4)" in capsys.readouterr().err and not out.exists()

@@ -155,3 +155,16 @@ def test_parameter_counts_see_the_weights_not_the_bytes(trained):  # noqa: F811
     assert count_parameters(quantized) == count_parameters(lm.model)  # scales and minimums are buffers
     total, nonzero = count_weights(quantized)
     assert total == count_parameters(lm.model) and 0 < nonzero <= total
+
+
+def test_float32_decoding_says_it_is_slow_once(trained, monkeypatch):  # noqa: F811
+    folder, _ = trained
+    monkeypatch.setattr(int4, "_warned", False)
+    model = LM.from_pretrained(folder / "weight-int4", dtype="float32").model
+    with pytest.warns(UserWarning, match="dequantizing every weight.*bfloat16"), torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]))
+    with torch.no_grad():
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said once
+            model(torch.tensor([[4]]))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +29,10 @@ _PACK = getattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu", None)
 _INT4_MM = getattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", None)
 INT4_MAX_ROWS = 32
 KERNEL_ROWS_MULTIPLE = 16  # the kernel packs output rows in blocks of 16
+SLOW_DECODING = ("weight-int4 layers multiply float32 inputs by dequantizing every weight for every product, "
+                 "which is slow for decoding (about 10 tokens/s for SmolLM2 on 2 cores); run the model in bfloat16 "
+                 "(the directory's own dtype: drop --dtype float32), where a decoding step uses the int4 kernel")
+_warned = False
 
 
 def quantize_groups(weight: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -52,6 +58,15 @@ def _kernel_rows(x: torch.Tensor) -> bool:
     """Whether a product of `x` runs on the int4 kernel: bf16 on a CPU, few rows, no gradient wanted."""
     return (_INT4_MM is not None and x.device.type == "cpu" and x.dtype == torch.bfloat16
             and x.numel() <= INT4_MAX_ROWS * x.size(-1) and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def _warn_if_slow(x: torch.Tensor) -> None:
+    """Once per process: a float32 decoding step on a CPU, which dequantizes every weight for a few rows."""
+    global _warned
+    if not _warned and x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() <= x.size(-1) * 8 \
+            and not torch.is_grad_enabled():
+        _warned = True
+        warnings.warn(SLOW_DECODING, stacklevel=3)
 
 
 class Int4Linear(nn.Module):
@@ -127,6 +142,7 @@ class Int4Linear(nn.Module):
             out = _INT4_MM(x.reshape(-1, self.in_features).contiguous(), packed, self.group, scales_zeros)
             out = out.view(*x.shape[:-1], self.out_features)
             return out if bias is None else out + bias
+        _warn_if_slow(x)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
     def extra_repr(self) -> str:

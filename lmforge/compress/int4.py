@@ -13,9 +13,8 @@ reads the packed codes as they are: the bytes a step streams from memory are a q
 """
 from __future__ import annotations
 
-from typing import ClassVar
-
 import warnings
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F

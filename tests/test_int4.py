@@ -112,7 +112,8 @@ def test_int4_directory_runs_commands_and_damage_is_named(trained, corpus_path, 
                  "--temperature", "0", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["text"]) == 12
     assert main(["compare", str(folder / "fp32"), str(folder / "weight-int4"), "--data", str(corpus_path), "--json",
-                 "--rounds", "1", "--batch-size", "2", "--new-tokens", "4", "--quiet"]) == 0
+                 "--rounds", "1", "--batch-size", "2", "--new-tokens", "4", "--quiet",
+                 "--out", str(tmp_path / "compare.png")]) == 0
     plain, four_bit = json.loads(capsys.readouterr().out)
     assert four_bit["parameters"] == plain["parameters"] and four_bit["weights_bytes"] < 0.3 * plain["weights_bytes"]
     assert abs(four_bit["quality"] / plain["quality"] - 1) < 0.03  # perplexity, in bf16 here

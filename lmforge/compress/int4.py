@@ -53,6 +53,16 @@ def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((packed & 15, packed >> 4), dim=-1).view(packed.size(0), -1)
 
 
+def filled(module: nn.Module, linear: nn.Linear, **tensors: torch.Tensor) -> nn.Module:
+    """`module`, a fresh quantized layer, with its quantized `tensors` (by attribute name) and `linear`'s bias."""
+    with torch.no_grad():
+        for name, value in tensors.items():
+            getattr(module, name).copy_(value)
+        if linear.bias is not None:
+            module.bias.copy_(linear.bias.detach().float())
+    return module
+
+
 def _kernel_rows(x: torch.Tensor) -> bool:
     """Whether a product of `x` runs on the int4 kernel: bf16 on a CPU, few rows, no gradient wanted."""
     return (_INT4_MM is not None and x.device.type == "cpu" and x.dtype == torch.bfloat16
@@ -89,15 +99,9 @@ class Int4Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, group: int = GROUP) -> Int4Linear:
         """Quantize a trained nn.Linear (its inputs must be a multiple of `group`)."""
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, group)
         codes, scale, low = quantize_groups(linear.weight, group)
-        with torch.no_grad():
-            module.weight_int4.copy_(codes)
-            module.weight_scale.copy_(scale)
-            module.weight_min.copy_(low)
-            if linear.bias is not None:
-                module.bias.copy_(linear.bias.detach().float())
-        return module
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, group)
+        return filled(module, linear, weight_int4=codes, weight_scale=scale, weight_min=low)
 
     def dequantized_weight(self, dtype=torch.float32) -> torch.Tensor:
         """The weight the codes stand for (computed in float32, then rounded to `dtype` once)."""

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .int4 import GROUP, Int4Linear
+from .int4 import GROUP, Int4Linear, filled
 
 METHODS = {
     "dynamic-int8": "int8 weights and int8 activations (quantized per batch at run time); CPU only",
@@ -80,14 +80,9 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, dynamic: bool) -> "Int8Linear":
         """Quantize a trained nn.Linear."""
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, dynamic)
         weight, scale = quantize_weight(linear.weight)
-        with torch.no_grad():
-            module.weight_int8.copy_(weight)
-            module.weight_scale.copy_(scale)
-            if linear.bias is not None:
-                module.bias.copy_(linear.bias.detach().float())
-        return module
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, dynamic)
+        return filled(module, linear, weight_int8=weight, weight_scale=scale)
 
     def dequantized_weight(self, dtype=torch.float32) -> torch.Tensor:
         """The weight the int8 values stand for, as floating point."""

@@ -169,3 +169,15 @@ def test_float32_decoding_says_it_is_slow_once(trained, monkeypatch):  # noqa: F
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # said once
             model(torch.tensor([[4]]))
+
+
+@pytest.mark.parametrize("lora", [None, {"rank": 4}])
+def test_training_a_quantized_model_is_refused_clearly(trained, corpus_path, tmp_path, lora):  # noqa: F811
+    folder, _ = trained
+    for method in ("weight-int4", "weight-int8"):
+        quantized = LM.from_pretrained(folder / method)
+        options = {"lora": lora} if lora else {}
+        with pytest.raises(ValueError, match=rf"quantized \({method}\).*Fine-tune the floating-point original"):
+            quantized.fit(corpus_path, max_steps=2, batch_size=2, eval_every=0, progress=False,
+                          run_dir=tmp_path / "run", **options)
+        assert not (tmp_path / "run").exists()

@@ -25,12 +25,24 @@ def prepare_lora(bundle: Bundle, train: TrainConfig) -> Bundle:
     """Put train.lora's adapters on the bundle's model (in place; kept when it already has the same ones) and
     record them in meta["compression"]; with train.lora unset, adapters a loaded model carries are merged into its
     weights first, so that it fine-tunes as a plain model. Returns the Bundle with the new meta."""
+    refuse_quantized(bundle.meta)
     spec = train.lora
     if spec.rank is None:
         return drop_lora(bundle)
     modules = apply_lora(bundle.model, spec.rank, spec.alpha, spec.dropout, spec.targets, seed=train.seed)
     steps = [*_steps_without_lora(bundle.meta), lora_step(modules, spec.rank, spec.alpha, spec.dropout, spec.targets)]
     return replace(bundle, meta={**bundle.meta, "compression": steps})
+
+
+def refuse_quantized(meta: dict) -> None:
+    """A quantized model cannot be trained, with adapters or without: say so before anything is prepared."""
+    step = next((s for s in meta.get("compression") or [] if isinstance(s, dict) and s.get("kind") == "quantize"),
+                None)
+    if step is not None:
+        raise ValueError(f"this model is quantized ({step.get('method')}): its Linear weights are frozen integer "
+                         "codes, which training cannot update (and LoRA adapters here sit on floating-point layers "
+                         "only). Fine-tune the floating-point original (a GGUF file loads as floating point: "
+                         "model.init=FILE.gguf), then quantize the result")
 
 
 def drop_lora(bundle: Bundle) -> Bundle:

@@ -12,6 +12,7 @@ from test_quantize import _logits, corpus_path, trained  # noqa: F401  (the modu
 from torch import nn
 
 from lmforge.api import LM
+from lmforge.app.workflows.quantize import quantize_dir
 from lmforge.cli import main
 from lmforge.compress import int4
 from lmforge.compress.int4 import Int4Linear, quantize_groups, unpack_codes
@@ -181,3 +182,19 @@ def test_training_a_quantized_model_is_refused_clearly(trained, corpus_path, tmp
             quantized.fit(corpus_path, max_steps=2, batch_size=2, eval_every=0, progress=False,
                           run_dir=tmp_path / "run", **options)
         assert not (tmp_path / "run").exists()
+
+
+def test_an_encoder_classifier_in_weight_int4(tmp_path, corpus_path):  # noqa: F811
+    """A BERT with a classification head, 4-bit (saved and run in bf16): class probabilities within 0.05 of fp32's,
+    and fill-mask runs."""
+    torch.manual_seed(0)
+    lm = LM.new("bert", tokenizer="wordpiece", vocab_size=120, corpus=corpus_path, n_layer=2, n_head=4, n_embd=64,
+                block_size=32, labels=["neg", "pos"])
+    lm.save(tmp_path / "bert")
+    summary = quantize_dir(tmp_path / "bert", tmp_path / "w4", "weight-int4")
+    assert any(name.endswith("mlp.up") for name in summary["quantized"])
+    quantized = LM.from_pretrained(tmp_path / "w4")
+    texts = ["the cat sees the sea.", "a dog eats some bread."]
+    for (_, p), (_, q) in zip(lm.classify(texts), quantized.classify(texts)):
+        assert abs(p["pos"] - q["pos"]) < 0.05
+    assert len(quantized.fill_mask("the [MASK] sees the sea.")) == 5

@@ -348,6 +348,7 @@ def test_lmforge_chat_as_a_person_uses_it_in_a_terminal(chat_dir):
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "30", command], check=True)
     try:
         wait_for(lambda s: ">>>" in s and "/reset" in s)  # capture-pane drops the prompt's trailing space
+        assert "float32 on cpu" in " ".join(screen().split())  # what answers, however the banner wrapped
         subprocess.run(["tmux", "send-keys", "-t", session, "hi", "Enter"], check=True)
         wait_for(lambda s: "hello there\n>>>" in s)
         subprocess.run(["tmux", "send-keys", "-t", session, "/reset", "Enter"], check=True)

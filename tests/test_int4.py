@@ -198,3 +198,13 @@ def test_an_encoder_classifier_in_weight_int4(tmp_path, corpus_path):  # noqa: F
     for (_, p), (_, q) in zip(lm.classify(texts), quantized.classify(texts)):
         assert abs(p["pos"] - q["pos"]) < 0.05
     assert len(quantized.fill_mask("the [MASK] sees the sea.")) == 5
+
+
+def test_chat_banner_says_what_answers(trained):  # noqa: F811
+    from lmforge.app.commands.chat import describe, faster
+    from lmforge.modeldir import load_model_dir
+
+    folder, _ = trained
+    bundle = load_model_dir(folder / "weight-int4")
+    assert describe(bundle).startswith("gpt, ") and describe(bundle).endswith("bfloat16 on cpu, weight-int4")
+    assert faster(bundle) == []  # already what runs fastest

@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if interactive:
         _enable_line_editing()
         source = "the model's own" if template or bundle.meta.get("chat_template") else "built-in ChatML"
-        print(f"chatting with {args.model} ({source} template); {HELP_LINE}", file=sys.stderr)
+        print(f"chatting with {args.model}: {describe(bundle)}; {source} template", file=sys.stderr)
+        print(*faster(bundle), HELP_LINE, sep="\n", file=sys.stderr)
     conversation = Conversation(bundle, sampling, args.system, template)
     with packed_linears(bundle.model, 1):  # once for the session, not again for every reply
         for line in _user_lines(interactive):
@@ -124,6 +125,30 @@ class Conversation:
         if dropped:
             print(f"(the conversation outgrew the context of {context} tokens: forgot its {dropped} oldest "
                   "exchange(s))", file=sys.stderr)
+
+
+def describe(bundle) -> str:
+    """What answers: the architecture and size, the weights' dtype and device, a quantization step."""
+    from ...models import count_parameters
+
+    weight = next(p for p in bundle.model.parameters() if p.is_floating_point())
+    methods = [step.get("method") for step in bundle.meta.get("compression") or []
+               if isinstance(step, dict) and step.get("kind") == "quantize"]
+    return (f"{bundle.config.arch}, {count_parameters(bundle.model) / 1e6:.1f}M parameters, "
+            f"{str(weight.dtype).removeprefix('torch.')} on {weight.device.type}"
+            + (f", {methods[-1]}" if methods else ""))
+
+
+def faster(bundle) -> list[str]:
+    """A line saying where a faster chat is, for float32 weights on a CPU that runs bf16 well; else none."""
+    import torch
+
+    from ...infer.packed import packable_dtypes
+
+    weight = next(p for p in bundle.model.parameters() if p.is_floating_point())
+    if weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.bfloat16 in packable_dtypes():
+        return ["(faster on this CPU: --dtype bfloat16, or lmforge quantize MODEL DIR --method weight-int4)"]
+    return []
 
 
 def _user_lines(interactive: bool):

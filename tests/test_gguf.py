@@ -335,6 +335,53 @@ def test_q4_1_blocks_survive_weight_int4_and_back_byte_for_byte(tmp_path, corpus
     assert (file_logits - int4_logits).abs().max() <= 0.02 * file_logits.abs().max()  # bf16 embedding and norms
 
 
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+def test_four_bit_blocks_read_as_groups_equal_gguf_dequantize(qtype):
+    from types import SimpleNamespace
+
+    from lmforge.interop.gguf_blocks import four_bit_groups
+
+    gguf = pytest.importorskip("gguf")
+    kind = getattr(gguf.GGMLQuantizationType, qtype)
+    values = np.random.default_rng(0).standard_normal((6, 128)).astype(np.float32)
+    blocks = gguf.quants.quantize(values, kind)
+    codes, scale, low = four_bit_groups(SimpleNamespace(tensor_type=kind, shape=np.array([128, 6]), data=blocks))
+    ours = (codes.view(6, 4, 32).float() * scale[..., None] + low[..., None]).view(6, 128).numpy()
+    assert codes.max() <= 15 and np.array_equal(ours, gguf.quants.dequantize(blocks, kind))
+
+
+def test_a_q4_0_file_keeps_its_own_blocks_in_weight_int4(tmp_path, corpus_file, monkeypatch, capsys):
+    """A Q4_0 file (symmetric blocks: requantizing their values between each group's least and greatest would move
+    about half of them) quantized with weight-int4 takes the file's blocks: every weight equals the file's."""
+    import lmforge.interop.gguf_export as export
+    from lmforge.compress.int4 import Int4Linear
+
+    gguf = pytest.importorskip("gguf")
+    lm = LM.new("llama", tokenizer="bpe", vocab_size=300, corpus=corpus_file, n_layer=2, n_head=4, n_embd=64,
+                block_size=32, n_kv_head=2)
+    plain = export._encode
+
+    def q4_0(module, value, gguf_type, embedding=False):  # llama.cpp's Q4_0 for every matrix
+        if value.ndim == 2 and not embedding:
+            kind = module.GGMLQuantizationType.Q4_0
+            return module.quants.quantize(value.astype(np.float32), kind), kind
+        return plain(module, value, gguf_type, embedding)
+
+    monkeypatch.setattr(export, "_encode", q4_0)
+    source = save_gguf(tmp_path / "q4_0.gguf", lm.model, lm.tokenizer, lm.config.model, {}, "f32")
+    monkeypatch.setattr(export, "_encode", plain)
+    types = {t.tensor_type.name for t in gguf.GGUFReader(str(source)).tensors}
+    assert "Q4_0" in types
+    assert main(["quantize", str(source), str(tmp_path / "w4"), "--method", "weight-int4"]) == 0
+    assert "10 of them keep the GGUF file's own 4-bit blocks exactly" in capsys.readouterr().out
+    file_model = load_model_dir(source).model
+    int4_model = load_model_dir(tmp_path / "w4", dtype="float32").model
+    layers = [(name, m) for name, m in int4_model.named_modules() if isinstance(m, Int4Linear)]
+    assert len(layers) == 10  # q/k/v, out, gate, up, down in each block; the head is tied
+    for name, module in layers:
+        assert torch.equal(module.dequantized_weight(), file_model.get_submodule(name).weight), name
+
+
 def test_export_refuses_what_gguf_cannot_express(tmp_path, corpus_file):
     char = LM.new("gpt", tokenizer="char", corpus=corpus_file, n_layer=1, n_head=2, n_embd=16, block_size=16)
     with pytest.raises(ValueError, match="byte-level BPE"):

@@ -126,3 +126,45 @@ def test_smollm2_q4_1_file_through_weight_int4_and_back_is_the_same_file(tmp_pat
         assert tensor.tensor_type == after[tensor.name].tensor_type, tensor.name
         assert np.array_equal(np.asarray(tensor.data), np.asarray(after[tensor.name].data)), tensor.name
     assert "is 4" in greedy(bundle, chat_text(bundle, "What is 2+2?"), 24)
+
+
+def test_a_q4_k_file_from_llama_cpp_keeps_its_own_blocks_in_weight_int4(tmp_path, corpus_file):
+    """llama.cpp's own Q4_K_S quantization of a small llama (256 wide: k-quant super-blocks of 256 fit): every
+    weight llama.cpp stored as Q4_K comes into weight-int4 exactly, q and k rows too when v is Q5_K beside them;
+    what it stored otherwise is quantized again from its values."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (it builds llama.cpp from source)")
+    gguf = pytest.importorskip("gguf")
+    import ctypes
+
+    from lmforge.api import LM
+    from lmforge.app.workflows.quantize import quantize_dir
+    from lmforge.compress.int4 import Int4Linear
+    from lmforge.interop import save_gguf
+    from lmforge.modeldir import load_model_dir
+
+    lm = LM.new("llama", tokenizer="bpe", vocab_size=300, corpus=corpus_file, n_layer=2, n_head=4, n_embd=256,
+                block_size=64, n_kv_head=2)
+    plain = save_gguf(tmp_path / "f32.gguf", lm.model, lm.tokenizer, lm.config.model, {}, "f32")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_S, 2
+    assert llama_cpp.llama_model_quantize(str(plain).encode(), str(tmp_path / "q4k.gguf").encode(),
+                                          ctypes.byref(params)) == 0
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "q4k.gguf")).tensors}
+    assert types["blk.0.attn_q.weight"] == "Q4_K" and types["blk.0.attn_v.weight"] != "Q4_K"
+    summary = quantize_dir(tmp_path / "q4k.gguf", tmp_path / "w4", "weight-int4")
+    file_model = load_model_dir(tmp_path / "q4k.gguf").model
+    int4_model = load_model_dir(tmp_path / "w4", dtype="float32").model
+    rows = {"q": 4 * 64, "k": 2 * 64}
+    for name, module in int4_model.named_modules():
+        if not isinstance(module, Int4Linear):
+            continue
+        ours, theirs = module.dequantized_weight(), file_model.get_submodule(name).weight
+        block, part = name.split(".")[1], name.rsplit(".", 1)[-1]
+        if part == "qkv":
+            assert name in summary["from_file"]
+            qk = rows["q"] + rows["k"]
+            assert torch.equal(ours[:qk], theirs[:qk]), name  # Q4_K rows, as stored
+        else:
+            gguf_name = {"proj": "attn_output", "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}[part]
+            if types[f"blk.{block}.{gguf_name}.weight"] == "Q4_K":
+                assert name in summary["from_file"] and torch.equal(ours, theirs), name

@@ -44,8 +44,13 @@ def quantize_groups(weight: torch.Tensor, group: int = GROUP) -> tuple[torch.Ten
     low, high = w.amin(-1), w.amax(-1)
     scale = (high - low) / 15
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.round((w - low[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.uint8).view(rows, -1, 2)
-    return codes[..., 0] | (codes[..., 1] << 4), scale, low
+    codes = torch.round((w - low[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.uint8)
+    return pack_codes(codes.view(rows, width)), scale, low
+
+
+def pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """(N, K) codes 0..15 -> (N, K/2) bytes, the even column in the low nibble."""
+    return codes[:, 0::2] | (codes[:, 1::2] << 4)
 
 
 def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
@@ -102,6 +107,20 @@ class Int4Linear(nn.Module):
         codes, scale, low = quantize_groups(linear.weight, group)
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, group)
         return filled(module, linear, weight_int4=codes, weight_scale=scale, weight_min=low)
+
+    @torch.no_grad()
+    def set_groups(self, codes: torch.Tensor, scale: torch.Tensor, low: torch.Tensor, first_row: int = 0) -> None:
+        """Take these (rows, K) codes and (rows, K/group) scales and minimums as the weight's rows from `first_row`
+        on (e.g. a GGUF file's own blocks)."""
+        rows = codes.size(0)
+        if first_row < 0 or first_row + rows > self.out_features or codes.size(1) != self.in_features \
+                or scale.shape != low.shape or scale.shape != (rows, self.in_features // self.group):
+            raise ValueError(f"4-bit groups of shapes {tuple(codes.shape)}, {tuple(scale.shape)}, {tuple(low.shape)} "
+                             f"from row {first_row} do not fit a {self.out_features} x {self.in_features} layer in "
+                             f"groups of {self.group}")
+        self.weight_int4[first_row:first_row + rows] = pack_codes(codes.to(torch.uint8))
+        self.weight_scale[first_row:first_row + rows] = scale
+        self.weight_min[first_row:first_row + rows] = low
 
     def dequantized_weight(self, dtype=torch.float32) -> torch.Tensor:
         """The weight the codes stand for (computed in float32, then rounded to `dtype` once)."""

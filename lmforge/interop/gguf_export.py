@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..compress.int4 import Int4Linear
 from ..config import ModelConfig
 from ..files import atomic_file
 from ..models.contract import is_decoder
@@ -98,8 +99,6 @@ def _to_theirs(pair: Pair, value: torch.Tensor, cfg: ModelConfig) -> dict[str, t
 
 def _int4_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """The weights a weight-int4 model's 4-bit layers stand for, by state-dict name."""
-    from ..compress.int4 import Int4Linear
-
     return {f"{name}.weight": module.dequantized_weight() for name, module in model.named_modules()
             if isinstance(module, Int4Linear)}
 

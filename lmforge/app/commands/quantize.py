@@ -24,6 +24,9 @@ def _quantize(args) -> int:
     kept = f"; kept in floating point ({why}): {', '.join(summary['kept'])}" if summary["kept"] else ""
     before, after = summary["bytes_before"], summary["bytes_after"]
     print(f"quantized {len(summary['quantized'])} Linear layers ({args.method}){kept}")
+    if summary["from_file"]:
+        print(f"{len(summary['from_file'])} of them keep the GGUF file's own 4-bit blocks exactly (all their rows the "
+              "file stores in Q4_0, Q4_1 or Q4_K)")
     print(f"weights: {before / 1e6:.2f} MB -> {after / 1e6:.2f} MB ({after / max(before, 1):.2f}x); "
           f"wrote {args.destination}")
     return 0

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ...compress.int4 import Int4Linear
 from ...figures import pyplot
 from ...models.contract import is_decoder
 
@@ -34,8 +35,6 @@ def weights_bytes(path: Path) -> int:
 def count_weights(model: torch.nn.Module) -> tuple[int, int]:
     """(parameters, nonzero parameters), each shared tensor counted once; int8 weights count like any other, a
     4-bit layer's two codes a byte as the weights they stand for."""
-    from ...compress.int4 import Int4Linear
-
     stand_ins = {id(m.weight_int4): m.dequantized_weight() for m in model.modules() if isinstance(m, Int4Linear)}
     unique = {id(p): stand_ins.get(id(p), p) for p in model.parameters()}.values()
     return sum(p.numel() for p in unique), sum(int(torch.count_nonzero(p.detach())) for p in unique)
@@ -82,8 +81,8 @@ def _timed(function) -> float:
 def compare_dirs(paths: list[str], data: str, batch_size: int = 16, rounds: int = 5, new_tokens: int = 64,
                  progress: bool = True) -> list[dict]:
     """Measure every model directory of `paths` on `data`; one dict of numbers per directory, in order."""
-    from ..facade import LM
     from ...infer.generate import SamplingConfig, generate
+    from ..facade import LM
 
     if not paths:
         raise ValueError("compare: give at least one model directory")

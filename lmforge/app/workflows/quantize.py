@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 
 from ...bundle import Bundle
-from ...compress.int4 import GROUP
+from ...compress.int4 import GROUP, Int4Linear
 from ...compress.quantize import SCHEMES, check_method, quantize_model
 from ...files import check_destination
 from ...interop import is_gguf_file, is_hf_dir
+from ...interop.gguf_blocks import gguf_four_bit_weights
 from ...modeldir import load_model_dir, read_model_config, save_model_dir
 
 
@@ -35,6 +36,7 @@ def quantize_dir(source: str | Path, destination: str | Path, method: str, force
                                  f"(lmforge lora merge {source} merged), then quantize the merged directory")
     model, tokenizer, config, meta = load_model_dir(source, "cpu")
     model, done, kept = quantize_model(model, method)
+    from_file = _file_groups(model, source, config) if method == "weight-int4" and is_gguf_file(source) else []
     spec = {"kind": "quantize", "method": method, "scheme": SCHEMES[method], "modules": done}
     if method == "weight-int4":  # its fast kernel computes in bf16: the rest of the model is saved in bf16 too
         spec["group_size"] = GROUP
@@ -45,4 +47,18 @@ def quantize_dir(source: str | Path, destination: str | Path, method: str, force
     save_model_dir(destination, Bundle(model, tokenizer, config, info))
     before = source.stat().st_size if source.is_file() else sum(f.stat().st_size for f in source.glob("*.safetensors"))
     after = (destination / "model.safetensors").stat().st_size
-    return {"method": method, "quantized": done, "kept": kept, "bytes_before": before, "bytes_after": after}
+    return {"method": method, "quantized": done, "kept": kept, "from_file": from_file, "bytes_before": before,
+            "bytes_after": after}
+
+
+def _file_groups(model, source: Path, config) -> list[str]:
+    """Give the weight-int4 layers whose weights a GGUF file stores in 4-bit blocks (Q4_0, Q4_1, Q4_K) those
+    blocks, not a quantization of their dequantized values (row by row: a q/k/v layer whose v is Q6_K keeps q's
+    and k's blocks); the names of the layers that took any."""
+    groups, taken = gguf_four_bit_weights(source, config), []
+    for name, module in model.named_modules():
+        if isinstance(module, Int4Linear) and f"{name}.weight" in groups:
+            for first_row, part in groups[f"{name}.weight"]:
+                module.set_groups(*part, first_row=first_row)
+            taken.append(name)
+    return taken

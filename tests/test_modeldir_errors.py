@@ -72,3 +72,17 @@ def test_a_directory_loads_in_the_dtype_it_was_saved_in(saved, tmp_path):
     del meta["dtype"]
     (again / "config.json").write_text(json.dumps(meta))
     assert load_model_dir(again).model.wte.weight.dtype == torch.float32
+
+
+def test_fine_tuning_a_bf16_directory_starts_from_float32_weights(saved, tmp_path, corpus_file):
+    """model.init of a directory saved in bf16 trains float32 weights (train.dtype=bfloat16 is autocast over them),
+    as before config.json recorded the dtype."""
+    import torch
+
+    from lmforge.app.building import build_bundle
+    from lmforge.config import Config
+
+    bf16 = LM.from_pretrained(saved, dtype="bfloat16").save(tmp_path / "bf16")
+    config = Config.model_validate({"model": {"arch": "gpt", "init": str(bf16)}, "data": {"paths": [str(corpus_file)]}})
+    bundle, _ = build_bundle(config)
+    assert bundle.model.wte.weight.dtype == torch.float32

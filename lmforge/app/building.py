@@ -51,7 +51,7 @@ def build_bundle(config: Config) -> tuple[Bundle, Config]:
 
 def _from_init(config: Config) -> tuple[Bundle, Config]:
     """model.init's model, taking from the recipe only its dropout, pooling, classifier_bias and added tokens."""
-    base = load_model_dir(config.model.init)
+    base = load_model_dir(config.model.init, dtype="float32")  # trained in float32 (train.dtype is autocast)
     # a fine-tuning may choose its own pooling; every other set architecture key must match
     wanted_pooling = config.model.pooling if "pooling" in config.model.model_fields_set else None
     # the pretrained model decides the architecture: a recipe's sizes (configs/classify.toml's) give way

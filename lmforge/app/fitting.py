@@ -66,7 +66,7 @@ def load_teacher(train: TrainConfig) -> Bundle | None:
     if not path.exists():
         raise missing_teacher(path)
     with torch.random.fork_rng(devices=[]):  # building the teacher draws initial weights; leave the run's RNG be
-        return load_model_dir(path)
+        return load_model_dir(path, dtype="float32")  # as the student computes its loss against it
 
 
 def fit(bundle: Bundle, config: Config, run_dir: str | Path | None = None, resume: bool | str | Path = False,

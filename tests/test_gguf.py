@@ -372,6 +372,8 @@ def test_a_q4_0_file_keeps_its_own_blocks_in_weight_int4(tmp_path, corpus_file, 
     monkeypatch.setattr(export, "_encode", plain)
     types = {t.tensor_type.name for t in gguf.GGUFReader(str(source)).tensors}
     assert "Q4_0" in types
+    assert main(["convert", str(source), str(tmp_path / "float32")]) == 0
+    assert "--method weight-int4` keeps them as stored" in capsys.readouterr().out  # where the blocks can stay
     assert main(["quantize", str(source), str(tmp_path / "w4"), "--method", "weight-int4"]) == 0
     assert "10 of them keep the GGUF file's own 4-bit blocks exactly" in capsys.readouterr().out
     file_model = load_model_dir(source).model

@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         what = "lmforge format"
     print(f"wrote {destination} ({what}): {bundle.config.arch}, {bundle.config.n_layer} layers, "
           f"vocabulary {bundle.tokenizer.vocab_size}")
+    types = set((bundle.meta.get("source") or {}).get("tensor_types") or [])
+    if target == "lmforge" and types & {"Q4_0", "Q4_1", "Q4_K"}:
+        print(f"(its 4-bit blocks are now float32; `lmforge quantize {args.source} DIR --method weight-int4` keeps "
+              "them as stored: a quarter of the size and the fastest decoding on a CPU)")
     return 0
 
 

@@ -36,6 +36,12 @@ def _steps(meta: dict, path: Path | None = None) -> list[tuple[object, dict]]:
     return modules
 
 
+def find_step(meta: dict, kind: str) -> dict | None:
+    """The first step of config.json's "compression" list of this `kind` ("lora", "prune", "quantize"), or None."""
+    steps = meta.get("compression") or []
+    return next((s for s in steps if isinstance(s, dict) and s.get("kind") == kind), None)
+
+
 def restore(model: nn.Module, config, meta: dict, path: Path) -> nn.Module:
     """Replay the structural changes listed in config.json's "compression" on a freshly built `model`."""
     for module, spec in _steps(meta, path):

@@ -68,10 +68,16 @@ def filled(module: nn.Module, linear: nn.Linear, **tensors: torch.Tensor) -> nn.
     return module
 
 
+def few_bf16_rows(x: torch.Tensor, most: int) -> bool:
+    """Whether `x` is a decoding step's input for torch's CPU weight-only kernels (int4 here, int8 in quantize.py):
+    bf16 on a CPU, at most `most` rows, no gradient wanted (the kernels have no backward)."""
+    return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.numel() <= most * x.size(-1)
+            and not (torch.is_grad_enabled() and x.requires_grad))
+
+
 def _kernel_rows(x: torch.Tensor) -> bool:
-    """Whether a product of `x` runs on the int4 kernel: bf16 on a CPU, few rows, no gradient wanted."""
-    return (_INT4_MM is not None and x.device.type == "cpu" and x.dtype == torch.bfloat16
-            and x.numel() <= INT4_MAX_ROWS * x.size(-1) and not (torch.is_grad_enabled() and x.requires_grad))
+    """Whether a product of `x` runs on the int4 kernel."""
+    return _INT4_MM is not None and few_bf16_rows(x, INT4_MAX_ROWS)
 
 
 def _warn_if_slow(x: torch.Tensor) -> None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.contract import transformer_blocks
+from . import find_step as compression_step
 
 # target names a user writes -> layer names inside each Transformer block (models/layers.py's Attention and MLP)
 TARGET_GROUPS = {"qkv": ("attn.qkv",), "proj": ("attn.proj",), "mlp": ("mlp.up", "mlp.down", "mlp.gate")}
@@ -216,8 +217,7 @@ def lora_step(modules: list[str], rank: int, alpha: float, dropout: float, targe
 
 def find_step(meta: dict) -> dict | None:
     """The LoRA step of a config.json's "compression" list, or None."""
-    steps = meta.get("compression") or []
-    return next((s for s in steps if isinstance(s, dict) and s.get("kind") == "lora"), None)
+    return compression_step(meta, "lora")
 
 
 def restore(model: nn.Module, config, spec: dict, path) -> nn.Module:

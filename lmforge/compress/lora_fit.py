@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..config import LABELED_OBJECTIVES
+from . import find_step
 from .lora import apply_lora, lora_modules, lora_step, mark_trainable, merge_lora
 
 if TYPE_CHECKING:
@@ -36,8 +37,7 @@ def prepare_lora(bundle: Bundle, train: TrainConfig) -> Bundle:
 
 def refuse_quantized(meta: dict) -> None:
     """A quantized model cannot be trained, with adapters or without: say so before anything is prepared."""
-    step = next((s for s in meta.get("compression") or [] if isinstance(s, dict) and s.get("kind") == "quantize"),
-                None)
+    step = find_step(meta, "quantize")
     if step is not None:
         raise ValueError(f"this model is quantized ({step.get('method')}): its Linear weights are frozen integer "
                          "codes, which training cannot update (and LoRA adapters here sit on floating-point layers "

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .int4 import GROUP, Int4Linear, filled
+from .int4 import GROUP, Int4Linear, few_bf16_rows, filled
 
 METHODS = {
     "dynamic-int8": "int8 weights and int8 activations (quantized per batch at run time); CPU only",
@@ -45,8 +45,7 @@ INT8_MAX_ROWS = 16
 def _int8_kernel(x: torch.Tensor) -> bool:
     """Whether a weight-int8 product of `x` runs on the int8 kernel: bf16 on a CPU, few rows (a decoding step),
     no gradient wanted (the kernel has no backward)."""
-    return (_INT8_MM is not None and x.device.type == "cpu" and x.dtype == torch.bfloat16
-            and x.numel() <= INT8_MAX_ROWS * x.size(-1) and not (torch.is_grad_enabled() and x.requires_grad))
+    return _INT8_MM is not None and few_bf16_rows(x, INT8_MAX_ROWS)
 
 
 def check_method(method: str) -> None:

@@ -14,7 +14,6 @@ from .gguf_file import read_gguf
 from .gguf_load import rope_order
 
 GROUP = 32
-FOUR_BIT_TYPES = ("Q4_0", "Q4_1", "Q4_K")
 Groups = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # codes (rows, cols) uint8, scale and min (rows, cols/32)
 
 
@@ -48,7 +47,8 @@ def _q4_k(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return codes.reshape(-1, 32), (d * sc).reshape(-1), (-dmin * m).reshape(-1)
 
 
-READERS = {"Q4_0": (18, 32, _q4_0), "Q4_1": (20, 32, _q4_1), "Q4_K": (144, 256, _q4_k)}
+READERS = {"Q4_0": (18, _q4_0), "Q4_1": (20, _q4_1), "Q4_K": (144, _q4_k)}  # type -> (block bytes, reader)
+FOUR_BIT_TYPES = tuple(READERS)
 
 
 def four_bit_groups(tensor) -> Groups | None:
@@ -57,7 +57,7 @@ def four_bit_groups(tensor) -> Groups | None:
     kind = tensor.tensor_type.name
     if kind not in READERS:
         return None
-    size, weights, read = READERS[kind]
+    size, read = READERS[kind]
     rows, cols = (int(n) for n in reversed(tensor.shape.tolist()))
     raw = np.asarray(tensor.data, dtype=np.uint8).reshape(-1, size)
     codes, scale, low = read(raw)

@@ -129,14 +129,14 @@ class Conversation:
 
 def describe(bundle) -> str:
     """What answers: the architecture and size, the weights' dtype and device, a quantization step."""
+    from ...compress import find_step
     from ...models import count_parameters
 
     weight = next(p for p in bundle.model.parameters() if p.is_floating_point())
-    methods = [step.get("method") for step in bundle.meta.get("compression") or []
-               if isinstance(step, dict) and step.get("kind") == "quantize"]
+    step = find_step(bundle.meta, "quantize")
     return (f"{bundle.config.arch}, {count_parameters(bundle.model) / 1e6:.1f}M parameters, "
             f"{str(weight.dtype).removeprefix('torch.')} on {weight.device.type}"
-            + (f", {methods[-1]}" if methods else ""))
+            + (f", {step.get('method')}" if step else ""))
 
 
 def faster(bundle) -> list[str]:

@@ -36,8 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load SOURCE (converted in memory) and write it in the chosen format; nothing is written on an error."""
+    from ...compress import find_step
     from ...files import check_destination
     from ...interop import save_gguf, save_hf_dir
+    from ...interop.gguf_blocks import FOUR_BIT_TYPES
     from ...modeldir import load_model_dir, save_model_dir
 
     target = args.to or ("gguf" if str(args.destination).lower().endswith(".gguf") else "lmforge")
@@ -47,9 +49,8 @@ def run(args: argparse.Namespace) -> int:
     destination = check_destination(args.destination, args.force)
     bundle = load_model_dir(args.source)
     if target == "gguf":
-        steps = bundle.meta.get("compression") or []
-        four_bit = any(isinstance(s, dict) and s.get("method") == "weight-int4" for s in steps)
-        gguf_type = args.gguf_type or ("q4_1" if four_bit else "f16")
+        step = find_step(bundle.meta, "quantize") or {}
+        gguf_type = args.gguf_type or ("q4_1" if step.get("method") == "weight-int4" else "f16")
         save_gguf(destination, bundle.model, bundle.tokenizer, bundle.config, bundle.meta, gguf_type)
         what = f"GGUF {gguf_type}, {destination.stat().st_size / 1e6:.1f} MB"
     elif target == "hf":
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {destination} ({what}): {bundle.config.arch}, {bundle.config.n_layer} layers, "
           f"vocabulary {bundle.tokenizer.vocab_size}")
     types = set((bundle.meta.get("source") or {}).get("tensor_types") or [])
-    if target == "lmforge" and types & {"Q4_0", "Q4_1", "Q4_K"}:
+    if target == "lmforge" and types & set(FOUR_BIT_TYPES):
         print(f"(its 4-bit blocks are now float32; `lmforge quantize {args.source} DIR --method weight-int4` keeps "
               "them as stored: a quarter of the size and the fastest decoding on a CPU)")
     return 0

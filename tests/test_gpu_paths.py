@@ -4,9 +4,12 @@ gives today's greedy tokens, devices and dtypes are checked up front, generation
 The CUDA-only paths (graph capture, pinned prefetch, TF32) are tested where a GPU is present and skip elsewhere."""
 import json
 import math
+import traceback
+from unittest import mock
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lmforge import LM
 from lmforge.cli import main
@@ -119,6 +122,57 @@ def test_the_deferred_guard_aborts_after_max_bad_steps_naming_the_step(tmp_path,
     with pytest.raises(TrainingDiverged, match=r"3 steps in a row.*at step 7"):
         _train(corpus_file, tmp_path, steps=12, nan_check="log", max_bad_steps=3,
                task_wrapper=lambda task: Poisoned(task, {5, 6, 7}))
+
+
+class ReadBacks(TorchDispatchMode):
+    """Records each read of a tensor's value by the host (item, int(), bool(), tolist) with the trainer's frames
+    above it: on a GPU each one makes the host wait until the device has finished all queued work."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def note(self):
+        self.seen.append([frame.name for frame in traceback.extract_stack() if "lmforge" in frame.filename])
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in ("_local_scalar_dense", "is_nonzero", "equal", "nonzero"):
+            self.note()
+        return func(*args, **(kwargs or {}))
+
+
+def _fit_reading_back(lm, data, objective):
+    mode, tolist = ReadBacks(), torch.Tensor.tolist
+
+    def noted_tolist(tensor):  # tolist reads the values without passing through the dispatcher
+        mode.note()
+        return tolist(tensor)
+
+    with mode, mock.patch.object(torch.Tensor, "tolist", noted_tolist):
+        lm.fit(data, objective=objective, max_steps=12, batch_size=4, eval_every=0, log_every=6, save_every=0,
+               grad_norms_every=0, nan_check="log", progress=False)
+    return mode.seen
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm", "sft", "classify"])
+def test_training_steps_read_nothing_back_from_the_device_between_log_steps(tmp_path, corpus_file, objective):
+    """With the deferred guard (the CUDA default), no host read-back happens inside a training step: making a
+    batch on the host (before it is copied) may read its own values, the log, checkpoint and end steps read once."""
+    import test_classify
+    import test_sft
+
+    if objective == "sft":
+        lm = test_sft.tiny_lm(tmp_path)
+        data = test_sft.write_jsonl(tmp_path / "chat.jsonl", test_sft.as_rows("messages") * 8)
+    elif objective == "classify":
+        data = test_classify.write_csv(tmp_path / "train.csv", test_classify.reviews(60, 0))
+        lm = LM.new("bert", tokenizer="wordpiece", vocab_size=120, corpus=data, **TINY)
+    else:
+        lm, data = LM.new("bert" if objective == "mlm" else "gpt", corpus=corpus_file, **TINY), corpus_file
+    seen = _fit_reading_back(lm, data, objective)
+    in_steps = [frames for frames in seen if "micro_steps" in frames or "update" in frames]
+    assert [frames for frames in in_steps if "_load" not in frames] == []
+    assert len([frames for frames in seen if "log_window" in frames]) == 2 * 3  # steps 1, 6 and 12: values, norm
 
 
 def _tiny_lm(corpus_file, arch="gpt", **extra):

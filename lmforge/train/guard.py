@@ -62,25 +62,28 @@ def deferred_guard_usable(cfg, device: torch.device, optimizer: torch.optim.Opti
 
 class Prefetcher:
     """The task's micro-batches in training order, each made and (on a GPU) pinned and copied without blocking
-    one micro-step ahead, so the copy overlaps the running step. Batches stay a pure function of (step, micro)."""
+    one micro-step ahead, so the copy overlaps the running step. Batches stay a pure function of (step, micro).
+    Each comes with its token count, taken from the batch while it is still on the host: counting a GPU tensor
+    (a classifier's padding, a chat set's reply tokens) would make the host wait for the device every step."""
 
     def __init__(self, task, cfg, world: int, rank: int, device: torch.device):
         self.task, self.cfg, self.world, self.rank, self.device = task, cfg, world, rank, device
         self.pin = device.type == "cuda"
         self.next_key, self.ready = None, None
 
-    def _load(self, step: int, k: int) -> dict:
+    def _load(self, step: int, k: int) -> tuple[dict, int]:
         micro = k * self.world + self.rank  # rank r takes micro-steps r, r+N, ...: N ranks x A = one process x N*A
         batch = self.task.train_batch(step, micro, self.cfg.batch_size)
-        return {name: (self._copy(v) if torch.is_tensor(v) else v) for name, v in batch.items()}
+        tokens = self.task.count_tokens(batch)
+        return {name: (self._copy(v) if torch.is_tensor(v) else v) for name, v in batch.items()}, tokens
 
     def _copy(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.pin and tensor.device.type == "cpu":
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)
 
-    def get(self, step: int, k: int) -> dict:
-        """Micro-batch k of `step` on the device; the next one in order starts loading."""
+    def get(self, step: int, k: int) -> tuple[dict, int]:
+        """Micro-batch k of `step` on the device and its token count; the next one in order starts loading."""
         batch = self.ready if self.next_key == (step, k) else self._load(step, k)
         following = (step, k + 1) if k + 1 < self.cfg.grad_accum else (step + 1, 0)
         if self.pin and following[0] < self.cfg.max_steps:

@@ -80,8 +80,9 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _weights_finite(model: nn.Module, parallel: Parallel) -> bool:
-    bad = any(not bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
-              for p in model.parameters())
+    """Every weight finite on every rank (one read-back from the device, not one per tensor)."""
+    flags = [torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in model.parameters()]
+    bad = bool(flags) and not bool(torch.stack(flags).all())
     return not parallel.any(bad)
 
 
@@ -323,7 +324,7 @@ class _Loop:
         cfg, parallel, scaler = self.cfg, self.parallel, self.scaler
         step_loss, step_extra, step_tokens = torch.zeros((), device=self.device), {}, 0
         for k in range(cfg.grad_accum):
-            batch = self.batches.get(step, k)
+            batch, tokens = self.batches.get(step, k)
             with parallel.sync(final=k == cfg.grad_accum - 1):
                 with self.autocast:
                     total, extra = self.forward(batch)
@@ -333,7 +334,7 @@ class _Loop:
             step_loss += loss.detach().float() / cfg.grad_accum
             for key, value in extra.items():
                 step_extra[key] = step_extra.get(key, 0) + value.detach().float() / cfg.grad_accum
-            step_tokens += self.task.count_tokens(batch)
+            step_tokens += tokens
         return step_loss, step_extra, step_tokens
 
     def update(self, step: int, step_loss: torch.Tensor, step_extra: dict, step_tokens: int,

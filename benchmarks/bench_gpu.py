@@ -318,7 +318,9 @@ def hf_generate(model, tokenizer, prompts: list[str], new: int, device: torch.de
 
 
 def generation_case(shape: Shape, device: torch.device, dtype: torch.dtype, prompts: list[str], rounds: int,
-                    lm, hf) -> dict:
+                    lm, hf, int4=None) -> dict:
+    """tokens/s of each decoder; `int4`: the same model quantized to weight-int4 (bf16 only; other weights, so its
+    text is not compared)."""
     from lmforge.infer.generate import SamplingConfig, generate
 
     sampling = SamplingConfig(max_new_tokens=shape.new, temperature=0, ignore_eos=True)
@@ -328,6 +330,8 @@ def generation_case(shape: Shape, device: torch.device, dtype: torch.dtype, prom
             "lmforge, compiled step": lambda: generate(lm.model, lm.tokenizer, prompts, sampling, static=True,
                                                        compile=True),
             "transformers": lambda: hf_generate(hf, lm.tokenizer, prompts, shape.new, device)}
+    if int4 is not None:
+        ways[WEIGHT_INT4] = lambda: generate(int4, lm.tokenizer, prompts, sampling)
     if device.type == "cuda":
         del ways["lmforge, static cache"]  # the default already is
     seconds, outputs = {name: [] for name in ways}, {}
@@ -344,9 +348,26 @@ def generation_case(shape: Shape, device: torch.device, dtype: torch.dtype, prom
               **{f"{name} tokens/s": tokens / statistics.median(s) for name, s in seconds.items()}}
     reference = outputs["lmforge, growing cache"]
     for name, texts in outputs.items():
-        if name != "lmforge, growing cache":
+        if name not in ("lmforge, growing cache", WEIGHT_INT4):
             result[f"{name} = growing cache"] = f"{sum(a == b for a, b in zip(texts, reference))}/{len(prompts)}"
     return result
+
+
+WEIGHT_INT4 = "lmforge, weight-int4"
+
+
+def weight_int4(model, device: torch.device):
+    """A bf16 weight-int4 copy of `model` on `device` (the int4 kernels: tinygemm on a GPU, torch's on a CPU);
+    None, with the error printed, where quantizing fails."""
+    import copy
+
+    from lmforge.compress.quantize import quantize_model
+
+    try:
+        return quantize_model(copy.deepcopy(model).float().cpu(), "weight-int4")[0].to(device, torch.bfloat16)
+    except Exception:  # noqa: BLE001 - a benchmark row, not the run
+        traceback.print_exc()
+        return None
 
 
 def generation_runs(args, shape: Shape, device: torch.device, scratch: Path) -> list[dict]:
@@ -359,9 +380,10 @@ def generation_runs(args, shape: Shape, device: torch.device, scratch: Path) -> 
             traceback.print_exc()
             runs.append({"dtype": str(dtype), "error": f"{type(error).__name__}: {error}"})
             continue
+        int4 = weight_int4(lm.model, device) if dtype == torch.bfloat16 else None
         for prompts in ([PROMPT], PROMPTS):
             try:
-                result = generation_case(shape, device, dtype, prompts, args.rounds, lm, hf)
+                result = generation_case(shape, device, dtype, prompts, args.rounds, lm, hf, int4)
             except Exception as error:  # noqa: BLE001
                 traceback.print_exc()
                 result = {"batch": len(prompts), "dtype": str(dtype), "error": f"{type(error).__name__}: {error}"}
@@ -410,7 +432,8 @@ def generation_table(runs: list[dict]) -> str:
             lines.append(f"| {r.get('batch', '')} | {r['dtype']} | failed: {r['error'].splitlines()[0][:150]} |")
             continue
         ratio = r["lmforge tokens/s"] / r["transformers tokens/s"]
-        lines.append(f"| {r['batch']} | {r['dtype']} | " + " | ".join(f"{r[n]:,.0f}" for n in names)
+        speeds = " | ".join(f"{r[n]:,.0f}" if n in r else "-" for n in names)
+        lines.append(f"| {r['batch']} | {r['dtype']} | " + speeds
                      + f" | **{ratio:.2f}x** | " + " | ".join(r[c] for c in checks) + " |")
     return "\n".join(lines)
 

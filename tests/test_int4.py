@@ -4,6 +4,7 @@ blocks given back exactly, commands on the directory, and clear errors."""
 import copy
 import json
 import shutil
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from lmforge.compress.quantize import quantize_model
 from lmforge.modeldir import ModelDirError, load_model_dir
 
 KERNEL = pytest.mark.skipif(int4._INT4_MM is None, reason="this torch has no CPU int4 kernel")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (this path runs only there)")
 
 
 def test_codes_are_within_half_a_step_and_a_zero_group_stays_zero():
@@ -70,6 +72,65 @@ def test_kernel_products_equal_the_dequantized_weight_and_other_inputs_dequantiz
     exact = Int4Linear.from_linear(linear)
     x32 = torch.randn(4, 96)
     assert torch.equal(exact(x32), nn.functional.linear(x32, exact.dequantized_weight(), exact.bias))
+
+
+def _tinygemm_reference(x, packed, group, scales_zeros):
+    """The product tinygemm computes, written out, for the layout lmforge hands it: bytes holding the even column
+    in the high nibble, weight = (code - 8) * scale + zero (here the bytes stand in for its tiled packing)."""
+    codes = torch.stack((packed >> 4, packed & 15), dim=-1).view(packed.size(0), -1).float()
+    scale, zero = (scales_zeros[..., i].t().float().repeat_interleave(group, 1) for i in (0, 1))
+    return (x.float() @ ((codes - 8) * scale + zero).t()).to(x.dtype)
+
+
+def _misread(x, packed, group, scales_zeros):  # the low nibble taken as the even column
+    return _tinygemm_reference(x, (packed << 4) | (packed >> 4), group, scales_zeros)
+
+
+def _refused(*_):
+    raise RuntimeError("_weight_int4pack_mm_cuda is only supported on AMD gpu arch greater than or equal to CDNA2")
+
+
+@pytest.mark.parametrize("product, used", [(_tinygemm_reference, True), (_misread, False), (_refused, False)])
+def test_the_cuda_kernels_packing_is_checked_once_and_a_kernel_that_differs_is_not_used(monkeypatch, product, used):
+    """The CUDA int4 path's packing and its one check against the dequantized product, run on CPU tensors with the
+    product written out in place of tinygemm: a kernel reading the layout as lmforge writes it is used, one that
+    reads it otherwise or refuses (an older GPU) is not, with one warning; the results stay right either way."""
+    monkeypatch.setattr(int4, "_CUDA_PACK", lambda data, tiles: data)
+    monkeypatch.setattr(int4, "_CUDA_MM", product)
+    monkeypatch.setattr(int4, "_warned", set())
+    torch.manual_seed(0)
+    layer = Int4Linear.from_linear(nn.Linear(96, 64)).to(torch.bfloat16)
+    codes = unpack_codes(layer.weight_int4)
+    scale, low = layer.weight_scale, layer.weight_min
+    scales_zeros = torch.stack((scale, low + 8 * scale), dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+    with pytest.warns(UserWarning, match="torch's int4 kernel") if not used else nullcontext():
+        kernel = int4._cuda_kernel(layer, codes, scales_zeros)
+    assert (kernel is not None) == used
+    if used:
+        x = torch.randn(3, 96, dtype=torch.bfloat16)
+        fast, plain = kernel[0](x, kernel[1], 32, kernel[2]).float(), x.float() @ layer.dequantized_weight().t()
+        assert (fast - plain).abs().max() <= 0.02 * plain.abs().max()
+
+
+@CUDA
+def test_on_cuda_a_decoding_step_runs_on_the_int4_kernel_and_the_captured_decoder_agrees(trained):  # noqa: F811
+    from lmforge.infer.generate import SamplingConfig, generate
+
+    torch.manual_seed(0)
+    layer = Int4Linear.from_linear(nn.Linear(96, 64)).to("cuda", torch.bfloat16)
+    x = torch.randn(2, 96, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        fast = layer(x).float()
+    plain = x.float() @ layer.dequantized_weight().t() + layer.bias.float()
+    assert (fast - plain).abs().max() <= 0.02 * plain.abs().max()
+    if torch.cuda.get_device_capability() >= (8, 0):
+        assert layer._kernel is not None and layer._kernel[0] is int4._CUDA_MM
+    folder, _ = trained
+    lm = LM.from_pretrained(folder / "weight-int4", device="cuda")
+    greedy = SamplingConfig(max_new_tokens=8, temperature=0)
+    prompts = ["the ", "and so "]
+    assert generate(lm.model, lm.tokenizer, prompts, greedy) == generate(lm.model, lm.tokenizer, prompts, greedy,
+                                                                        static=False)
 
 
 def test_int4_logits_stay_close_to_fp32(trained, corpus_path):  # noqa: F811
@@ -161,7 +222,7 @@ def test_parameter_counts_see_the_weights_not_the_bytes(trained):  # noqa: F811
 
 def test_float32_decoding_says_it_is_slow_once(trained, monkeypatch):  # noqa: F811
     folder, _ = trained
-    monkeypatch.setattr(int4, "_warned", False)
+    monkeypatch.setattr(int4, "_warned", set())
     model = LM.from_pretrained(folder / "weight-int4", dtype="float32").model
     with pytest.warns(UserWarning, match="dequantizing every weight.*bfloat16"), torch.no_grad():
         model(torch.tensor([[1, 2, 3]]))

@@ -8,8 +8,10 @@ safetensors tensors: `<name>.weight_int4` (uint8, two codes a byte, the even col
 dtype).
 
 A decoding step's few bfloat16 rows on a CPU run on torch's int4 kernel (`_weight_int4pack_mm_for_cpu`, which
-reads the packed codes as they are: the bytes a step streams from memory are a quarter of bf16's); anything else
-(float32, many rows, gradients, other devices) multiplies with the dequantized weight.
+reads the packed codes as they are: the bytes a step streams from memory are a quarter of bf16's), and on an NVIDIA
+GPU on torch's tinygemm kernel (`_weight_int4pack_mm`, sm80 and newer; its packing is checked once per layer
+against the dequantized product, and a GPU or torch build that refuses it or reads the layout differently falls
+back with a warning); anything else (float32, many rows, gradients) multiplies with the dequantized weight.
 """
 from __future__ import annotations
 
@@ -28,10 +30,16 @@ _PACK = getattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu", None)
 _INT4_MM = getattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", None)
 INT4_MAX_ROWS = 32
 KERNEL_ROWS_MULTIPLE = 16  # the kernel packs output rows in blocks of 16
+# torch's CUDA kernel (tinygemm): the same (code - 8) * scale + zero, bf16 activations, groups of 32 to 256,
+# outputs a multiple of 8; it takes its codes as bytes holding the even column in the high nibble
+_CUDA_PACK = getattr(torch.ops.aten, "_convert_weight_to_int4pack", None)
+_CUDA_MM = getattr(torch.ops.aten, "_weight_int4pack_mm", None)
+CUDA_GROUPS = (32, 64, 128, 256)
+CUDA_CHECK_TOLERANCE = 0.03  # largest |kernel - dequantized product| over the largest |product| (bf16: ~0.005)
 SLOW_DECODING = ("weight-int4 layers multiply float32 inputs by dequantizing every weight for every product, "
                  "which is slow for decoding (about 10 tokens/s for SmolLM2 on 2 cores); run the model in bfloat16 "
                  "(the directory's own dtype: drop --dtype float32), where a decoding step uses the int4 kernel")
-_warned = False
+_warned: set[str] = set()
 
 
 def quantize_groups(weight: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,17 +84,51 @@ def few_bf16_rows(x: torch.Tensor, most: int) -> bool:
 
 
 def _kernel_rows(x: torch.Tensor) -> bool:
-    """Whether a product of `x` runs on the int4 kernel."""
+    """Whether a product of `x` runs on the CPU int4 kernel."""
     return _INT4_MM is not None and few_bf16_rows(x, INT4_MAX_ROWS)
+
+
+def _cuda_rows(x: torch.Tensor) -> bool:
+    """Whether a product of `x` may run on the CUDA int4 kernel: a decoding step's few bf16 rows, no gradient."""
+    return (_CUDA_MM is not None and x.device.type == "cuda" and x.dtype == torch.bfloat16
+            and x.numel() <= INT4_MAX_ROWS * x.size(-1) and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def _cuda_kernel(layer: Int4Linear, codes: torch.Tensor, scales_zeros: torch.Tensor):
+    """(product, tinygemm's packing of `codes`, scales and zeros), checked once against the dequantized weight's
+    product (a layout read differently would give wrong numbers, not an error); None, with a warning, when the
+    kernel refuses (a GPU older than sm80, a torch build without it) or differs."""
+    tiles = next(t for t in (8, 4, 2) if layer.in_features % (16 * t) == 0)
+    reason = None
+    try:
+        packed = _CUDA_PACK(((codes[:, 0::2] << 4) | codes[:, 1::2]).contiguous(), tiles)
+        probe = torch.randn(4, layer.in_features, device=codes.device,
+                            generator=torch.Generator(codes.device).manual_seed(0)).to(torch.bfloat16)
+        got = _CUDA_MM(probe, packed, layer.group, scales_zeros).float()
+        want = F.linear(probe, layer.dequantized_weight(torch.bfloat16)).float()
+        error = ((got - want).abs().max() / want.abs().max().clamp(min=1e-6)).item()
+        if error > CUDA_CHECK_TOLERANCE:
+            reason = f"gave products {error:.0%} away from the dequantized weight's"
+    except RuntimeError as failure:
+        reason = f"is not available here ({str(failure).strip().splitlines()[0][:160]})"
+    if reason is None:
+        return _CUDA_MM, packed, scales_zeros
+    _warn_once(f"weight-int4 on {codes.device}: torch's int4 kernel {reason}; these layers multiply with the "
+               "dequantized weight instead (the same results, slower decoding)")
+    return None
 
 
 def _warn_if_slow(x: torch.Tensor) -> None:
     """Once per process: a float32 decoding step on a CPU, which dequantizes every weight for a few rows."""
-    global _warned
-    if not _warned and x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() <= x.size(-1) * 8 \
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() <= x.size(-1) * 8 \
             and not torch.is_grad_enabled():
-        _warned = True
-        warnings.warn(SLOW_DECODING, stacklevel=3)
+        _warn_once(SLOW_DECODING)
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=4)
 
 
 class Int4Linear(nn.Module):
@@ -151,23 +193,34 @@ class Int4Linear(nn.Module):
     def __getstate__(self):  # a copy packs again
         return {**self.__dict__, "_kernel": None, "_kernel_key": None}
 
-    def _kernel_weight(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The codes in the kernel's layout and its (in/group, out, 2) scales and zeros, packed once (again only
-        after new weights were loaded in place: load_state_dict bumps the tensors' versions)."""
-        key = (dtype, self.weight_int4.data_ptr(),
+    def _kernel_for(self, x: torch.Tensor):
+        """(product, packed codes, scales and zeros) when a product of `x` runs on an int4 kernel, else None. Packed
+        once per layer, device and dtype (again only after new weights were loaded in place: load_state_dict bumps
+        the tensors' versions); on a GPU never while a CUDA graph is being recorded (the warm-up steps pack)."""
+        if x.device.type == "cpu":
+            if not (_kernel_rows(x) and self.out_features % KERNEL_ROWS_MULTIPLE == 0):
+                return None
+        elif not (_cuda_rows(x) and self.group in CUDA_GROUPS and self.out_features % 8 == 0):
+            return None
+        key = (x.device, x.dtype, self.weight_int4.data_ptr(),
                *(0 if t.is_inference() else t._version for t in (self.weight_int4, self.weight_scale, self.weight_min)))
-        if self._kernel is None or key != self._kernel_key:
-            codes = unpack_codes(self.weight_int4.detach()).to(torch.int32)
+        if key != self._kernel_key:
+            if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                return None
+            codes = unpack_codes(self.weight_int4.detach())
             scale, low = self.weight_scale.detach().float(), self.weight_min.detach().float()
-            scales_zeros = torch.stack((scale, low + 8 * scale), dim=-1).transpose(0, 1).contiguous().to(dtype)
-            self._kernel, self._kernel_key = (_PACK(codes, 1), scales_zeros), key
+            scales_zeros = torch.stack((scale, low + 8 * scale), dim=-1).transpose(0, 1).contiguous().to(x.dtype)
+            self._kernel = (_INT4_MM, _PACK(codes.to(torch.int32), 1), scales_zeros) if x.device.type == "cpu" \
+                else _cuda_kernel(self, codes, scales_zeros)
+            self._kernel_key = key
         return self._kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        if _kernel_rows(x) and self.out_features % KERNEL_ROWS_MULTIPLE == 0:
-            packed, scales_zeros = self._kernel_weight(x.dtype)
-            out = _INT4_MM(x.reshape(-1, self.in_features).contiguous(), packed, self.group, scales_zeros)
+        kernel = self._kernel_for(x)
+        if kernel is not None:
+            product, packed, scales_zeros = kernel
+            out = product(x.reshape(-1, self.in_features).contiguous(), packed, self.group, scales_zeros)
             out = out.view(*x.shape[:-1], self.out_features)
             return out if bias is None else out + bias
         _warn_if_slow(x)

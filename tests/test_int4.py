@@ -68,6 +68,10 @@ def test_kernel_products_equal_the_dequantized_weight_and_other_inputs_dequantiz
     with torch.inference_mode():  # quantized and run where tensors keep no version counter
         made_here = Int4Linear.from_linear(linear).to(torch.bfloat16)
         assert torch.equal(made_here(x), layer(x))
+    other = Int4Linear.from_linear(nn.Linear(96, 64)).to(torch.bfloat16)
+    layer.load_state_dict(other.state_dict())  # new weights in place after the layer packed its old ones
+    with torch.no_grad():
+        assert torch.equal(layer(x.detach()), other(x.detach()))
     # a float32 layer computes exactly the dequantized product
     exact = Int4Linear.from_linear(linear)
     x32 = torch.randn(4, 96)

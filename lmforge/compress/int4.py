@@ -77,21 +77,16 @@ def filled(module: nn.Module, linear: nn.Linear, **tensors: torch.Tensor) -> nn.
 
 
 def few_bf16_rows(x: torch.Tensor, most: int) -> bool:
-    """Whether `x` is a decoding step's input for torch's CPU weight-only kernels (int4 here, int8 in quantize.py):
-    bf16 on a CPU, at most `most` rows, no gradient wanted (the kernels have no backward)."""
-    return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.numel() <= most * x.size(-1)
-            and not (torch.is_grad_enabled() and x.requires_grad))
+    """Whether `x` is a decoding step's input for torch's weight-only kernels (int4 here, int8 in quantize.py):
+    bf16, at most `most` rows, no gradient wanted (the kernels have no backward). Cheap, as it runs for every
+    product: the layer's device and shape decide the rest."""
+    return (x.dtype == torch.bfloat16 and x.numel() <= most * x.size(-1)
+            and not (x.requires_grad and torch.is_grad_enabled()))
 
 
 def _kernel_rows(x: torch.Tensor) -> bool:
-    """Whether a product of `x` runs on the CPU int4 kernel."""
-    return _INT4_MM is not None and few_bf16_rows(x, INT4_MAX_ROWS)
-
-
-def _cuda_rows(x: torch.Tensor) -> bool:
-    """Whether a product of `x` may run on the CUDA int4 kernel: a decoding step's few bf16 rows, no gradient."""
-    return (_CUDA_MM is not None and x.device.type == "cuda" and x.dtype == torch.bfloat16
-            and x.numel() <= INT4_MAX_ROWS * x.size(-1) and not (torch.is_grad_enabled() and x.requires_grad))
+    """Whether a product of `x` may run on an int4 kernel."""
+    return few_bf16_rows(x, INT4_MAX_ROWS)
 
 
 def _cuda_kernel(layer: Int4Linear, codes: torch.Tensor, scales_zeros: torch.Tensor):
@@ -169,6 +164,7 @@ class Int4Linear(nn.Module):
         self.weight_int4[first_row:first_row + rows] = pack_codes(codes.to(torch.uint8))
         self.weight_scale[first_row:first_row + rows] = scale
         self.weight_min[first_row:first_row + rows] = low
+        self._kernel, self._kernel_key = None, None
 
     def dequantized_weight(self, dtype=torch.float32) -> torch.Tensor:
         """The weight the codes stand for (computed in float32, then rounded to `dtype` once)."""
@@ -194,26 +190,37 @@ class Int4Linear(nn.Module):
         return {**self.__dict__, "_kernel": None, "_kernel_key": None}
 
     def _kernel_for(self, x: torch.Tensor):
-        """(product, packed codes, scales and zeros) when a product of `x` runs on an int4 kernel, else None. Packed
-        once per layer, device and dtype (again only after new weights were loaded in place: load_state_dict bumps
-        the tensors' versions); on a GPU never while a CUDA graph is being recorded (the warm-up steps pack)."""
-        if x.device.type == "cpu":
-            if not (_kernel_rows(x) and self.out_features % KERNEL_ROWS_MULTIPLE == 0):
-                return None
-        elif not (_cuda_rows(x) and self.group in CUDA_GROUPS and self.out_features % 8 == 0):
+        """(product, packed codes, scales and zeros) when a product of `x` runs on an int4 kernel, else None.
+        Packed once per device: new weights (load_state_dict, set_groups, a move) drop the packing. On a GPU never
+        packed while a CUDA graph is being recorded (the warm-up steps before it pack)."""
+        if not _kernel_rows(x):
             return None
-        key = (x.device, x.dtype, self.weight_int4.data_ptr(),
-               *(0 if t.is_inference() else t._version for t in (self.weight_int4, self.weight_scale, self.weight_min)))
-        if key != self._kernel_key:
-            if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        where = x.get_device()  # -1 on a CPU: cheaper than comparing devices, and this runs for every product
+        if where != self._kernel_key:
+            if x.is_cuda and torch.cuda.is_current_stream_capturing():
                 return None
-            codes = unpack_codes(self.weight_int4.detach())
-            scale, low = self.weight_scale.detach().float(), self.weight_min.detach().float()
-            scales_zeros = torch.stack((scale, low + 8 * scale), dim=-1).transpose(0, 1).contiguous().to(x.dtype)
-            self._kernel = (_INT4_MM, _PACK(codes.to(torch.int32), 1), scales_zeros) if x.device.type == "cpu" \
-                else _cuda_kernel(self, codes, scales_zeros)
-            self._kernel_key = key
+            self._kernel, self._kernel_key = self._pack(x.device), where
         return self._kernel
+
+    def _pack(self, device: torch.device):
+        """The int4 kernel for this layer on `device`, or None where none applies (widths, devices, builds)."""
+        if device.type == "cpu":
+            usable = _INT4_MM is not None and self.out_features % KERNEL_ROWS_MULTIPLE == 0
+        else:
+            usable = device.type == "cuda" and _CUDA_MM is not None and self.group in CUDA_GROUPS \
+                and self.out_features % 8 == 0
+        if not usable:
+            return None
+        codes = unpack_codes(self.weight_int4.detach())
+        scale, low = self.weight_scale.detach().float(), self.weight_min.detach().float()
+        scales_zeros = torch.stack((scale, low + 8 * scale), dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+        if device.type == "cpu":
+            return _INT4_MM, _PACK(codes.to(torch.int32), 1), scales_zeros
+        return _cuda_kernel(self, codes, scales_zeros)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._kernel, self._kernel_key = None, None  # new weights: pack again
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)

@@ -45,7 +45,7 @@ INT8_MAX_ROWS = 16
 def _int8_kernel(x: torch.Tensor) -> bool:
     """Whether a weight-int8 product of `x` runs on the int8 kernel: bf16 on a CPU, few rows (a decoding step),
     no gradient wanted (the kernel has no backward)."""
-    return _INT8_MM is not None and few_bf16_rows(x, INT8_MAX_ROWS)
+    return _INT8_MM is not None and x.device.type == "cpu" and few_bf16_rows(x, INT8_MAX_ROWS)
 
 
 def check_method(method: str) -> None:

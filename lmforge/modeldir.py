@@ -109,7 +109,7 @@ def load_model_dir(path: str | Path, device: str = "cpu", dtype: str | torch.dty
             dtype = check_dtype(meta["dtype"], "dtype")
         except ConfigError as error:
             raise ModelDirError(f"'{path / 'config.json'}': {error}") from None
-    model = build_model(config)
+    model = build_model(config, initialize=False)  # every weight is loaded below, strictly
     if meta.get("compression"):  # LoRA, pruned, quantized: rebuild the structure the weights were saved from
         from .compress import restore
         try:

@@ -73,3 +73,34 @@ def test_sequence_longer_than_block_size_is_refused():
     model = tiny_model("gpt")
     with pytest.raises(ValueError, match="exceeds block_size"):
         model(torch.zeros(1, 33, dtype=torch.long))
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert", "lstm"])
+def test_loading_makes_no_random_draws_and_gives_the_saved_model(tmp_path, corpus_file, arch):
+    """A model directory's model is built without drawing its random initial weights (every one is loaded next,
+    strictly): the global generator is untouched, torch.nn.init is itself again afterwards, the weights and the
+    tables a constructor computes (rotary cos/sin) are the saved model's."""
+    from torch import nn
+
+    from lmforge import LM
+    from lmforge.models import _no_initialization
+    from lmforge.modeldir import load_model_dir
+
+    shape = {"n_layer": 2, "n_embd": 32, "block_size": 32, **({} if arch == "lstm" else {"n_head": 2})}
+    lm = LM.new(arch, corpus=corpus_file, **shape)
+    lm.save(tmp_path / "model")
+    normal, state = nn.init.normal_, torch.random.get_rng_state()
+    loaded = load_model_dir(tmp_path / "model").model
+    assert torch.equal(torch.random.get_rng_state(), state) and nn.init.normal_ is normal
+    reference = lm.model.eval().state_dict(keep_vars=False)
+    assert set(loaded.state_dict()) == set(reference)
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, reference[name]), name
+    for name, buffer in lm.model.named_buffers():  # non-persistent ones too
+        assert torch.equal(buffer, dict(loaded.named_buffers())[name]), name
+    ids = torch.randint(0, 20, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), lm.model(ids))
+    with pytest.raises(KeyError), _no_initialization():  # restored when the build fails too
+        raise KeyError("a failing constructor")
+    assert nn.init.normal_ is normal

@@ -58,9 +58,7 @@ def load_gguf(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Tokeniz
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ModelDirError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but token_embd.weight only "
                             f"{cfg.vocab_size} rows")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model(cfg)
+    model = build_model(cfg, initialize=False)  # every weight is loaded below, strictly
     if cfg.tie_embeddings and "lm_head.weight" in model.state_dict():
         state["lm_head.weight"] = state["wte.weight"]  # one shared parameter: loading it twice is harmless
     model.load_state_dict(state, strict=True)
@@ -100,7 +98,7 @@ def _state(tensors: dict, fam: Family, cfg: ModelConfig, path: Path) -> dict[str
 def build_shapes(cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """The parameter shapes of a model of `cfg`, without allocating its weights (built on the meta device)."""
     with torch.device("meta"):
-        return build_model(cfg).state_dict()
+        return build_model(cfg, initialize=False).state_dict()
 
 
 def _to_ours(pair: Pair, values: list[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:

@@ -2,6 +2,7 @@
 in FAMILY_LIST; config.py, modeldir.py, interop/ and compare/ read the registry instead of their own lists."""
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -42,12 +43,35 @@ def archs_of(kind: str) -> list[str]:
     return [arch for arch, family in ARCHS.items() if family.kind == kind]
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """Build an untrained model for `cfg.arch`."""
+def build_model(cfg: ModelConfig, initialize: bool = True) -> nn.Module:
+    """Build an untrained model for `cfg.arch`. initialize=False skips the random draws of its weights (they are
+    left as allocated): only for a model whose every parameter and saved buffer is loaded strictly next (a 135M
+    model's draws take ~1.3 s of its loading on 2 cores)."""
     module = family_of(cfg.arch).module
     if cfg.vocab_size <= 0:
         raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
-    return module(cfg)
+    with contextlib.nullcontext() if initialize else _no_initialization():
+        return module(cfg)
+
+
+@contextlib.contextmanager
+def _no_initialization():
+    """Every torch.nn.init function a no-op while inside (the modules' constructors and lmforge's init_weights draw
+    through them); buffers computed in a constructor (rotary tables) are made as always. Restored on exit."""
+    names = [name for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")
+             and callable(getattr(nn.init, name))]
+    saved = {name: getattr(nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(nn.init, name, _unchanged)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+
+
+def _unchanged(tensor, *args, **kwargs):
+    return tensor
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from lmforge.infer.generate import SamplingConfig, generate, next_token
+from lmforge.infer.generate import SamplingConfig, draw, generate, next_token, nucleus
 from lmforge.tokenizer import Tokenizer
 
 from conftest import small_corpus, tiny_model
@@ -50,6 +50,37 @@ def test_top_k_one_is_greedy_and_top_p_keeps_the_nucleus():
     assert probs[1] < 0.7 < probs[1] + probs[2]
     picks = {next_token(logits, history, mask, SamplingConfig(temperature=1.0, top_p=0.7), gen).item() for _ in range(200)}
     assert picks == {1, 2}
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.999])
+def test_the_nucleus_found_among_the_top_candidates_is_the_one_a_full_sort_finds(top_p):
+    """A CPU looks for the nucleus among the 1,024 most likely tokens first (a full sort of a big vocabulary costs
+    a quarter of a decoding step); where they fall short (flat rows, top_p near 1) it sorts them all."""
+    torch.manual_seed(0)
+    logits = torch.cat([torch.randn(3, 5000) * 4, torch.randn(1, 5000) * 0.1])  # the last row nearly flat
+    fast = nucleus(logits, top_p)
+    full = nucleus(logits, top_p, candidates=logits.size(-1))
+    assert torch.equal(fast, full)
+    kept = fast.isfinite()
+    probs = logits.softmax(-1)
+    assert bool(((probs * kept).sum(-1) >= top_p).all())  # the kept mass reaches top_p
+    smallest_kept = torch.where(kept, probs, 2.0).amin(-1)
+    assert bool((smallest_kept[:, None] >= torch.where(kept, 0.0, probs)).all())  # none left out is likelier
+    # without the smallest kept token the mass falls short: the set is the smallest one
+    assert bool(((probs * kept).sum(-1) - smallest_kept < top_p).all())
+
+
+def test_draws_follow_the_probabilities_and_never_pick_a_zero_one():
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    gen = torch.Generator().manual_seed(0)
+    picks = torch.stack([draw(probs, gen) for _ in range(20000)])  # (20000, 2)
+    counts = torch.bincount(picks[:, 0], minlength=5).double() / 20000
+    assert counts[1] == 0 and counts[4] == 0 and bool((picks[:, 1] == 4).all())
+    assert torch.allclose(counts, probs[0].double(), atol=0.015)  # 3 sigma of a binomial share at n = 20000
+    again = torch.stack([draw(probs, torch.Generator().manual_seed(0)) for _ in range(3)])
+    assert torch.equal(again[0], again[1])  # repeatable with a seed
+    unnormalised = draw(probs * 3.0, torch.Generator().manual_seed(0))  # rows need not sum to 1
+    assert torch.equal(unnormalised, draw(probs, torch.Generator().manual_seed(0)))
 
 
 def test_repetition_penalty_lowers_seen_tokens():

@@ -63,13 +63,42 @@ def next_token(logits: torch.Tensor, history: torch.Tensor, history_mask: torch.
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if cfg.top_p is not None and cfg.top_p < 1.0:
-        sorted_logits, order = logits.sort(-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) >= cfg.top_p  # keep the smallest set reaching top_p
-        drop[:, 0] = False  # the most likely token always stays (a top_p below float32's range would drop it)
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+        logits = nucleus(logits, cfg.top_p)
+    return draw(logits.softmax(-1), generator)
+
+
+# a CPU sorts SmolLM2's 49,152 probabilities in ~3.4 ms (a quarter of a decoding step) and takes the top 1,024 in
+# ~0.1: the nucleus is looked for among those first, and the whole vocabulary sorted only when they fall short
+NUCLEUS_CANDIDATES = 1024
+
+
+def nucleus(logits: torch.Tensor, top_p: float, candidates: int = NUCLEUS_CANDIDATES) -> torch.Tensor:
+    """`logits` (B, V) with every token outside its row's nucleus at -inf: the smallest set of most likely tokens
+    whose probabilities reach `top_p` (the most likely token always stays, for a top_p below float32's range)."""
+    probs = logits.softmax(-1)
+    ranked, order = None, None
+    if logits.device.type == "cpu" and candidates < logits.size(-1):  # a GPU sorts fast, and this reads back
+        ranked, order = probs.topk(candidates, dim=-1)
+        if not bool((ranked.sum(-1) >= top_p).all()):  # the nucleus reaches past the candidates
+            ranked = None
+    if ranked is None:
+        ranked, order = probs.sort(-1, descending=True)
+    cumulative = ranked.cumsum(-1)
+    drop = cumulative - ranked >= top_p  # the probability before a token already reaches top_p
+    drop[:, 0] = False
+    kept = logits.gather(1, order).masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(1, order, kept)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of `probs` (B, V), drawn with those probabilities: the first token whose cumulative
+    probability (float64) passes a uniform number below the row's total. torch.multinomial takes ~1 ms for a
+    49,152-token row on a CPU, this ~0.05; a token of probability 0 is never drawn."""
+    cdf = probs.double().cumsum(-1)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, dtype=torch.float64, device=probs.device, generator=generator)
+    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the total
+    return torch.searchsorted(cdf, x, right=True).squeeze(1)
 
 
 def _encode_prompts(tokenizer: Tokenizer, prompts: list[str | list[int]], context: int | None,

@@ -81,6 +81,7 @@ def test_draws_follow_the_probabilities_and_never_pick_a_zero_one():
     assert torch.equal(again[0], again[1])  # repeatable with a seed
     unnormalised = draw(probs * 3.0, torch.Generator().manual_seed(0))  # rows need not sum to 1
     assert torch.equal(unnormalised, draw(probs, torch.Generator().manual_seed(0)))
+    assert 0 <= draw(torch.full((1, 5), float("nan")), gen).item() < 5  # a broken row still names a token
 
 
 def test_repetition_penalty_lowers_seen_tokens():

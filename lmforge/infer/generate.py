@@ -98,7 +98,8 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     total = cdf[:, -1:]
     u = torch.rand(total.shape, dtype=torch.float64, device=probs.device, generator=generator)
     x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the total
-    return torch.searchsorted(cdf, x, right=True).squeeze(1)
+    # clamped: a row of NaN (a broken model) finds no place and would index past the vocabulary
+    return torch.searchsorted(cdf, x, right=True).squeeze(1).clamp_(max=probs.size(-1) - 1)
 
 
 def _encode_prompts(tokenizer: Tokenizer, prompts: list[str | list[int]], context: int | None,

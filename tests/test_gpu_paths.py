@@ -202,6 +202,34 @@ def test_the_compiled_static_step_gives_the_plain_greedy_tokens(corpus_file):
         assert generate(lm.model, lm.tokenizer, prompts, sampling, static=True, compile=True) == plain
 
 
+def test_a_compiler_failure_leaves_decoding_eager_and_compiled_steps_use_no_packed_weights(corpus_file,
+                                                                                           monkeypatch):
+    """generate(compile=True) where torch.compile fails (no C++ compiler, an operation it cannot lower) warns once
+    and decodes the same tokens eagerly; and a compiled step is given plain weights, since inductor cannot lower
+    oneDNN's packed ones (SmolLM2's head: a LoweringException before)."""
+    from lmforge.infer import generate as generation
+
+    lm = _tiny_lm(corpus_file)
+    sampling = SamplingConfig(max_new_tokens=12, temperature=0, ignore_eos=True)
+    plain = generate(lm.model, lm.tokenizer, ["The "], sampling, static=False)
+    calls = []
+
+    def broken_compiler(step, **options):
+        def compiled():
+            calls.append(1)
+            raise RuntimeError("InductorError: no working C++ compiler found")
+        return compiled
+
+    packing = []
+    real_packing = generation.packed_linears
+    monkeypatch.setattr(generation.torch, "compile", broken_compiler)
+    monkeypatch.setattr(generation, "packed_linears",
+                        lambda model, rows, enabled=True: packing.append(enabled) or real_packing(model, rows, enabled))
+    with pytest.warns(UserWarning, match="torch.compile failed .*no working C.. compiler"):
+        assert generate(lm.model, lm.tokenizer, ["The "], sampling, static=True, compile=True) == plain
+    assert calls == [1] and packing == [False]  # tried once, then eager; nothing packed for the compiler
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_float32_loss_without_a_copy_equals_cross_entropy_of_the_float32_logits(dtype):
     torch.manual_seed(0)

@@ -183,7 +183,8 @@ def continue_prompts(model, tokenizer: Tokenizer, prompts: list[str | list[int]]
                      compile=compile, prompt_cache=reuse)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     end = width
-    with torch.inference_mode(), packed_linears(model, B, enabled=use_cache):
+    # a compiled step makes its own linear kernels: inductor cannot lower oneDNN's packed weights
+    with torch.inference_mode(), packed_linears(model, B, enabled=use_cache and not (compile and static)):
         for end in range(width, width + cfg.max_new_tokens):
             logits = feeder.next_logits(end)
             choice = next_token(logits, tokens.narrow(1, 0, end), mask.narrow(1, 0, end), cfg, generator)

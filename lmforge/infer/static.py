@@ -11,10 +11,12 @@ A captured decoder is kept per model and shape, so repeated calls (a benchmark, 
 Two details keep each layer's attention at one kernel: the mask is additive (0 or -inf, in the cache's dtype), so
 SDPA does not turn a boolean mask into one per layer per step, and the capacity is rounded up to a multiple of
 ALIGN columns, so the memory-efficient kernel does not pad the mask per call. With `compile` the step is also
-handed to torch.compile (fused norms, residual adds and activations: fewer, larger kernels) before the capture.
+handed to torch.compile (fused norms, residual adds and activations: fewer, larger kernels) before the capture;
+a compiler that fails (no C++ compiler, an operation it cannot lower) leaves the step eager, with one warning.
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import torch
@@ -49,7 +51,8 @@ class StaticDecoder:
         self.column = torch.zeros(1, dtype=torch.long, device=device)  # where the next token's keys go
         # what a query adds to its scores per column: 0 where it may look, -inf elsewhere (unfilled, padding)
         self.mask = torch.full((batch, 1, 1, capacity), float("-inf"), dtype=dtype, device=device)
-        self.run = torch.compile(self._step, dynamic=False) if compile else self._step
+        self._compiled = torch.compile(self._step, dynamic=False) if compile else None
+        self.run = self._compiled_or_plain if compile else self._step
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.positions = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.graph, self.logits, self.filled = None, None, 0
@@ -76,6 +79,19 @@ class StaticDecoder:
         self.positions.copy_(last + 1)
         self.filled = T
         return logits
+
+    def _compiled_or_plain(self) -> torch.Tensor:
+        """The compiled step; after a compiler failure the plain one (a failed compile stops before the step's
+        counters advance, and the cache and mask writes it may have made are the same ones again)."""
+        if self._compiled is not None:
+            try:
+                return self._compiled()
+            except Exception as error:  # noqa: BLE001 - any compiler failure: decoding goes on without it
+                reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+                warnings.warn(f"generate(compile=True): torch.compile failed ({type(error).__name__}: {reason}); "
+                              "decoding continues without it", stacklevel=2)
+                self._compiled = None
+        return self._step()
 
     def _step(self) -> torch.Tensor:
         if self.parents is not None:

@@ -57,7 +57,9 @@ def build_model(cfg: ModelConfig, initialize: bool = True) -> nn.Module:
 @contextlib.contextmanager
 def _no_initialization():
     """Every torch.nn.init function a no-op while inside (the modules' constructors and lmforge's init_weights draw
-    through them); buffers computed in a constructor (rotary tables) are made as always. Restored on exit."""
+    through them); buffers computed in a constructor (rotary tables) are made as always. Restored on exit. It
+    patches the module torch.nn.init for the process, as transformers' loading does: a model built in another
+    thread meanwhile would keep its allocated values too."""
     names = [name for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")
              and callable(getattr(nn.init, name))]
     saved = {name: getattr(nn.init, name) for name in names}

@@ -21,6 +21,13 @@ class ModelDirError(ValueError):
     """A path that is not a usable model directory (or model file)."""
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, at most `limit` characters ("" when it has none): a compiler's or
+    a kernel's multi-page error said in one line."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
 def shape_mismatch(config_file: Path, name: str, expected: tuple, got: tuple, fields: dict,
                    transposed: bool = False) -> ModelDirError:
     """The error for a weight whose shape disagrees with config.json, naming the config key when one explains it."""

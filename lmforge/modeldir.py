@@ -19,7 +19,7 @@ from .infer.chat_encode import end_of_turn
 from .errors import ConfigError, ModelDirError, shape_mismatch
 from .files import DamagedFileError, atomic_directory, read_json, verify_manifest, write_manifest
 from .infer.chat_template import TEMPLATE_FILE
-from .models import build_model, count_parameters, family_of, is_decoder
+from .models import build_model, count_parameters, family_of, is_decoder, no_initialization
 from .tokenizer import Tokenizer
 
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
@@ -109,13 +109,14 @@ def load_model_dir(path: str | Path, device: str = "cpu", dtype: str | torch.dty
             dtype = check_dtype(meta["dtype"], "dtype")
         except ConfigError as error:
             raise ModelDirError(f"'{path / 'config.json'}': {error}") from None
-    model = build_model(config, initialize=False)  # every weight is loaded below, strictly
-    if meta.get("compression"):  # LoRA, pruned, quantized: rebuild the structure the weights were saved from
-        from .compress import restore
-        try:
-            model = restore(model, config, meta, path)
-        except ValueError as error:
-            raise ModelDirError(str(error)) from None
+    with no_initialization():  # every weight is loaded below, strictly: nothing is drawn
+        model = build_model(config)
+        if meta.get("compression"):  # LoRA, pruned, quantized: rebuild the structure the weights were saved from
+            from .compress import restore
+            try:
+                model = restore(model, config, meta, path)
+            except ValueError as error:
+                raise ModelDirError(str(error)) from None
     weights = path / "model.safetensors"
     check_weight_shapes(weights, model, config)
     try:  # the tensors only: a hand-edited config.json or model card is checked by reading it, not by checksum

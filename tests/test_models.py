@@ -83,7 +83,7 @@ def test_loading_makes_no_random_draws_and_gives_the_saved_model(tmp_path, corpu
     from torch import nn
 
     from lmforge import LM
-    from lmforge.models import _no_initialization
+    from lmforge.models import no_initialization
     from lmforge.modeldir import load_model_dir
 
     shape = {"n_layer": 2, "n_embd": 32, "block_size": 32, **({} if arch == "lstm" else {"n_head": 2})}
@@ -101,6 +101,6 @@ def test_loading_makes_no_random_draws_and_gives_the_saved_model(tmp_path, corpu
     ids = torch.randint(0, 20, (2, 8))
     with torch.no_grad():
         assert torch.equal(loaded(ids), lm.model(ids))
-    with pytest.raises(KeyError), _no_initialization():  # restored when the build fails too
+    with pytest.raises(KeyError), no_initialization():  # restored when the build fails too
         raise KeyError("a failing constructor")
     assert nn.init.normal_ is normal

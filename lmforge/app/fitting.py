@@ -65,8 +65,8 @@ def load_teacher(train: TrainConfig) -> Bundle | None:
     path = Path(train.distill_teacher)
     if not path.exists():
         raise missing_teacher(path)
-    with torch.random.fork_rng(devices=[]):  # building the teacher draws initial weights; leave the run's RNG be
-        return load_model_dir(path, dtype="float32")  # as the student computes its loss against it
+    # loading draws nothing from the run's generator; float32, as the student computes its loss against it
+    return load_model_dir(path, dtype="float32")
 
 
 def fit(bundle: Bundle, config: Config, run_dir: str | Path | None = None, resume: bool | str | Path = False,

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import first_line
+
 GROUP = 32
 # torch's CPU kernel: bf16 activations times packed int4 codes with a bf16 (scale, zero) per group and output,
 # where weight = (code - 8) * scale + zero. Its time grows with the rows (960 x 576: 20 us at 1 row, 140 at 16,
@@ -105,7 +107,7 @@ def _cuda_kernel(layer: Int4Linear, codes: torch.Tensor, scales_zeros: torch.Ten
         if error > CUDA_CHECK_TOLERANCE:
             reason = f"gave products {error:.0%} away from the dequantized weight's"
     except RuntimeError as failure:
-        reason = f"is not available here ({str(failure).strip().splitlines()[0][:160]})"
+        reason = f"is not available here ({first_line(failure, 160)})"
     if reason is None:
         return _CUDA_MM, packed, scales_zeros
     _warn_once(f"weight-int4 on {codes.device}: torch's int4 kernel {reason}; these layers multiply with the "

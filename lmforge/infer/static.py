@@ -21,6 +21,8 @@ import weakref
 
 import torch
 
+from ..errors import first_line
+
 # captured decoders per model: (batch, capacity, dtype, device, weight addresses) -> StaticDecoder
 _CAPTURED: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
 KEEP_PER_MODEL = 4
@@ -87,9 +89,8 @@ class StaticDecoder:
             try:
                 return self._compiled()
             except Exception as error:  # noqa: BLE001 - any compiler failure: decoding goes on without it
-                reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-                warnings.warn(f"generate(compile=True): torch.compile failed ({type(error).__name__}: {reason}); "
-                              "decoding continues without it", stacklevel=2)
+                warnings.warn(f"generate(compile=True): torch.compile failed ({type(error).__name__}: "
+                              f"{first_line(error)}); decoding continues without it", stacklevel=2)
                 self._compiled = None
         return self._step()
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import ModelConfig, describe_validation_error
 from ..errors import ModelDirError
-from ..models import build_model
+from ..models import build_model, no_initialization
 from ..tokenizer import Tokenizer
 from .families import CONCAT, GGUF_FAMILIES, ROPE_CONCAT, Family, Pair
 from .gguf_file import dequantize, read_gguf
@@ -58,7 +58,8 @@ def load_gguf(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Tokeniz
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ModelDirError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but token_embd.weight only "
                             f"{cfg.vocab_size} rows")
-    model = build_model(cfg, initialize=False)  # every weight is loaded below, strictly
+    with no_initialization():  # every weight is loaded below, strictly
+        model = build_model(cfg)
     if cfg.tie_embeddings and "lm_head.weight" in model.state_dict():
         state["lm_head.weight"] = state["wte.weight"]  # one shared parameter: loading it twice is harmless
     model.load_state_dict(state, strict=True)
@@ -97,8 +98,8 @@ def _state(tensors: dict, fam: Family, cfg: ModelConfig, path: Path) -> dict[str
 
 def build_shapes(cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """The parameter shapes of a model of `cfg`, without allocating its weights (built on the meta device)."""
-    with torch.device("meta"):
-        return build_model(cfg, initialize=False).state_dict()
+    with torch.device("meta"), no_initialization():
+        return build_model(cfg).state_dict()
 
 
 def _to_ours(pair: Pair, values: list[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:

@@ -27,7 +27,7 @@ REGISTRY = {arch: family.module for arch, family in ARCHS.items()}  # arch -> mo
 
 __all__ = ["ARCHS", "CLASSIFIER", "DECODER", "ENCODER", "FAMILIES", "Classifier", "Decoder", "Encoder", "Family",
            "LanguageModel", "archs_of", "build_model", "count_parameters", "family_of", "has_classifier", "is_decoder",
-           "is_encoder", "transformer_blocks"]
+           "is_encoder", "no_initialization", "transformer_blocks"]
 
 
 def family_of(arch: str) -> Family:
@@ -43,21 +43,21 @@ def archs_of(kind: str) -> list[str]:
     return [arch for arch, family in ARCHS.items() if family.kind == kind]
 
 
-def build_model(cfg: ModelConfig, initialize: bool = True) -> nn.Module:
-    """Build an untrained model for `cfg.arch`. initialize=False skips the random draws of its weights (they are
-    left as allocated): only for a model whose every parameter and saved buffer is loaded strictly next (a 135M
-    model's draws take ~1.3 s of its loading on 2 cores)."""
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Build an untrained model for `cfg.arch` (inside `no_initialization()` its weights are not drawn)."""
     module = family_of(cfg.arch).module
     if cfg.vocab_size <= 0:
         raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
-    with contextlib.nullcontext() if initialize else _no_initialization():
-        return module(cfg)
+    return module(cfg)
 
 
 @contextlib.contextmanager
-def _no_initialization():
-    """Every torch.nn.init function a no-op while inside (the modules' constructors and lmforge's init_weights draw
-    through them); buffers computed in a constructor (rotary tables) are made as always. Restored on exit. It
+def no_initialization():
+    """Models (and the layers compression puts in them) built inside skip the random draws of their weights, which
+    are left as allocated: only for a model whose every parameter and saved buffer is loaded strictly next (a 135M
+    model's draws take ~1.3 s of its loading on 2 cores), and the global generator is left as it was.
+    Every torch.nn.init function is a no-op while inside (the modules' constructors, lmforge's init_weights and
+    LoRA's adapters draw through them); buffers computed in a constructor (rotary tables) are made as always. It
     patches the module torch.nn.init for the process, as transformers' loading does: a model built in another
     thread meanwhile would keep its allocated values too."""
     names = [name for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")

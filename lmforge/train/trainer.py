@@ -14,6 +14,7 @@ from safetensors.torch import load_model
 from torch import nn
 
 from ..config import TrainConfig
+from ..errors import first_line
 from .average import WeightAverage
 from .checkpoint import find_resumable, optimizer_from_tensors, read_checkpoint, save_checkpoint
 from .distributed import Parallel, pick_device  # noqa: F401 - pick_device is part of this module's API
@@ -479,8 +480,7 @@ def _make_forward(task, parallel: Parallel, cfg: TrainConfig, bar: Progress):
                 return compiled(batch)
             except Exception as error:  # noqa: BLE001 - any compiler failure (no C++ compiler, an unsupported op)
                 compiled = None
-                reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-                bar.note(f"train.compile: torch.compile failed ({type(error).__name__}: {reason}); "
+                bar.note(f"train.compile: torch.compile failed ({type(error).__name__}: {first_line(error)}); "
                          "training continues without it")
         return parallel.loss(batch)
 
